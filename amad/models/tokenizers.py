@@ -63,7 +63,9 @@ def word_tokenizer_from_vocab(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     # Same rule as split_words: runs of word characters/apostrophes, or single punctuation marks.
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern=tokenizers_regex(), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(tokenizers_regex(), behavior="isolated")]
+    )
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, tidies punctuation
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -1,0 +1,162 @@
+"""What every amad system shares: the optimizer schedule, generation metrics, and checkpoint content.
+
+Subclasses (:class:`~amad.lit.FineTuneModule`, :class:`~amad.lit.DistillationModule`) say which
+module is trainable (:attr:`trainable`) and how a training loss is made; evaluation is the same for
+both: greedy generation with the trainable model, scored by the task's metric.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from amad.lit.checkpoint import add_model_to_checkpoint
+
+#: Task name -> (metric names logged as ``<stage>/<name>``, the one used for checkpoints / comparison).
+TASK_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
+    "vqa": (("vqa_acc",), "vqa_acc"),
+    "caption": (("cider", "bleu4", "bleu1", "rouge_l"), "cider"),
+    "translate": (("bleu",), "bleu"),
+}
+
+
+def build_task_metric(task: str) -> nn.Module:
+    """The torchmetrics ``Metric`` that scores generated text for ``task``."""
+    from amad.metrics import CaptionMetrics, TranslationBLEU, VQAAccuracy
+
+    if task == "vqa":
+        return VQAAccuracy()
+    if task == "caption":
+        return CaptionMetrics()
+    if task == "translate":
+        return TranslationBLEU()
+    raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_METRICS)}")
+
+
+class TaskModule(L.LightningModule):
+    """Base system: optimizer + schedule, generation-based evaluation, self-contained checkpoints.
+
+    Args:
+        task: ``vqa``, ``caption`` or ``translate`` (linked from the DataModule by the CLI).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to biases and norms).
+        warmup_ratio: fraction of the total optimizer steps spent warming up linearly from 0.
+        schedule: decay after warm-up: ``linear`` to 0, ``cosine`` to 0, or ``constant``.
+        max_new_tokens: generation length for evaluation (VQA answers are 1-3 tokens).
+    """
+
+    #: Prefix of the trainable model in ``state_dict`` (``model.`` / ``student.``).
+    trainable_prefix = "model."
+
+    def __init__(
+        self,
+        task: Literal["vqa", "caption", "translate"] = "vqa",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.05,
+        schedule: Literal["linear", "cosine", "constant"] = "linear",
+        max_new_tokens: int = 8,
+    ) -> None:
+        super().__init__()
+        if task not in TASK_METRICS:
+            raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_METRICS)}")
+        self.task = task
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_ratio, self.schedule, self.max_new_tokens = warmup_ratio, schedule, max_new_tokens
+        self.val_metric = build_task_metric(task)
+        self.test_metric = build_task_metric(task)
+
+    # -- to be provided by subclasses ------------------------------------------------------------
+    @property
+    def trainable(self) -> nn.Module:
+        """The model being trained (and evaluated, checkpointed, exported)."""
+        raise NotImplementedError
+
+    def extra_trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained alongside the model but not part of it (e.g. an A2D aligner)."""
+        return []
+
+    # -- setup -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Attach the DataModule's tokenizer for decoding when the model has none."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        tok = getattr(dm, "tokenizer", None)
+        if tok is not None and getattr(self.trainable, "tokenizer", None) is None:
+            self.trainable.tokenizer = tok
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metric)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metric)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        preds = self.trainable.generate(batch, max_new_tokens=self.max_new_tokens)
+        return [{"id": i, "source": s, "prediction": p}
+                for i, s, p in zip(batch["ids"], batch["source_text"], preds, strict=True)]
+
+    def _eval_step(self, batch: dict[str, Any], stage: str, metric: nn.Module) -> None:
+        out = self.trainable(batch, sites=())
+        self.log(f"{stage}/loss", out.loss, batch_size=len(batch["ids"]), sync_dist=True)
+        preds = self.trainable.generate(batch, max_new_tokens=self.max_new_tokens)
+        metric.update(preds, batch["references"], ids=batch["ids"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric("val", self.val_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric("test", self.test_metric)
+
+    def _log_metric(self, stage: str, metric: nn.Module) -> None:
+        value = metric.compute()
+        values = value if isinstance(value, dict) else {TASK_METRICS[self.task][1]: value}
+        names = TASK_METRICS[self.task][0]
+        for name, v in values.items():
+            if name in names or stage == "test":
+                # compute() already gathered every rank: the value is global, no sync needed.
+                self.log(f"{stage}/{name}", float(v), rank_zero_only=False, sync_dist=False)
+        metric.reset()
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.trainable.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        extra = [p for p in self.extra_trainable_parameters() if p.requires_grad]
+        if extra:
+            groups.append({"params": extra, "weight_decay": 0.0})
+        opt = torch.optim.AdamW(groups, lr=self.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(total, self.warmup_ratio, self.schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        add_model_to_checkpoint(checkpoint, self.trainable, self.trainable_prefix)
+
+
+def lr_schedule(total_steps: int, warmup_ratio: float, schedule: str):
+    """Multiplier of the peak lr at step ``s``: linear warm-up, then linear/cosine decay or constant."""
+    if schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; expected linear, cosine or constant")
+    warmup = int(round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        if schedule == "linear":
+            return max(1.0 - progress, 0.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

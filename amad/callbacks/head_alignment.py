@@ -1,0 +1,124 @@
+"""HeadAlignmentCallback: how the teacher's heads map onto the student's, as heatmaps and numbers.
+
+On one fixed validation batch (the first one seen, kept for the whole run so epochs compare), it asks
+the system for the teacher→student weights of every distilled (site, layer) pair — AMAD's a_ij
+(Eq. 3, rows sum to 1 over student heads), or the one-to-one baseline's fixed diagonal assignment
+for contrast — and writes:
+
+* ``<run dir>/head_alignment/epoch<E>/<site>.png``: one heatmap panel per distilled layer;
+* ``<run dir>/head_alignment/epoch<E>/weights.json``: the raw matrices;
+* to W&B (when the logger is a ``WandbLogger``): the images and a table of the matrices.
+
+It is rank-zero only and never changes module modes (the system's ``head_alignment`` restores them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+
+def plot_head_alignment(weights: dict[str, Tensor], out_dir: str | Path, title: str = "") -> list[Path]:
+    """Write one PNG per site (panels = layers) of (Ht, Hs) weight matrices.
+
+    Args:
+        weights: ``"<site>/s<l>-t<m>"`` → (Ht, Hs) tensor (rows sum to 1).
+        out_dir: folder to write ``<site>.png`` into.
+        title: figure title prefix (e.g. the method and epoch).
+
+    Returns:
+        The written PNG paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_site: dict[str, list[tuple[str, Tensor]]] = {}
+    for key, w in weights.items():
+        site, layer = key.split("/", 1)
+        by_site.setdefault(site, []).append((layer, w))
+    paths = []
+    for site, panels in by_site.items():
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels) + 0.8, 3.2), squeeze=False)
+        for ax, (layer, w) in zip(axes[0], panels, strict=True):
+            im = ax.imshow(w.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            ax.set_title(layer, fontsize=9)
+            ax.set_xlabel("student head j")
+            ax.set_ylabel("teacher head i")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="a_ij")
+        fig.suptitle(f"{title} {site}".strip(), fontsize=10)
+        path = out_dir / f"{site}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+class HeadAlignmentCallback(L.Callback):
+    """Log the teacher→student head weight matrices on a fixed validation batch.
+
+    Args:
+        every_n_epochs: write on validation ends of every n-th epoch (and always after the last).
+        out_dir: where to write; default ``<trainer.log_dir or default_root_dir>/head_alignment``.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, out_dir: str | None = None) -> None:
+        super().__init__()
+        self.every_n_epochs = every_n_epochs
+        self.out_dir = out_dir
+        self._batch: dict[str, Any] | None = None
+        self.last_weights: dict[str, Tensor] = {}
+        self.last_dir: Path | None = None
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._batch is None and batch_idx == 0:
+            self._batch = batch  # fixed for the whole run (same examples at every epoch)
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._batch is None or trainer.sanity_checking or not hasattr(pl_module, "head_alignment"):
+            return
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if epoch % self.every_n_epochs and not last:
+            return
+        weights = pl_module.head_alignment(self._batch)
+        if not weights:
+            return
+        root = Path(self.out_dir or trainer.log_dir or trainer.default_root_dir)
+        if self.out_dir is None:
+            root = root / "head_alignment"
+        out = root / f"epoch{epoch}"
+        method = getattr(getattr(pl_module, "attn", None), "method", "")
+        paths = plot_head_alignment(weights, out, title=f"{method} epoch {epoch}")
+        (out / "weights.json").write_text(json.dumps({k: v.tolist() for k, v in weights.items()}))
+        self.last_weights, self.last_dir = weights, out
+        self._log_wandb(trainer, weights, paths)
+
+    @staticmethod
+    def _log_wandb(trainer: L.Trainer, weights: dict[str, Tensor], paths: list[Path]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("head_alignment/maps", [str(p) for p in paths],
+                                 caption=[p.stem for p in paths], step=trainer.global_step)
+                rows = [[k, i, j, float(w[i, j])] for k, w in weights.items()
+                        for i in range(w.shape[0]) for j in range(w.shape[1])]
+                logger.log_table("head_alignment/weights", columns=["pair", "teacher_head",
+                                 "student_head", "a_ij"], data=rows, step=trainer.global_step)
+
+
+def rows_sum_to_one(weights: dict[str, Tensor], atol: float = 1e-4) -> bool:
+    """True when every row of every matrix sums to 1 (a check used by tests and the compare job)."""
+    return all(torch.allclose(w.sum(-1), torch.ones(w.shape[0]), atol=atol) for w in weights.values())

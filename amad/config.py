@@ -1,0 +1,50 @@
+"""YAML configs with inheritance: ``base:`` lists files (relative to the config) deep-merged first.
+
+LightningCLI/jsonargparse has no "extends"; experiments share their data, trainer and method
+settings through base files instead of copy-paste. ``amad fit --config FILE`` resolves the chain
+and hands LightningCLI one merged file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BASE_KEY = "base"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``: dicts merge recursively, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a YAML config, resolving its ``base:`` chain.
+
+    Raises:
+        FileNotFoundError: the file (or one of its bases) does not exist; names the referencing file.
+        ValueError: a cycle in ``base:`` or a file that is not a mapping.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"config inheritance cycle: {' -> '.join(map(str, (*_seen, path)))}")
+    if not path.is_file():
+        ref = f" (referenced from {_seen[-1]})" if _seen else ""
+        raise FileNotFoundError(f"config file {path} does not exist{ref}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
+    bases = data.pop(BASE_KEY, []) or []
+    merged: dict[str, Any] = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, load_config(path.parent / b, (*_seen, path)))
+    return deep_merge(merged, data)

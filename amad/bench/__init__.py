@@ -1,0 +1,46 @@
+"""``amad bench``: benchmarks that report ratios measured side by side in one run, as JSON.
+
+Parts: ``losses`` (vectorised losses vs loop references), ``step`` (distillation step overhead over
+teacher forward + student step), ``memory`` (peak memory ratio), ``scaling`` (tokens and heads),
+``throughput`` (samples/s of the demo's training and data-wait fraction), or ``all``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PARTS = ("losses", "step", "memory", "scaling", "throughput")
+
+
+def _part(name: str):
+    if name == "losses":
+        from amad.bench.losses import run
+    elif name in ("step", "memory", "scaling"):
+        from amad.bench import step as mod
+
+        run = getattr(mod, f"run_{name}")
+    elif name == "throughput":
+        from amad.bench.throughput import run
+    else:
+        raise ValueError(f"unknown bench part {name!r}; expected one of {PARTS} or 'all'")
+    return run
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="amad bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, "all"))
+    parser.add_argument("--out", default="runs/bench.json", help="JSON file to write (merged by part)")
+    parser.add_argument("--quick", action="store_true", help="small shapes only (seconds; for tests)")
+    ns = parser.parse_args(argv)
+    parts = PARTS if ns.part == "all" else (ns.part,)
+    out = Path(ns.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    for part in parts:
+        results[part] = _part(part)(out=None, quick=ns.quick)[part]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}")
+    return 0

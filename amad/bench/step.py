@@ -1,0 +1,246 @@
+"""Step, memory and scaling benchmarks of a distillation step (issue: performance).
+
+``step``: the physical limit of a distillation step is one teacher forward (no_grad) plus one
+student training step. Measured interleaved in one process (a, b, c, a, b, c, ...; medians):
+(a) teacher forward alone, (b) student training step alone (task loss only), (c) the full AMAD
+step through :class:`~amad.lit.DistillationModule` (all sites, output KD).
+``overhead = c / (a + b)``.
+
+``memory``: peak memory of (c) against (b). On CPU each measurement runs in a fresh subprocess and
+reads the peak resident set (``ru_maxrss``) above the process's footprint after model construction;
+on CUDA ``torch.cuda.max_memory_allocated``. Also reports the bytes of attention maps a step keeps.
+
+``scaling``: AMAD loss forward+backward time against tokens (65, 197, 577: ViT-B/16 at 64/224/384
+px) and against student heads (Ht 12 → Hs 2, 4, 6, 8, 12).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+STEP_CASES = (("blip-vqa", "tiny"), ("blip-vqa", "small"), ("vlt5", "tiny"), ("vlt5", "small"))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def build_case(family: str, preset: str, batch_size: int, attn_method: str = "amad", seed: int = 0):
+    """Teacher, the half-head student's DistillationModule, a batch and an optimizer (on the device)."""
+    from amad.lit import DistillationModule
+    from amad.models import build_model, random_batch
+
+    torch.manual_seed(seed)
+    teacher = build_model(family, preset=preset)
+    heads = teacher.num_heads(teacher.sites[0])
+    module = DistillationModule(teacher=teacher, student={"num_heads": max(heads // 2, 1), "init": "teacher"},
+                                attn_method=attn_method, task="vqa" if family != "blip-caption" else "caption")
+    device = _device()
+    module.to(device)
+    batch = _to(random_batch(family, batch_size, seed=seed, tokenizer=teacher.tokenizer), device)
+    opt = torch.optim.AdamW([p for p in module.student.parameters()] + list(module.attn.parameters()), lr=1e-4)
+    return module, batch, opt
+
+
+def _time(fn, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        _sync()
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 7, precision: str = "32") -> dict:
+    module, batch, opt = build_case(family, preset, batch_size)
+    device = _device()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    module.student.train()
+
+    def teacher_fwd():
+        with autocast:
+            module.teacher(batch, sites=())
+
+    def student_step():
+        with autocast:
+            loss = module.student(batch, sites=()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def distill_step():
+        with autocast:
+            loss = module.distillation_losses(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for fn in (teacher_fwd, student_step, distill_step):  # warm-up
+        fn()
+    a, b, c = [], [], []
+    for _ in range(reps):  # interleaved: machine noise hits all three alike
+        a += _time(teacher_fwd, 1)
+        b += _time(student_step, 1)
+        c += _time(distill_step, 1)
+    ta, tb, tc = (statistics.median(x) for x in (a, b, c))
+    return {"model": f"{family}/{preset}", "batch_size": batch_size, "device": device.type,
+            "precision": precision, "teacher_s": ta, "student_s": tb, "distill_s": tc,
+            "overhead": tc / (ta + tb), "reps": reps}
+
+
+def run_step(out: str | None = None, quick: bool = False) -> dict:
+    cases = STEP_CASES[:1] if quick else STEP_CASES
+    bs, reps = (4, 2) if quick else (32, 7)
+    precision = "bf16" if torch.cuda.is_available() else "32"
+    records = [measure_step(f, p, bs, reps, precision) for f, p in cases]
+    _print("step", records, ("model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"))
+    return _write({"step": records}, out)
+
+
+# -- memory -------------------------------------------------------------------------------------
+_MEM_CHILD = r"""
+import json, resource, sys, torch
+from amad.bench.step import build_case
+family, preset, bs, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+module, batch, opt = build_case(family, preset, bs)
+module.student.train()
+def step():
+    if mode == "student":
+        loss = module.student(batch, sites=()).loss
+    else:
+        loss = module.distillation_losses(batch)["loss"]
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=False)
+step()  # optimizer state and grads now exist: the baseline is the steady state before a step
+maps = 0
+if mode == "distill":
+    sites, qkv = module.attn.capture_sites()
+    with torch.no_grad():
+        t = module.teacher(batch, sites=sites)
+    maps = sum(m.numel() * m.element_size() for site in t.attentions.values() for m in site)
+    del t
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+torch.manual_seed(0)
+step()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_kb": base, "peak_kb": peak, "teacher_map_bytes": maps}))
+"""
+
+
+def _child_mem(family: str, preset: str, bs: int, mode: str) -> dict:
+    res = subprocess.run([sys.executable, "-c", _MEM_CHILD, family, preset, str(bs), mode],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run_memory(out: str | None = None, quick: bool = False) -> dict:
+    cases = STEP_CASES[:1] if quick else STEP_CASES
+    bs = 4 if quick else 32
+    records = []
+    for family, preset in cases:
+        if torch.cuda.is_available():
+            rec = _cuda_memory(family, preset, bs)
+        else:
+            s = _child_mem(family, preset, bs, "student")
+            d = _child_mem(family, preset, bs, "distill")
+            # ru_maxrss is a high-water mark: the first step already set it, so we measure the step
+            # in a process whose high-water mark is the pre-step footprint of a *warm* process.
+            s_peak, d_peak = max(s["peak_kb"] - s["base_kb"], 0), max(d["peak_kb"] - d["base_kb"], 0)
+            rec = {"model": f"{family}/{preset}", "batch_size": bs, "device": "cpu",
+                   "student_peak_mb": s["peak_kb"] / 1024, "distill_peak_mb": d["peak_kb"] / 1024,
+                   "student_step_extra_mb": s_peak / 1024, "distill_step_extra_mb": d_peak / 1024,
+                   "peak_ratio": d["peak_kb"] / s["peak_kb"],
+                   "teacher_maps_mb": d["teacher_map_bytes"] / 2**20}
+        records.append(rec)
+    _print("memory", records, ("model", "batch_size", "student_peak_mb", "distill_peak_mb", "peak_ratio",
+                               "teacher_maps_mb"))
+    return _write({"memory": records}, out)
+
+
+def _cuda_memory(family: str, preset: str, bs: int) -> dict:
+    peaks = {}
+    for mode in ("student", "distill"):
+        module, batch, opt = build_case(family, preset, bs)
+        module.student.train()
+        for _ in range(2):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            loss = (module.student(batch, sites=()).loss if mode == "student"
+                    else module.distillation_losses(batch)["loss"])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        peaks[mode] = (torch.cuda.max_memory_allocated(), base)
+        del module, batch, opt
+        torch.cuda.empty_cache()
+    return {"model": f"{family}/{preset}", "batch_size": bs, "device": "cuda",
+            "student_peak_mb": peaks["student"][0] / 2**20, "distill_peak_mb": peaks["distill"][0] / 2**20,
+            "peak_ratio": peaks["distill"][0] / peaks["student"][0]}
+
+
+# -- scaling ------------------------------------------------------------------------------------
+def run_scaling(out: str | None = None, quick: bool = False) -> dict:
+    from amad.losses import amad_loss
+
+    device = _device()
+    tokens = (65, 197) if quick else (65, 197, 577)
+    heads = (2, 8) if quick else (2, 4, 6, 8, 12)
+    bs, reps = (2, 2) if quick else (8, 5)
+    records = []
+
+    def timed(ht: int, hs: int, n: int) -> float:
+        g = torch.Generator().manual_seed(0)
+        t = torch.rand(bs, ht, n, n, generator=g).softmax(-1).to(device)
+        s = torch.rand(bs, hs, n, n, generator=g).softmax(-1).to(device).requires_grad_()
+
+        def fn():
+            amad_loss(t, s).backward()
+
+        fn()
+        return statistics.median(_time(fn, reps))
+
+    base = None
+    for n in tokens:
+        sec = timed(12, 6, n)
+        base = base or sec / (n * n)
+        records.append({"axis": "tokens", "tokens": n, "teacher_heads": 12, "student_heads": 6,
+                        "seconds": sec, "seconds_per_qk_rel": sec / (n * n) / base})
+    ref = None
+    for hs in heads:
+        sec = timed(12, hs, tokens[1])
+        ref = ref or sec
+        records.append({"axis": "student_heads", "tokens": tokens[1], "teacher_heads": 12,
+                        "student_heads": hs, "seconds": sec, "relative": sec / ref})
+    _print("scaling", records, ("axis", "tokens", "student_heads", "seconds"))
+    return _write({"scaling": records}, out)
+
+
+def _print(title: str, records: list[dict], cols: tuple[str, ...]) -> None:
+    print(f"\n[{title}]")
+    print(" | ".join(cols))
+    for r in records:
+        print(" | ".join(f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
+
+
+def _write(result: dict, out: str | None) -> dict:
+    if out:
+        with open(out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return result

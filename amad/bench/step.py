@@ -128,7 +128,6 @@ def step():
     else:
         loss = module.distillation_losses(batch)["loss"]
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=False)
-step()  # optimizer state and grads now exist: the baseline is the steady state before a step
 maps = 0
 if mode == "distill":
     sites, qkv = module.attn.capture_sites()
@@ -136,8 +135,10 @@ if mode == "distill":
         t = module.teacher(batch, sites=sites)
     maps = sum(m.numel() * m.element_size() for site in t.attentions.values() for m in site)
     del t
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-torch.manual_seed(0)
+import gc; gc.collect()
+# ru_maxrss is a high-water mark, so the step runs once, in a fresh process: base = the resident set
+# just before it (models, batch, allocator caches), peak = the high-water mark after it.
+base = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
 step()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"base_kb": base, "peak_kb": peak, "teacher_map_bytes": maps}))
@@ -160,8 +161,6 @@ def run_memory(out: str | None = None, quick: bool = False) -> dict:
         else:
             s = _child_mem(family, preset, bs, "student")
             d = _child_mem(family, preset, bs, "distill")
-            # ru_maxrss is a high-water mark: the first step already set it, so we measure the step
-            # in a process whose high-water mark is the pre-step footprint of a *warm* process.
             s_peak, d_peak = max(s["peak_kb"] - s["base_kb"], 0), max(d["peak_kb"] - d["base_kb"], 0)
             rec = {"model": f"{family}/{preset}", "batch_size": bs, "device": "cpu",
                    "student_peak_mb": s["peak_kb"] / 1024, "distill_peak_mb": d["peak_kb"] / 1024,

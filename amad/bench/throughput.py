@@ -1,0 +1,68 @@
+"""Throughput of the demo comparison's training: samples/s, and the fraction of time spent waiting for data.
+
+Runs the AMAD student of ``experiments/compare/easyvqa_blip.yaml`` (default preset data, batch and
+student) for a fixed number of steps with a randomly initialised teacher of the configured shape
+(speed does not depend on the teacher's weights), timing every step with a callback: data wait is the
+gap between the end of one step and the start of the next (the DataLoader fetching and collating).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+
+from amad.bench.step import _print, _write
+
+CONFIG = "experiments/compare/easyvqa_blip.yaml"
+
+
+class StepTimer(L.Callback):
+    """Record per-step compute time and the data-wait gap before each step."""
+
+    def __init__(self, skip: int = 3) -> None:
+        self.skip, self.compute, self.wait, self.sizes = skip, [], [], []
+        self._end: float | None = None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._end is not None and batch_idx >= self.skip:
+            self.wait.append(now - self._end)
+        self._start = now
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if batch_idx >= self.skip:
+            self.compute.append(now - self._start)
+            self.sizes.append(len(batch["ids"]))
+        self._end = now
+
+
+def run(out: str | None = None, quick: bool = False, config: str = CONFIG) -> dict:
+    from amad.compare.config import load_compare_config
+    from amad.compare.run import make_datamodule
+    from amad.lit import DistillationModule
+    from amad.models import build_model
+
+    cfg = load_compare_config(config, "smoke" if quick else "default")
+    dm = make_datamodule(cfg["data"])
+    L.seed_everything(0, verbose=False)
+    teacher = build_model(**{**cfg["teacher"]["model"], "vocab_size": dm.vocab_size})
+    teacher.tokenizer = dm.tokenizer
+    module = DistillationModule(teacher=teacher, student=dict(cfg["student"]), task=dm.task,
+                                **cfg["methods"].get("amad", {"attn_method": "amad"}))
+    timer = StepTimer()
+    steps = 8 if quick else 60
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer], accelerator="auto", devices=1)
+    trainer.fit(module, datamodule=dm)
+    compute, wait = sum(timer.compute), sum(timer.wait)
+    rec = {"config": config, "method": "amad", "steps_timed": len(timer.compute),
+           "batch_size": timer.sizes[0] if timer.sizes else None,
+           "samples_per_s": sum(timer.sizes) / (compute + wait) if timer.compute else None,
+           "data_wait_fraction": wait / (compute + wait) if timer.compute else None}
+    _print("throughput", [rec], ("config", "batch_size", "samples_per_s", "data_wait_fraction"))
+    return _write({"throughput": [rec]}, out)

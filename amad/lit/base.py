@@ -47,6 +47,8 @@ class TaskModule(L.LightningModule):
         warmup_ratio: fraction of the total optimizer steps spent warming up linearly from 0.
         schedule: decay after warm-up: ``linear`` to 0, ``cosine`` to 0, or ``constant``.
         max_new_tokens: generation length for evaluation (VQA answers are 1-3 tokens).
+        lr_scale: per-parameter-name-prefix multipliers of ``lr`` (the first matching prefix wins),
+            e.g. ``{"blip.vision_model.": 2.0}`` for a faster vision tower.
     """
 
     #: Prefix of the trainable model in ``state_dict`` (``model.`` / ``student.``).
@@ -60,6 +62,7 @@ class TaskModule(L.LightningModule):
         warmup_ratio: float = 0.05,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         max_new_tokens: int = 8,
+        lr_scale: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if task not in TASK_METRICS:
@@ -67,6 +70,7 @@ class TaskModule(L.LightningModule):
         self.task = task
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_ratio, self.schedule, self.max_new_tokens = warmup_ratio, schedule, max_new_tokens
+        self.lr_scale = dict(lr_scale or {})
         self.val_metric = build_task_metric(task)
         self.test_metric = build_task_metric(task)
 
@@ -124,12 +128,14 @@ class TaskModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
+        buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for name, p in self.trainable.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+                scale = next((v for k, v in self.lr_scale.items() if name.startswith(k)), 1.0)
+                decays = not (p.ndim < 2 or "norm" in name.lower())
+                buckets.setdefault((scale, decays), []).append(p)
+        groups = [{"params": ps, "lr": self.lr * scale, "weight_decay": self.weight_decay if decays else 0.0}
+                  for (scale, decays), ps in buckets.items()]
         extra = [p for p in self.extra_trainable_parameters() if p.requires_grad]
         if extra:
             groups.append({"params": extra, "weight_decay": 0.0})

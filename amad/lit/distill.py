@@ -46,7 +46,7 @@ class DistillationModule(TaskModule):
             ``layer_map[l]``), or a dict site → one of those.
         skip_nonfinite: on a non-finite loss, skip the batch (counted in ``train/skipped_batches``)
             instead of stopping with an error naming the step and the term.
-        lr, weight_decay, warmup_ratio, schedule, max_new_tokens: see :class:`TaskModule`.
+        lr, weight_decay, warmup_ratio, schedule, max_new_tokens, lr_scale: see :class:`TaskModule`.
     """
 
     trainable_prefix = "student."
@@ -70,8 +70,9 @@ class DistillationModule(TaskModule):
         warmup_ratio: float = 0.05,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         max_new_tokens: int = 8,
+        lr_scale: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(task, lr, weight_decay, warmup_ratio, schedule, max_new_tokens)
+        super().__init__(task, lr, weight_decay, warmup_ratio, schedule, max_new_tokens, lr_scale)
         modules = [n for n, v in (("teacher", teacher), ("student", student)) if isinstance(v, nn.Module)]
         self.save_hyperparameters(ignore=modules or None)
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(resolve_model(teacher))

@@ -17,7 +17,7 @@ class FineTuneModule(TaskModule):
             :func:`amad.models.build_model`, a path (``save_pretrained`` dir or amad ``.ckpt``), or an
             adapter instance (Python use).
         vocab_size: vocabulary size (linked from the DataModule by the CLI); overrides the preset's.
-        task, lr, weight_decay, warmup_ratio, schedule, max_new_tokens: see :class:`TaskModule`.
+        task, lr, weight_decay, warmup_ratio, schedule, max_new_tokens, lr_scale: see :class:`TaskModule`.
     """
 
     trainable_prefix = "model."
@@ -32,8 +32,9 @@ class FineTuneModule(TaskModule):
         warmup_ratio: float = 0.05,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         max_new_tokens: int = 8,
+        lr_scale: dict[str, float] | None = None,
     ) -> None:
-        super().__init__(task, lr, weight_decay, warmup_ratio, schedule, max_new_tokens)
+        super().__init__(task, lr, weight_decay, warmup_ratio, schedule, max_new_tokens, lr_scale)
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         self.model = resolve_model(model, vocab_size)
 

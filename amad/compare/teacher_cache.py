@@ -20,7 +20,7 @@ import lightning as L
 
 from amad.compare.config import fingerprint
 
-TEACHER_KEYS = ("model", "max_steps", "lr", "weight_decay", "warmup_ratio", "schedule", "seed",
+TEACHER_KEYS = ("model", "max_steps", "lr", "lr_scale", "weight_decay", "warmup_ratio", "schedule", "seed",
                 "precision", "max_new_tokens", "data")
 
 
@@ -75,7 +75,7 @@ def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Pat
                             lr=float(t.get("lr", 1e-3)), weight_decay=float(t.get("weight_decay", 0.01)),
                             warmup_ratio=float(t.get("warmup_ratio", 0.05)),
                             schedule=t.get("schedule", "linear"),
-                            max_new_tokens=int(t.get("max_new_tokens", 8)))
+                            max_new_tokens=int(t.get("max_new_tokens", 8)), lr_scale=t.get("lr_scale"))
     module.model.tokenizer = dm.tokenizer
     trainer = L.Trainer(max_steps=int(t["max_steps"]), logger=False, enable_checkpointing=False,
                         limit_val_batches=0, num_sanity_val_steps=0, accelerator="auto", devices=1,

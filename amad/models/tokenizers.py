@@ -96,3 +96,16 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
             "Hub ids cannot be downloaded here: pass a local path."
         )
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def placeholder_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer of ``vocab_size`` tokens: :data:`SPECIAL_TOKENS`, then ``tok7``, ``tok8``...
+
+    Used when a model is built without a tokenizer (tests, benchmarks, shapes): ids map to readable
+    placeholder words, so ``generate`` still returns strings and saving still writes a tokenizer.
+    """
+    if vocab_size < len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be >= {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"tok{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    return word_tokenizer_from_vocab(vocab)

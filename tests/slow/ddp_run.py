@@ -67,7 +67,9 @@ def main(out: str, devices: int) -> None:
                         max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
-    loss = float(trainer.callback_metrics["train/loss"])
+    module.eval()
+    with torch.no_grad():  # the objective on the whole training set, with the final weights
+        loss = float(module.distillation_losses(dm.train_ds.batch)["loss"])
     res = trainer.test(module, datamodule=dm, verbose=False)[0]
     counted = len(module.test_metric._dedup_ids()) if hasattr(module.test_metric, "_dedup_ids") else None
     checksum = float(sum(p.double().sum() for p in module.student.parameters()))

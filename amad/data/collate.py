@@ -1,0 +1,132 @@
+"""The shared collate: examples → the batch dict of ``docs/architecture.md``.
+
+Each dataset item is a dict ``{"image": uint8 (3, H, W), "id", "source": str, "target": str,
+"references": list[str]}``. :class:`VisionTextCollator` turns a list of them into
+
+* ``pixel_values`` float (B, 3, H, W): resized to ``image_size`` (bilinear, antialiased when
+  shrinking), scaled to [0, 1], then ``(x - mean) / std``;
+* ``input_ids`` long (B, S): ``[CLS] prefix source [SEP]`` right-padded with the pad id (0 for the
+  word tokenizer); ``attention_mask`` long (B, S), 1 on real tokens;
+* ``labels`` long (B, T): ``target [EOS]`` right-padded with -100;
+* ``ids``, ``references`` (list[list[str]]), ``source_text`` (the raw source, without prefix).
+
+Tokenizers without ``[CLS]`` (T5) get no start token; without ``[SEP]`` the source ends with the EOS
+token (``</s>`` for T5). Targets end with EOS, or ``[SEP]`` when the tokenizer has no EOS (BERT, as
+BLIP uses it). Over-long texts are cut so that the special tokens stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+def _as_triple(x: float | Sequence[float]) -> tuple[float, float, float]:
+    if isinstance(x, (int, float)):
+        return (float(x),) * 3
+    t = tuple(float(v) for v in x)
+    if len(t) == 1:
+        return t * 3
+    if len(t) != 3:
+        raise ValueError(f"normalisation needs 1 or 3 values, got {list(x)}")
+    return t  # type: ignore[return-value]
+
+
+def prepare_images(
+    images: torch.Tensor,
+    image_size: int | None,
+    mean: float | Sequence[float] = 0.5,
+    std: float | Sequence[float] = 0.5,
+) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → normalised float (B, 3, image_size, image_size)."""
+    x = images.float().div_(255.0)
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        shrink = image_size < max(x.shape[-2:])
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                          antialias=shrink).clamp_(0.0, 1.0)
+    m = torch.tensor(_as_triple(mean), dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(_as_triple(std), dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+class VisionTextCollator:
+    """Callable collate function (picklable, so it works with ``num_workers > 0``).
+
+    Args:
+        tokenizer: any Hugging Face tokenizer (the word tokenizer of the embedded tasks, BERT, T5).
+        image_size: output side length; ``None`` keeps the stored size.
+        normalize: (mean, std), each a float or 3 floats.
+        text_prefix: prepended to every source (VL-T5 style, e.g. ``"vqa:"``); not in ``source_text``.
+        max_source_len: longest ``input_ids`` row, special tokens included.
+        max_target_len: longest ``labels`` row, EOS included.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        image_size: int | None = None,
+        normalize: tuple[float | Sequence[float], float | Sequence[float]] = (0.5, 0.5),
+        text_prefix: str = "",
+        max_source_len: int = 40,
+        max_target_len: int = 40,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.mean, self.std = _as_triple(normalize[0]), _as_triple(normalize[1])
+        self.text_prefix = text_prefix.strip()
+        self.max_source_len = max_source_len
+        self.max_target_len = max_target_len
+        tok = tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.start = [tok.cls_token_id] if tok.cls_token_id is not None else []
+        end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        self.end = [end] if end is not None else []
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        if eos is None:
+            raise ValueError("tokenizer has neither an EOS nor a SEP token to end targets with")
+        self.eos = eos
+        if max_source_len < len(self.start) + len(self.end) or max_target_len < 1:
+            raise ValueError("max_source_len / max_target_len too small for the special tokens")
+
+    def source_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of sources: ``[CLS] prefix text [SEP]``, cut to ``max_source_len``."""
+        full = [f"{self.text_prefix} {t}".strip() for t in texts]
+        room = self.max_source_len - len(self.start) - len(self.end)
+        enc = self.tokenizer(full, add_special_tokens=False)["input_ids"] if full else []
+        return [self.start + ids[:room] + self.end for ids in enc]
+
+    def target_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of targets: ``text [EOS]``, cut to ``max_target_len``."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        return [ids[: self.max_target_len - 1] + [self.eos] for ids in enc]
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        images = torch.stack([it["image"] for it in items])
+        src = self.source_ids([it["source"] for it in items])
+        tgt = self.target_ids([it["target"] for it in items])
+        b, s, t = len(items), max(map(len, src)), max(map(len, tgt))
+        input_ids = torch.full((b, s), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((b, s), dtype=torch.long)
+        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
+        for i, (a, y) in enumerate(zip(src, tgt)):
+            input_ids[i, : len(a)] = torch.tensor(a, dtype=torch.long)
+            attention_mask[i, : len(a)] = 1
+            labels[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+        return {
+            "pixel_values": prepare_images(images, self.image_size, self.mean, self.std),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "ids": [it["id"] for it in items],
+            "references": [list(it["references"]) for it in items],
+            "source_text": [it["source"] for it in items],
+        }

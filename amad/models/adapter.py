@@ -1,0 +1,253 @@
+"""The adapter base class: one contract over every model family (docs/architecture.md).
+
+A family adapter wraps a Hugging Face model (``self.model``) plus any modules of its own and
+implements four things: :meth:`attention_points` (where each site's maps live), :meth:`_run` (the
+teacher-forced forward), :meth:`_encode` / :meth:`_next_logits` (greedy decoding). Everything else —
+site validation, capture, the loss, generation, saving and loading — lives here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from amad.models.capture import AdapterOutput, AttentionPoint, Capture
+
+ADAPTER_FILE = "amad_adapter.json"
+EXTRA_WEIGHTS_FILE = "amad_extra.safetensors"
+IGNORE_INDEX = -100
+
+
+def decoder_inputs(labels: Tensor, bos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Teacher-forcing decoder inputs from labels: ``[BOS] + labels[:, :-1]``, -100 → pad.
+
+    Args:
+        labels: (B, T) long, ``w1 .. wm [EOS]`` right-padded with -100.
+    Returns:
+        ``(decoder_input_ids, target_mask)``, (B, T) long and (B, T) bool (``labels != -100``).
+        The target mask doubles as the decoder key mask: position t is a real decoder input exactly
+        when its prediction ``labels[:, t]`` is real (right padding).
+    """
+    target_mask = labels != IGNORE_INDEX
+    dec = labels.new_full(labels.shape, pad_token_id)
+    dec[:, 0] = bos_token_id
+    if labels.shape[1] > 1:
+        dec[:, 1:] = labels[:, :-1].masked_fill(~target_mask[:, :-1], pad_token_id)
+    return dec, target_mask
+
+
+def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy averaged over real target tokens (0, not NaN, when there are none).
+
+    Args:
+        logits: (B, T, V); labels: (B, T) with -100 for padding.
+    """
+    n = (labels != IGNORE_INDEX).sum()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / n.clamp(min=1)
+
+
+class AttentionAdapter(nn.Module):
+    """Base of the family adapters; a plain ``nn.Module`` (no Lightning, no logging).
+
+    Attributes:
+        family: family name (``blip-vqa``, ``blip-caption``, ``vlt5``).
+        sites: the attention sites of the family, in forward order.
+        model: the wrapped Hugging Face model.
+        tokenizer: the tokenizer (a placeholder vocabulary when built without one; None possible for
+            checkpoints loaded without tokenizer files).
+        init_report: set by :func:`amad.models.derive_student` (what was copied from the teacher).
+    """
+
+    family: ClassVar[str] = ""
+    sites: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.init_report: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- to implement per family
+    def attention_points(self, site: str) -> list[AttentionPoint]:
+        """Per layer, where the maps (and q/k/v projections) of ``site`` are read."""
+        raise NotImplementedError
+
+    def num_layers(self, site: str) -> int:
+        """Number of layers of ``site``."""
+        return len(self.attention_points(self._check_site(site)))
+
+    def num_heads(self, site: str) -> int:
+        """Number of attention heads at ``site``."""
+        raise NotImplementedError
+
+    def _run(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Teacher-forced forward: ``(logits (B,T,V), target_mask (B,T), query_masks, key_masks)``."""
+        raise NotImplementedError
+
+    def _encode(self, batch: dict[str, Any]) -> Any:
+        """Everything the decoder needs, computed once per generation."""
+        raise NotImplementedError
+
+    def _next_logits(self, state: Any, decoder_ids: Tensor) -> Tensor:
+        """(B, V) logits of the next token after ``decoder_ids`` (B, t)."""
+        raise NotImplementedError
+
+    @property
+    def bos_token_id(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def eos_token_id(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def pad_token_id(self) -> int:
+        raise NotImplementedError
+
+    def extra_config(self) -> dict[str, Any]:
+        """Adapter-level settings beyond the HF config (flat ``build_model`` overrides)."""
+        return {}
+
+    # ---------------------------------------------------------------- the contract
+    def forward(self, batch: dict[str, Any], sites: Iterable[str] | None = None,
+                qkv_sites: Iterable[str] = ()) -> AdapterOutput:
+        """Teacher-forced forward with attention capture.
+
+        Args:
+            batch: the batch dict of docs/architecture.md.
+            sites: sites whose maps to return (None = all, () = none).
+            qkv_sites: self-attention sites whose q/k/v projections to return.
+
+        Returns:
+            :class:`AdapterOutput`.
+
+        Raises:
+            ValueError: an unknown site, or a cross-attention site in ``qkv_sites``.
+            RuntimeError: a requested site produced no maps (names the site).
+        """
+        map_sites = self.sites if sites is None else self._check_sites(sites)
+        proj_sites = self._check_sites(qkv_sites)
+        bad = [s for s in proj_sites if not s.endswith(".self")]
+        if bad:
+            raise ValueError(f"qkv_sites must be self-attention sites of {self.family!r} "
+                             f"({[s for s in self.sites if s.endswith('.self')]}); got {bad}")
+        with Capture(self.attention_points, map_sites, proj_sites) as cap:
+            logits, target_mask, query_masks, key_masks = self._run(batch)
+        return AdapterOutput(
+            loss=task_loss(logits, batch["labels"]), logits=logits, target_mask=target_mask,
+            attentions=cap.attentions(), query_masks=query_masks, qkv=cap.projections(),
+            key_masks=key_masks)
+
+    @torch.no_grad()
+    def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 10) -> Tensor:
+        """Greedy decoding: (B, t ≤ max_new_tokens) token ids (pad after EOS; no BOS).
+
+        Runs in eval mode (dropout off) and restores the previous mode. Encoders run once; the
+        decoder re-reads its prefix each step (answers and captions are short).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            state = self._encode(batch)
+            bsz, device = batch["input_ids"].shape[0], batch["input_ids"].device
+            cur = torch.full((bsz, 1), self.bos_token_id, dtype=torch.long, device=device)
+            done = torch.zeros(bsz, dtype=torch.bool, device=device)
+            for _ in range(max_new_tokens):
+                nxt = self._next_logits(state, cur).argmax(-1)
+                nxt = nxt.masked_fill(done, self.pad_token_id)
+                cur = torch.cat([cur, nxt[:, None]], dim=1)
+                done |= nxt == self.eos_token_id
+                if bool(done.all()):
+                    break
+            return cur[:, 1:]
+        finally:
+            self.train(was_training)
+
+    def generate(self, batch: dict[str, Any], max_new_tokens: int = 10) -> list[str]:
+        """Greedy decoding, decoded to strings (special tokens dropped, cut at EOS)."""
+        if self.tokenizer is None:
+            raise RuntimeError(f"{type(self).__name__} has no tokenizer; pass tokenizer= when building "
+                               "or loading it")
+        ids = self.generate_ids(batch, max_new_tokens).tolist()
+        out = []
+        for seq in ids:
+            if self.eos_token_id in seq:
+                seq = seq[: seq.index(self.eos_token_id)]
+            out.append(self.tokenizer.decode(seq, skip_special_tokens=True).strip())
+        return out
+
+    # ---------------------------------------------------------------- configs and files
+    def config_dict(self) -> dict[str, Any]:
+        """A plain dict that rebuilds this architecture: ``build_model(**adapter.config_dict())``."""
+        hf = self.model.config.to_diff_dict()
+        hf.pop("transformers_version", None)
+        hf.pop("architectures", None)
+        return {"family": self.family, "hf_config": hf, **self.extra_config()}
+
+    def _extra_state(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the HF model (``save_pretrained``), the adapter's own modules and config, and the tokenizer.
+
+        Files: the HF files (``config.json``, ``model.safetensors``), ``amad_adapter.json`` (family,
+        adapter settings), ``amad_extra.safetensors`` (modules outside the HF model, e.g. VL-T5's
+        visual embedding), the tokenizer files.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        meta = {"family": self.family, "extra_config": self.extra_config(),
+                "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
+                "pad_token_id": self.pad_token_id}
+        (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        extra = self._extra_state()
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()},
+                      str(path / EXTRA_WEIGHTS_FILE))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(path))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, family: str | None = None, tokenizer: Any = None,
+                        **kwargs: Any) -> AttentionAdapter:
+        """Load an adapter from a local directory or the user's HF cache (see :func:`amad.models.load_pretrained`)."""
+        from amad.models.build import load_pretrained
+
+        if family is None and cls.family:
+            family = cls.family
+        return load_pretrained(path, family=family, tokenizer=tokenizer, **kwargs)
+
+    # ---------------------------------------------------------------- helpers
+    def _check_site(self, site: str) -> str:
+        if site not in self.sites:
+            raise ValueError(f"site {site!r} is not a site of family {self.family!r}; "
+                             f"its sites are {list(self.sites)}")
+        return site
+
+    def _check_sites(self, sites: Iterable[str] | str) -> tuple[str, ...]:
+        if isinstance(sites, str):
+            sites = (sites,)
+        out = tuple(sites)
+        for s in out:
+            self._check_site(s)
+        return out
+
+    @staticmethod
+    def _ones_mask(batch_size: int, length: int, device: torch.device) -> Tensor:
+        return torch.ones(batch_size, length, dtype=torch.bool, device=device)
+
+    def extra_repr(self) -> str:
+        return f"family={self.family!r}, sites={self.sites}"
+

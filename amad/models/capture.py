@@ -1,0 +1,176 @@
+"""The capture contract: what every model adapter returns, and how maps are taken out of a forward.
+
+Maps are captured **inside the one forward pass** that computes the loss (no second pass, no copy):
+
+* BLIP (eager-only, attention written by hand): a forward hook on the attention-dropout module of each
+  requested layer reads its *input*, i.e. the post-softmax probabilities before dropout.
+* T5 (attention through the ``AttentionInterface``): the model runs the ``amad_eager`` attention
+  function (:mod:`amad.models.vlt5`), identical to T5's eager path, which hands the pre-dropout
+  probabilities to a sink set on the attention module for the duration of the forward.
+
+Hooks and sinks exist only for the requested sites and only inside :class:`Capture` (so they never
+leak into generation, ``deepcopy`` or pickling); unrequested layers cost nothing. A requested site
+that produced no map for some layer is an error naming the site — never an empty tuple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+QKV = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass
+class AdapterOutput:
+    """What ``adapter(batch, sites=..., qkv_sites=...)`` returns (docs/architecture.md).
+
+    Attributes:
+        loss: scalar task cross-entropy under teacher forcing, mean over real target tokens.
+        logits: (B, T, V), position t predicts ``labels[:, t]``.
+        target_mask: (B, T) bool, ``labels != -100``.
+        attentions: site -> tuple over layers of (B, H, Q, K) post-softmax, pre-dropout maps, only
+            for the requested sites.
+        query_masks: site -> (B, Q) bool, True for real query rows (every site of the family).
+        qkv: site -> tuple over layers of ``(q, k, v)``, each (B, L, d): the self-attention query /
+            key / value projection outputs (before the head split), only for ``qkv_sites``. For BLIP's
+            fused ViT projection they are views of one (B, L, 3d) tensor.
+        key_masks: self-attention site -> (B, L) bool, True for real keys.
+    """
+
+    loss: Tensor
+    logits: Tensor
+    target_mask: Tensor
+    attentions: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
+    query_masks: dict[str, Tensor] = field(default_factory=dict)
+    qkv: dict[str, tuple[QKV, ...]] = field(default_factory=dict)
+    key_masks: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class AttentionPoint:
+    """Where one attention layer's maps and projections can be read.
+
+    Attributes:
+        probe: module whose forward sees the maps: an ``nn.Dropout`` (``kind="dropout"``: its input is
+            the pre-dropout map) or an attention module (``kind="sink"``: the attention function calls
+            ``probe._amad_sink(map)``).
+        kind: ``"dropout"`` or ``"sink"``.
+        q, k, v: the projection ``nn.Linear`` layers (self-attention), or None.
+        qkv: a fused projection producing ``[q | k | v]`` along the last dim (BLIP ViT), or None.
+    """
+
+    probe: nn.Module
+    kind: str
+    q: nn.Module | None = None
+    k: nn.Module | None = None
+    v: nn.Module | None = None
+    qkv: nn.Module | None = None
+
+
+SINK_ATTR = "_amad_sink"
+
+
+class Capture:
+    """Context manager collecting maps / projections of the requested sites during one forward.
+
+    Args:
+        points: site -> list over layers of :class:`AttentionPoint`.
+        sites: sites whose maps are wanted.
+        qkv_sites: self-attention sites whose q/k/v projections are wanted.
+    """
+
+    def __init__(self, points: Callable[[str], Sequence[AttentionPoint]], sites: Iterable[str],
+                 qkv_sites: Iterable[str]) -> None:
+        self._points = points
+        self.maps: dict[str, list[Tensor | None]] = {}
+        self.qkv: dict[str, list[list[Tensor | None]]] = {}
+        self._sites, self._qkv_sites = tuple(sites), tuple(qkv_sites)
+        self._handles: list = []
+        self._sinks: list[nn.Module] = []
+
+    def __enter__(self) -> Capture:
+        try:
+            for site in self._sites:
+                pts = self._points(site)
+                store: list[Tensor | None] = [None] * len(pts)
+                self.maps[site] = store
+                for layer, p in enumerate(pts):
+                    self._attach_map(p, store, layer)
+            for site in self._qkv_sites:
+                pts = self._points(site)
+                qstore: list[list[Tensor | None]] = [[None, None, None] for _ in pts]
+                self.qkv[site] = qstore
+                for layer, p in enumerate(pts):
+                    self._attach_qkv(p, qstore[layer])
+        except BaseException:
+            self._detach()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._detach()
+
+    # -- attaching -----------------------------------------------------------------------------
+    def _attach_map(self, p: AttentionPoint, store: list, layer: int) -> None:
+        if p.kind == "dropout":
+            def hook(_mod, args, _out, store=store, layer=layer):
+                store[layer] = args[0]
+            self._handles.append(p.probe.register_forward_hook(hook))
+        elif p.kind == "sink":
+            def sink(probs, store=store, layer=layer):
+                store[layer] = probs
+            setattr(p.probe, SINK_ATTR, sink)
+            self._sinks.append(p.probe)
+        else:  # pragma: no cover - programming error in an adapter
+            raise ValueError(f"unknown probe kind {p.kind!r}")
+
+    def _attach_qkv(self, p: AttentionPoint, slot: list) -> None:
+        if p.qkv is not None:
+            def fused(_mod, _args, out, slot=slot):
+                slot[0], slot[1], slot[2] = out.chunk(3, dim=-1)
+            self._handles.append(p.qkv.register_forward_hook(fused))
+            return
+        for i, lin in enumerate((p.q, p.k, p.v)):
+            if lin is None:  # pragma: no cover - programming error in an adapter
+                raise ValueError("attention point without q/k/v projections")
+
+            def one(_mod, _args, out, slot=slot, i=i):
+                slot[i] = out
+            self._handles.append(lin.register_forward_hook(one))
+
+    def _detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for m in self._sinks:
+            if hasattr(m, SINK_ATTR):
+                delattr(m, SINK_ATTR)
+        self._sinks.clear()
+
+    # -- results -------------------------------------------------------------------------------
+    def attentions(self) -> dict[str, tuple[Tensor, ...]]:
+        """site -> tuple over layers of maps; raises if a requested layer saw no map."""
+        out = {}
+        for site, store in self.maps.items():
+            missing = [i for i, m in enumerate(store) if m is None]
+            if missing or not store:
+                raise RuntimeError(
+                    f"attention site {site!r} produced no maps for layers {missing or 'all'}: the layers "
+                    "did not run or their attention path bypassed the probe (e.g. an sdpa/flash attention "
+                    "implementation, which returns no probabilities). Use the eager implementation.")
+            out[site] = tuple(store)  # type: ignore[arg-type]
+        return out
+
+    def projections(self) -> dict[str, tuple[QKV, ...]]:
+        """site -> tuple over layers of (q, k, v); raises if a requested layer saw no projection."""
+        out = {}
+        for site, store in self.qkv.items():
+            missing = [i for i, s in enumerate(store) if any(t is None for t in s)]
+            if missing or not store:
+                raise RuntimeError(f"qkv site {site!r} produced no q/k/v projections for layers "
+                                   f"{missing or 'all'}")
+            out[site] = tuple((s[0], s[1], s[2]) for s in store)  # type: ignore[misc]
+        return out

@@ -54,6 +54,14 @@ def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return total / n.clamp(min=1)
 
 
+_VOLATILE_KEYS = ("transformers_version", "architectures", "dtype", "torch_dtype")
+
+
+def _clean_config(d: dict[str, Any]) -> dict[str, Any]:
+    """Drop bookkeeping fields (version, architectures, dtype) at every level of an HF config dict."""
+    return {k: _clean_config(v) if isinstance(v, dict) else v for k, v in d.items() if k not in _VOLATILE_KEYS}
+
+
 class AttentionAdapter(nn.Module):
     """Base of the family adapters; a plain ``nn.Module`` (no Lightning, no logging).
 
@@ -187,10 +195,8 @@ class AttentionAdapter(nn.Module):
     # ---------------------------------------------------------------- configs and files
     def config_dict(self) -> dict[str, Any]:
         """A plain dict that rebuilds this architecture: ``build_model(**adapter.config_dict())``."""
-        hf = self.model.config.to_diff_dict()
-        hf.pop("transformers_version", None)
-        hf.pop("architectures", None)
-        return {"family": self.family, "hf_config": hf, **self.extra_config()}
+        return {"family": self.family, "hf_config": _clean_config(self.model.config.to_diff_dict()),
+                **self.extra_config()}
 
     def _extra_state(self) -> dict[str, Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}

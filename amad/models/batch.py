@@ -9,7 +9,8 @@ import torch
 CLS_ID, SEP_ID, EOS_ID, FIRST_WORD_ID = 2, 3, 6, 7
 
 
-def random_batch(family: str, batch_size: int = 4, *, model: Any = None, image_size: int = 64,
+def random_batch(family: str, batch_size: int = 4, *, model: Any = None, tokenizer: Any = None,
+                 image_size: int = 64,
                  vocab_size: int = 100, source_len: int = 8, target_len: int = 4, num_regions: int = 8,
                  visual_feat_dim: int | None = None, seed: int = 0,
                  device: torch.device | str | None = None) -> dict[str, Any]:
@@ -23,6 +24,8 @@ def random_batch(family: str, batch_size: int = 4, *, model: Any = None, image_s
         family: ``blip-vqa``, ``blip-caption`` (source is ``[CLS] [SEP]``) or ``vlt5``.
         model: an adapter; when given, image size, vocabulary, special ids and region-feature size
             are read from it (and the keyword values below ignored).
+        tokenizer: when given (and no model), vocabulary size and ``[CLS]`` / ``[SEP]`` / ``[EOS]`` ids
+            come from it (EOS falls back to SEP for tokenizers without one).
         source_len: padded source length S (``[CLS]`` + up to S-2 words + ``[SEP]``).
         target_len: padded target length T (up to T-1 words + ``[EOS]``, padding -100).
         num_regions, visual_feat_dim: add ``visual_feats`` (B, N, F) / ``visual_boxes`` (B, N, 4)
@@ -30,11 +33,14 @@ def random_batch(family: str, batch_size: int = 4, *, model: Any = None, image_s
         seed: the batch is a function of the arguments and the seed.
     """
     cls_id, sep_id, eos_id = CLS_ID, SEP_ID, EOS_ID
+    tok = getattr(model, "tokenizer", None) if model is not None else tokenizer
+    if tok is not None:
+        cls_id = tok.cls_token_id if tok.cls_token_id is not None else cls_id
+        sep_id = tok.sep_token_id if tok.sep_token_id is not None else sep_id
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        eos_id = eos if eos is not None else eos_id
+        vocab_size = len(tok)
     if model is not None:
-        tok = getattr(model, "tokenizer", None)
-        if tok is not None:
-            cls_id = tok.cls_token_id if tok.cls_token_id is not None else cls_id
-            sep_id = tok.sep_token_id if tok.sep_token_id is not None else sep_id
         eos_id = model.eos_token_id
         if family == "vlt5":
             vis = model.extra_config()
@@ -79,8 +85,8 @@ def random_batch(family: str, batch_size: int = 4, *, model: Any = None, image_s
         "attention_mask": attention_mask,
         "labels": labels,
         "ids": list(range(bsz)),
-        "references": [[_text(t, model)] for t in targets],
-        "source_text": [_text(s, model) for s in sources],
+        "references": [[_text(t, tok)] for t in targets],
+        "source_text": [_text(s, tok) for s in sources],
     }
     if visual_feat_dim:
         batch["visual_feats"] = torch.randn(bsz, num_regions, visual_feat_dim, generator=g)
@@ -101,8 +107,7 @@ def _lengths(bsz: int, low: int, high: int, g: torch.Generator) -> list[int]:
     return out
 
 
-def _text(ids: list[int], model: Any) -> str:
-    tok = getattr(model, "tokenizer", None) if model is not None else None
+def _text(ids: list[int], tok: Any) -> str:
     if tok is not None:
         return tok.decode(ids, skip_special_tokens=True)
     return " ".join(f"tok{i}" for i in ids)

@@ -111,3 +111,14 @@ def test_random_batch_format(family):
         assert ids.shape[1] == 2
     else:
         assert mask[0].all() and not mask[-1].all()
+
+
+def test_random_batch_from_a_tokenizer():
+    tok = build_word_tokenizer(["is there a red circle", "yes", "no", "blue square"])
+    batch = random_batch("blip-vqa", 3, tokenizer=tok, seed=0)
+    assert int(batch["input_ids"].max()) < len(tok)
+    assert (batch["labels"][:, 0] != -100).all()
+    assert set(batch["references"][0][0].split()) <= set(tok.get_vocab())
+    model = build_model("blip-vqa", "tiny", tokenizer=tok)
+    with torch.no_grad():
+        assert torch.isfinite(model(batch, sites=()).loss)

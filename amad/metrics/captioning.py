@@ -120,6 +120,8 @@ class CaptionMetrics(RecordMetric):
 
     def __init__(self, meteor: bool = False, tokenizer: str = "auto", **kwargs) -> None:
         super().__init__(**kwargs)
+        if tokenizer not in ("auto", "ptb", "simple"):
+            raise ValueError(f"tokenizer must be 'auto', 'ptb' or 'simple', got {tokenizer!r}")
         self.meteor = meteor
         self.tokenizer = tokenizer
         self.names = CAPTION_METRICS + (("meteor",) if meteor else ())

@@ -9,7 +9,7 @@ import torch
 
 from amad.lit import DistillationModule, FineTuneModule, FrozenTeacher
 
-from .conftest import TASK_OF, RandomBatchDataModule, fit_trainer
+from lit_helpers import TASK_OF, RandomBatchDataModule, fit_trainer
 
 STUDENT = {"num_heads": 2, "num_layers": 1, "init": "random"}
 

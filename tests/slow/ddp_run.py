@@ -41,12 +41,17 @@ def collate(items):
 
 
 class DM(L.LightningDataModule):
-    def __init__(self, tokenizer, per_device):
+    def __init__(self, teacher, per_device):
         super().__init__()
-        self.task, self.tokenizer, self.per_device = "vqa", tokenizer, per_device
-        train = random_batch("blip-vqa", N_TRAIN, seed=1, tokenizer=tokenizer)
-        test = random_batch("blip-vqa", N_TEST, seed=2, tokenizer=tokenizer)
+        self.task, self.tokenizer, self.per_device = "vqa", teacher.tokenizer, per_device
+        train = random_batch("blip-vqa", N_TRAIN, seed=1, tokenizer=self.tokenizer)
+        test = random_batch("blip-vqa", N_TEST, seed=2, tokenizer=self.tokenizer)
         test["ids"] = [f"q{i}" for i in range(N_TEST)]
+        # References: the (frozen) teacher's own answer for the first half, a wrong one for the rest,
+        # so the teacher scores exactly 0.5 -- and 7/12 if the sampler's padded duplicates counted.
+        with torch.no_grad():
+            answers = teacher.eval().generate(test, max_new_tokens=4)
+        test["references"] = [[a] if i < N_TEST // 2 else ["zzz-wrong"] for i, a in enumerate(answers)]
         self.train_ds, self.test_ds = Examples(train), Examples(test)
 
     def train_dataloader(self):
@@ -62,7 +67,7 @@ def main(out: str, devices: int) -> None:
     teacher = build_model("blip-vqa", preset="tiny", dropout=0.0, attention_dropout=0.0)
     module = DistillationModule(teacher=teacher, student={"num_heads": 2, "num_layers": 1, "init": "teacher"},
                                 task="vqa", attn_method="amad", lr=1e-3, warmup_ratio=0.0, schedule="constant")
-    dm = DM(teacher.tokenizer, GLOBAL_BATCH // devices)
+    dm = DM(teacher, GLOBAL_BATCH // devices)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
@@ -70,13 +75,15 @@ def main(out: str, devices: int) -> None:
     module.eval()
     with torch.no_grad():  # the objective on the whole training set, with the final weights
         loss = float(module.distillation_losses(dm.train_ds.batch)["loss"])
-    res = trainer.test(module, datamodule=dm, verbose=False)[0]
-    counted = len(module.test_metric._dedup_ids()) if hasattr(module.test_metric, "_dedup_ids") else None
+    from amad.lit import FineTuneModule
+
+    res = trainer.test(FineTuneModule(model=module.teacher.model, task="vqa", max_new_tokens=4),
+                       datamodule=dm, verbose=False)[0]
     checksum = float(sum(p.double().sum() for p in module.student.parameters()))
     if trainer.global_rank == 0:
         with open(out, "w") as fh:
             json.dump({"loss": loss, "checksum": checksum, "test": {k: float(v) for k, v in res.items()},
-                       "counted": counted, "world_size": trainer.world_size}, fh)
+                       "world_size": trainer.world_size}, fh)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def read_attributes(image: np.ndarray | torch.Tensor) -> ShapeAttributes:
     frac = area / (h * w)
     row = min(int(3 * (ys.mean() + 0.5) / h), 2)
     col = min(int(3 * (xs.mean() + 0.5) / w), 2)
-    return ShapeAttributes(shape, colour, size_name(frac), row, col, round(frac, 4), round(fill, 4))
+    return ShapeAttributes(shape, colour, size_name(frac), row, col, round(float(frac), 4), round(float(fill), 4))
 
 
 def read_all(images: torch.Tensor) -> tuple[ShapeAttributes, ...]:

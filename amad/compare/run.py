@@ -158,6 +158,18 @@ def evaluate_teacher(teacher, dm: L.LightningDataModule, split: str) -> dict[str
     return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
 
 
+def quiet_libraries() -> None:
+    """Dozens of runs: keep the console to our progress lines (warnings still show)."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amad compare", description=__doc__)
     parser.add_argument("--config", default="experiments/compare/easyvqa_blip.yaml")
@@ -169,6 +181,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split", default="test", choices=("test", "val"),
                         help="evaluate on test (reporting) or val (tuning: never tune on test)")
     ns = parser.parse_args(argv)
+    quiet_libraries()
     torch.set_float32_matmul_precision("high")
     cfg = load_compare_config(ns.config, ns.preset, ns.seeds, ns.methods.split(",") if ns.methods else None)
     start = time.perf_counter()

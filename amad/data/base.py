@@ -5,6 +5,10 @@ A DataModule subclass says what its splits contain (:meth:`VisionTextDataModule.
 which text trains the tokenizer (:meth:`VisionTextDataModule._tokenizer_corpus`); the base class
 does the rest: tokenizer (built in ``__init__`` so ``vocab_size`` is known before ``setup``),
 low-data selection, dataloaders and the shared collate.
+
+DataModules do not call ``save_hyperparameters``: Lightning refuses to log hyperparameters when a
+DataModule and the LightningModule both have one of the same name (``seed``, ``image_size``) with
+different values. LightningCLI's saved ``config.yaml`` records them instead.
 """
 
 from __future__ import annotations

@@ -64,7 +64,6 @@ class COCOKarpathyDataModule(FileImagesDataModule):
         )
         self.dataset_json, self.image_root = Path(dataset_json), Path(image_root)
         self.splits = {"train": tuple(train_splits), "val": (val_split,), "test": (test_split,)}
-        self.save_hyperparameters()
         self._init_tokenizer()
 
     def _records(self, split: str) -> list[dict]:

@@ -102,7 +102,6 @@ class EasyVQADataModule(VisionTextDataModule):
         )
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.save_hyperparameters()
         self._init_tokenizer()
 
     def _tokenizer_corpus(self) -> Iterable[str]:

@@ -68,7 +68,6 @@ class Multi30KDataModule(FileImagesDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.lowercase_bleu = lowercase_bleu
-        self.save_hyperparameters()
         self._init_tokenizer()
 
     def _records(self, split: str) -> list[dict]:

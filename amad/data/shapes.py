@@ -143,7 +143,6 @@ class ShapesCaptionDataModule(_ShapesDataModule):
         if not 1 <= captions_per_image <= len(CAPTION_TEMPLATES):
             raise ValueError(f"captions_per_image must be in 1..{len(CAPTION_TEMPLATES)}")
         self.captions_per_image = captions_per_image
-        self.save_hyperparameters()
         self._init_tokenizer()
 
     def _tokenizer_corpus(self) -> Iterable[str]:
@@ -209,7 +208,6 @@ class ShapesTranslationDataModule(_ShapesDataModule):
         if not 1 <= pairs_per_image <= len(TEMPLATES):
             raise ValueError(f"pairs_per_image must be in 1..{len(TEMPLATES)}")
         self.pairs_per_image = pairs_per_image
-        self.save_hyperparameters()
         self._init_tokenizer()
 
     def _tokenizer_corpus(self) -> Iterable[str]:

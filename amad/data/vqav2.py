@@ -81,7 +81,6 @@ class VQAv2DataModule(FileImagesDataModule):
         if unknown:
             raise ValueError(f"split_files keys must be train/val/test, got {sorted(unknown)}")
         self._records: dict[str, list[dict]] = {}
-        self.save_hyperparameters()
         self._init_tokenizer()
 
     def _subset_records(self, subset: str) -> list[dict]:

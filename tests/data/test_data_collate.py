@@ -32,7 +32,8 @@ def test_word_tokenizer_cls_sep_eos_and_padding():
     assert tok.convert_ids_to_tokens(batch["input_ids"][0].tolist()) == \
         ["[CLS]", "what", "color", "is", "the", "shape", "?", "[SEP]"]
     assert batch["input_ids"][2].tolist()[:2] == [tok.cls_token_id, tok.sep_token_id]  # empty source
-    assert batch["labels"][0].tolist() == [tok.convert_tokens_to_ids("red"), tok.eos_token_id, IGNORE_INDEX, IGNORE_INDEX]
+    red = tok.convert_tokens_to_ids("red")
+    assert batch["labels"][0].tolist() == [red, tok.eos_token_id, IGNORE_INDEX, IGNORE_INDEX]
     assert batch["ids"] == [0, 1, 2] and batch["references"] == [["red"], ["a red circle"], ["blue"]]
 
 

@@ -104,7 +104,8 @@ def test_german_agreement(shape, adjs, kind, case, expected):
 def test_german_sentences():
     big_red_circle = ShapeAttributes("circle", "red", "large", 0, 0)
     small_blue_tri = ShapeAttributes("triangle", "blue", "small", 1, 1)
-    assert render(big_red_circle, 0) == ("A large red circle in the top left corner.", "Ein großer roter Kreis oben links.")
+    assert render(big_red_circle, 0) == ("A large red circle in the top left corner.",
+                                         "Ein großer roter Kreis oben links.")
     assert render(small_blue_tri, 0)[1] == "Ein kleines blaues Dreieck in der Mitte."
     assert render(big_red_circle, 1)[1] == "Es gibt einen roten Kreis oben links."
     assert render(small_blue_tri, 2)[1] == "Das Bild zeigt ein kleines blaues Dreieck."

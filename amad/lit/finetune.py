@@ -52,13 +52,30 @@ class FineTuneModule(TaskModule):
         return loss
 
 
+COMPARE_PREFIX = "compare:"
+
+
 def resolve_model(spec: dict[str, Any] | str | nn.Module | None, vocab_size: int | None = None) -> nn.Module:
-    """Turn a model spec (dict for ``build_model``, a path, or an adapter) into an adapter."""
+    """Turn a model spec into an adapter.
+
+    Args:
+        spec: a dict for :func:`amad.models.build_model`; a path (``save_pretrained`` dir or amad
+            ``.ckpt``); ``"compare:<comparison yaml>"`` — the teacher of that comparison, reused from
+            the cache or trained once (how the embedded-task configs find their teacher); or an adapter.
+        vocab_size: vocabulary size for dict specs.
+    """
     from amad.lit.checkpoint import load_adapter
     from amad.models import build_model
 
     if isinstance(spec, nn.Module):
         return spec
+    if isinstance(spec, str) and spec.startswith(COMPARE_PREFIX):
+        from amad.compare.config import load_compare_config
+        from amad.compare.run import make_datamodule
+        from amad.compare.teacher_cache import ensure_teacher
+
+        path, _ = ensure_teacher(load_compare_config(spec[len(COMPARE_PREFIX):]), make_datamodule)
+        return load_adapter(path)
     if isinstance(spec, str):
         return load_adapter(spec)
     spec = dict(spec or {"family": "blip-vqa", "preset": "tiny"})

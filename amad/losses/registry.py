@@ -17,9 +17,13 @@ ignore ``layer``.
 
 Methods with parameters (``amad_proj``, ``a2d``) are trained with the student (put the criterion's
 parameters in the optimizer) and are not part of the exported student. ``a2d`` is sized from the
-arguments (``teacher_heads``, ``student_heads``). ``amad_proj`` is sized from ``map_size=(Q, K)`` when
-given, else lazily on its first forward per layer: run one batch through it before building the
-optimizer (as for any ``torch.nn.Lazy*`` module).
+arguments (``teacher_heads``, ``student_heads``): Ht*Hs + Ht parameters per layer. ``amad_proj`` is
+sized from ``map_size=(Q, K)`` when given ((QK)^2 + QK parameters per layer), else lazily on its first
+forward per layer: then run one batch through it before building the optimizer (as for any
+``torch.nn.Lazy*`` module; an optimizer cannot hold uninitialised parameters). Each of the
+``num_layers`` parameter sets is used only when ``forward(..., layer=l)`` is called with its index: a
+caller that builds one criterion per layer pair should pass ``num_layers=1`` (unused parameters are
+wasted and break DDP without ``find_unused_parameters``).
 
 Every ``"maps"`` method also takes ``teacher_grid``, ``student_grid`` (patch grids) and
 ``num_prefix_tokens``: when both grids are given and differ, the teacher's maps are first resized to
@@ -35,10 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from amad.losses._common import check_choice
+from amad.losses.a2d import A2DLoss
 from amad.losses.attention import AMAD_VARIANTS, ROW_LOSS_KINDS, amad_loss, head_mean_loss, one_to_one_loss
+from amad.losses.attn_distill import attn_distill_loss
 from amad.losses.projection import AMADProjectionLoss
 from amad.losses.relation import minilm_relation_loss
 from amad.losses.resize import resize_teacher_attention
+from amad.losses.shd import ALPHA_GRANULARITY, shd_groups, shd_loss
 
 
 class AttentionCriterion(nn.Module):
@@ -186,12 +193,58 @@ class MiniLMRelationCriterion(AttentionCriterion):
         return loss, None
 
 
+class SHDCriterion(AttentionCriterion):
+    """``shd``: :func:`amad.losses.shd_loss`; weights = the merge coefficients (columns sum to 1)."""
+
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, temperature: float = 1.0,
+                 alpha_granularity: str = "map", eps: float = 1e-8, **common):
+        super().__init__(teacher_heads, student_heads, num_layers, **common)
+        check_choice("alpha_granularity", alpha_granularity, ALPHA_GRANULARITY)
+        shd_groups(teacher_heads, student_heads)  # raises for student_heads > teacher_heads
+        self.options = dict(temperature=temperature, alpha_granularity=alpha_granularity, eps=eps)
+
+    def compute(self, teacher, student, *, query_mask, key_mask, layer):
+        return shd_loss(teacher, student, query_mask=query_mask, key_mask=key_mask, return_weights=True,
+                        **self.options)
+
+
+class A2DCriterion(AttentionCriterion):
+    """``a2d``: one :class:`amad.losses.A2DLoss` (1x1 conv Hs -> Ht, sized from the arguments) per
+    layer; weights = its kernel (not normalised)."""
+
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, teacher_as_logits: bool = True,
+                 **common):
+        super().__init__(teacher_heads, student_heads, num_layers, **common)
+        self.aligners = nn.ModuleList(
+            A2DLoss(teacher_heads, student_heads, teacher_as_logits=teacher_as_logits) for _ in range(num_layers)
+        )
+
+    def compute(self, teacher, student, *, query_mask, key_mask, layer):
+        return self.aligners[layer](teacher, student, query_mask, key_mask)
+
+
+class AttnDistillCriterion(AttentionCriterion):
+    """``attn_distill``: :func:`amad.losses.attn_distill_loss`; no per-head assignment (weights None)."""
+
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, temperature: float = 20.0,
+                 query_index: int | None = None, prob_clamp: tuple[float, float] | None = (1e-5, 0.996),
+                 eps: float = 1e-8, **common):
+        super().__init__(teacher_heads, student_heads, num_layers, **common)
+        self.options = dict(temperature=temperature, query_index=query_index, prob_clamp=prob_clamp, eps=eps)
+
+    def compute(self, teacher, student, *, query_mask, key_mask, layer):
+        return attn_distill_loss(teacher, student, query_mask=query_mask, key_mask=key_mask, **self.options), None
+
+
 _REGISTRY: dict[str, type[AttentionCriterion]] = {
     "amad": AMADCriterion,
-    "amad_proj": AMADProjectionCriterion,
     "one_to_one": OneToOneCriterion,
     "head_mean": HeadMeanCriterion,
     "minilm_relation": MiniLMRelationCriterion,
+    "shd": SHDCriterion,
+    "a2d": A2DCriterion,
+    "attn_distill": AttnDistillCriterion,
+    "amad_proj": AMADProjectionCriterion,
 }
 
 

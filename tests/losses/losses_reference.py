@@ -186,3 +186,115 @@ def output_kd(student_logits, teacher_logits, mask=None, tau=1.0):
             total = total + sum(pt[v] * (torch.log(pt[v]) - torch.log(ps[v])) for v in range(V))
             count += 1
     return total / max(count, 1) * tau**2
+
+
+def _log_softmax_over(values, keys, tau=1.0):
+    """log softmax of ``values[k] / tau`` over the key indices ``keys`` (a python list)."""
+    z = torch.stack([values[k] for k in keys]) / tau
+    return z - torch.logsumexp(z, 0)
+
+
+def shd(teacher, student, qmask=None, kmask=None, tau=1.0, granularity="map", eps=1e-8):
+    """Returns (loss, coefficients (B, Ht, Hs)); groups and tree merge written out with lists."""
+    B, Ht, Q, K = teacher.shape
+    Hs = student.shape[1]
+    base, extra = divmod(Ht, Hs)
+    groups, start = [], 0
+    for j in range(Hs):
+        size = base + (1 if j < extra else 0)
+        groups.append(list(range(start, start + size)))
+        start += size
+    total = teacher.new_zeros(())
+    coefs = torch.zeros(B, Ht, Hs, dtype=teacher.dtype)
+    for b in range(B):
+        rows = _valid_rows(qmask, b, Q)
+        keys = [k for k in range(K) if kmask is None or bool(kmask[b, k])]
+        T, S = _masked(teacher[b].detach(), rows), _masked(student[b], rows)
+        for j, g in enumerate(groups):
+            target = S[j].detach()
+            # level items: (map (Q, K), coefficient dict per row or per map)
+            items = [(T[i], {i: torch.ones(Q, dtype=teacher.dtype)}) for i in g]
+            while len(items) > 1:
+                merged = []
+                for p in range(0, len(items), 2):
+                    if p + 1 == len(items):
+                        merged.append(items[p])
+                        continue
+                    (x, cx), (y, cy) = items[p], items[p + 1]
+                    if granularity == "map":
+                        den = ((x - y) ** 2).sum()
+                        alpha = ((target - y) * (x - y)).sum() / den if float(den) > 1e-12 else x.new_tensor(0.5)
+                        alpha = torch.clamp(alpha, 0, 1) * torch.ones(Q, dtype=x.dtype)
+                    else:
+                        alpha = []
+                        for q in range(Q):
+                            den = ((x[q] - y[q]) ** 2).sum()
+                            a = ((target[q] - y[q]) * (x[q] - y[q])).sum() / den if float(den) > 1e-12 else x.new_tensor(0.5)
+                            alpha.append(torch.clamp(a, 0, 1))
+                        alpha = torch.stack(alpha)
+                    m = alpha[:, None] * x + (1 - alpha[:, None]) * y
+                    c = {i: alpha * v for i, v in cx.items()}
+                    c.update({i: (1 - alpha) * v for i, v in cy.items()})
+                    merged.append((m, c))
+                items = merged
+            m, c = items[0]
+            for i, v in c.items():
+                coefs[b, i, j] = v.mean() if granularity == "map" or not rows else v[rows].mean()
+            per_row = []
+            for q in rows:
+                lt = _log_softmax_over(torch.log(torch.clamp(m[q], min=eps)), keys, tau)
+                ls = _log_softmax_over(torch.log(torch.clamp(S[j, q], min=eps)), keys, tau)
+                per_row.append((torch.exp(lt) * (lt - ls)).sum())
+            if rows:
+                total = total + sum(per_row) / len(rows)
+    return total / B, coefs
+
+
+def a2d(teacher, student, weight, bias, qmask=None, kmask=None, teacher_as_logits=True):
+    B, Ht, Q, K = teacher.shape
+    Hs = student.shape[1]
+    total = teacher.new_zeros(())
+    for b in range(B):
+        rows = _valid_rows(qmask, b, Q)
+        keys = [k for k in range(K) if kmask is None or bool(kmask[b, k])]
+        for i in range(Ht):
+            per_row = []
+            for q in rows:
+                aligned = sum(weight[i, j] * student[b, j, q] for j in range(Hs)) + bias[i]
+                ls = _log_softmax_over(aligned, keys)
+                t = teacher[b, i, q].detach()
+                if teacher_as_logits:
+                    lt = _log_softmax_over(t, keys)
+                    per_row.append((torch.exp(lt) * (lt - ls)).sum())
+                else:
+                    tk = torch.stack([t[k] for k in keys])
+                    per_row.append(sum(_xlogx(tk[n]) - tk[n] * ls[n] for n in range(len(keys))))
+            if rows:
+                total = total + sum(per_row) / len(rows)
+    return total / B
+
+
+def attn_distill(teacher, student, qmask=None, kmask=None, tau=20.0, query_index=None,
+                 prob_clamp=(1e-5, 0.996), eps=1e-8):
+    B, Ht, Q, K = teacher.shape
+    Hs = student.shape[1]
+    total = teacher.new_zeros(())
+    for b in range(B):
+        rows = [q for q in _valid_rows(qmask, b, Q) if query_index is None or q == query_index % Q]
+        keys = [k for k in range(K) if kmask is None or bool(kmask[b, k])]
+
+        def aggregate(maps, H, q):
+            z = [sum(torch.log(torch.clamp(maps[h, q, k], min=eps)) for h in range(H)) for k in keys]
+            p = torch.softmax(torch.stack(z) / tau, 0)
+            if prob_clamp is not None:
+                p = torch.clamp(p, *prob_clamp)
+                p = p / p.sum()
+            return p
+
+        per_row = []
+        for q in rows:
+            pt, ps = aggregate(teacher[b].detach(), Ht, q), aggregate(student[b], Hs, q)
+            per_row.append(sum(_xlogx(pt[n]) - pt[n] * torch.log(ps[n]) for n in range(len(keys))))
+        if rows:
+            total = total + sum(per_row) / len(rows)
+    return total / B

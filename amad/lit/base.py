@@ -86,8 +86,10 @@ class TaskModule(L.LightningModule):
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Attach the DataModule's tokenizer for decoding when the model has none."""
+        """Take the DataModule's metric settings (e.g. lower-cased BLEU) and, if needed, its tokenizer."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if hasattr(dm, "make_metric"):
+            self.val_metric, self.test_metric = dm.make_metric(), dm.make_metric()
         tok = getattr(dm, "tokenizer", None)
         if tok is not None and getattr(self.trainable, "tokenizer", None) is None:
             self.trainable.tokenizer = tok

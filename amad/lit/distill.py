@@ -46,6 +46,8 @@ class DistillationModule(TaskModule):
             ``layer_map[l]``), or a dict site → one of those.
         skip_nonfinite: on a non-finite loss, skip the batch (counted in ``train/skipped_batches``)
             instead of stopping with an error naming the step and the term.
+        vocab_size: the data's vocabulary size (linked from the DataModule by the CLI); a teacher
+            with another vocabulary is rejected here rather than producing garbage.
         lr, weight_decay, warmup_ratio, schedule, max_new_tokens, lr_scale: see :class:`TaskModule`.
     """
 
@@ -65,6 +67,7 @@ class DistillationModule(TaskModule):
         sites: list[str] | None = None,
         layer_map: str | list[int] | dict[str, str | list[int]] = "uniform",
         skip_nonfinite: bool = False,
+        vocab_size: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.05,
@@ -81,6 +84,10 @@ class DistillationModule(TaskModule):
         self.skip_nonfinite = skip_nonfinite
         self.attn = AttentionDistiller(self.teacher.model, self.student, attn_method,
                                        attn_options or {}, sites, layer_map)
+        teacher_vocab = len(self.teacher.model.tokenizer) if self.teacher.model.tokenizer is not None else None
+        if vocab_size is not None and teacher_vocab is not None and vocab_size != teacher_vocab:
+            raise ValueError(f"the teacher's vocabulary has {teacher_vocab} tokens but the data's has "
+                             f"{vocab_size}: the teacher was trained on other data or another tokenizer")
         self.register_buffer("skipped_batches", torch.zeros((), dtype=torch.long), persistent=True)
 
     def _resolve_student(self, spec: dict[str, Any] | str | nn.Module | None) -> nn.Module:
@@ -100,6 +107,16 @@ class DistillationModule(TaskModule):
     @property
     def trainable(self) -> nn.Module:
         return self.student
+
+    def setup(self, stage: str) -> None:
+        """Also check that teacher and data tokenise alike (same vocabulary, same ids)."""
+        super().setup(stage)
+        dm = getattr(self.trainer, "datamodule", None)
+        data_tok, teacher_tok = getattr(dm, "tokenizer", None), self.teacher.model.tokenizer
+        if data_tok is not None and teacher_tok is not None and data_tok.get_vocab() != teacher_tok.get_vocab():
+            raise ValueError("the teacher's tokenizer differs from the DataModule's (different vocabulary or "
+                             "ids): distil with the data the teacher was trained on, or pass the teacher's "
+                             "tokenizer to the DataModule (tokenizer_path)")
 
     def extra_trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.attn.parameters())

@@ -1,17 +1,19 @@
 """``amad bench losses``: the vectorised attention losses against explicit-loop references.
 
-For each shape (B, Ht, Hs, Q, K) and method/variant, forward + backward (gradient w.r.t. the student
-maps) is timed for
+For each shape (B, Ht, Hs, Q, K) and method/variant (AMAD kl/l2/token, AMAD proj at small n, SHD,
+A2D, AttnDistill), forward + backward (gradient w.r.t. the student maps) is timed for
 
 * the vectorised loss (``vectorised_s``),
-* an explicit-loop reference of the same equation (``loop_s``: Python loops over batch, heads and query
-  rows, vectorised only over the keys of one row; the value is checked against the vectorised one,
-  ``max_abs_diff``),
+* an explicit-loop reference of the same equation (``loop_s``, :mod:`amad.losses.loop_reference`:
+  Python loops over batch, heads and query rows, vectorised only over the keys of one row -- or over
+  a whole flattened map where the equation is over flattened maps; the value is checked against the
+  vectorised one, ``max_abs_diff``),
 * ``one_to_one_loss`` at the same shape (``one_to_one_s``),
 
 interleaved in one run (vectorised, loop, one-to-one, vectorised, ...) and summarised by medians, so
-that the ratios ``speedup_vs_loop`` (target >= 50) and ``amad_over_one_to_one`` (target <= 3) compare
-numbers taken side by side on a noisy machine.
+that the ratios ``speedup_vs_loop`` (target >= 50) and ``over_one_to_one`` (``amad_over_one_to_one``
+for AMAD records; target <= 3) compare numbers taken side by side on a noisy machine. A loop reference
+slower than 5 s is timed once.
 
 Memory: peak bytes of the tensors the loss allocates during forward + backward, relative to the
 bytes of its two inputs (``peak_over_inputs``). There is no CUDA allocator to ask on CPU, so a
@@ -34,12 +36,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from amad.losses import AMADProjectionLoss, amad_loss, one_to_one_loss
+from amad.losses import A2DLoss, AMADProjectionLoss, amad_loss, attn_distill_loss, one_to_one_loss, shd_loss
+from amad.losses.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_shd
 
 FULL_SHAPES = [(8, 12, 8, 197, 197), (8, 12, 6, 50, 50), (8, 8, 4, 32, 32)]
 QUICK_SHAPES = [(2, 4, 2, 12, 12), (2, 6, 3, 8, 8)]
 PROJ_MAX_N = 32 * 32
 TARGETS = {"speedup_vs_loop": 50.0, "amad_over_one_to_one": 3.0}
+LOOP_REPEAT_MAX_S = 5.0  # a loop reference slower than this is timed once
 
 
 class PeakMemory(TorchDispatchMode):
@@ -72,57 +76,6 @@ class PeakMemory(TorchDispatchMode):
         self.current -= self._live.pop(key, 0)
 
 
-# -- explicit-loop references (loops over batch, heads and rows; vectorised over the keys of a row) --
-
-
-def _row_kl(t_row, p_row, eps):
-    return (torch.xlogy(t_row, t_row) - t_row * torch.log(p_row.clamp_min(eps))).sum()
-
-
-def _cos(u, v):
-    return (u * v).sum() / (torch.linalg.vector_norm(u).clamp_min(1e-12) * torch.linalg.vector_norm(v).clamp_min(1e-12))
-
-
-def loop_amad(teacher, student, query_mask=None, variant="kl", temperature=1.0, eps=1e-8, projection=None):
-    """AMAD by explicit loops (Eq. 2-5, 9, 10-12). ``projection``: an AMADProjectionLoss for "proj"."""
-    B, Ht, Q, K = teacher.shape
-    Hs = student.shape[1]
-    valid = [[q for q in range(Q) if query_mask is None or bool(query_mask[b, q])] for b in range(B)]
-    total = teacher.new_zeros(())
-    for b in range(B):
-        rows = valid[b]
-        keep = torch.zeros(Q, 1, dtype=teacher.dtype)
-        keep[rows] = 1
-        T, S = teacher[b].detach() * keep, student[b] * keep
-        loss_b = teacher.new_zeros(())
-        if variant == "token":
-            for q in rows:
-                for i in range(Ht):
-                    a = torch.softmax(torch.stack([_cos(T[i, q], S[j, q]) for j in range(Hs)]) / temperature, 0)
-                    mix = sum(a[j] * S[j, q] for j in range(Hs))
-                    loss_b = loss_b + _row_kl(T[i, q], mix, eps)
-            total = total + (loss_b / len(rows) if rows else loss_b)
-            continue
-        if variant == "proj":
-            S = [torch.relu(projection.weight @ S[j].reshape(-1) + projection.bias).reshape(Q, K) * keep
-                 for j in range(Hs)]
-            S = [torch.stack([s[q] / s[q].sum().clamp_min(eps) for q in range(Q)]) for s in S]
-        tf = [T[i].reshape(-1) for i in range(Ht)]
-        sf = [S[j].reshape(-1) for j in range(Hs)]
-        for i in range(Ht):
-            a = torch.softmax(torch.stack([_cos(tf[i], sf[j]) for j in range(Hs)]) / temperature, 0)
-            if variant == "l2":
-                target = tf[i] / torch.linalg.vector_norm(tf[i]).clamp_min(1e-12)
-                mixed = sum(a[j] * sf[j] / torch.linalg.vector_norm(sf[j]).clamp_min(1e-12) for j in range(Hs))
-                loss_b = loss_b + (target - mixed).pow(2).sum()
-            else:
-                mix = sum(a[j] * S[j] for j in range(Hs))
-                if rows:
-                    loss_b = loss_b + sum(_row_kl(T[i, q], mix[q], eps) for q in rows) / len(rows)
-        total = total + loss_b
-    return total / B
-
-
 # -- timing --------------------------------------------------------------------------------------------
 
 
@@ -146,27 +99,35 @@ def _peak(fn, student, input_bytes) -> tuple[int, float]:
     return mem.peak, mem.peak / input_bytes
 
 
-def _bench_one(shape, variant, repeats, loop_repeats) -> dict:
-    B, Ht, Hs, Q, K = shape
-    teacher, student = _maps(B, Ht, Q, K, 0), _maps(B, Hs, Q, K, 1)
-    mask = None
-    if Q != 197:  # text-like shapes get padded query rows (~1/4 of the rows of every other example)
-        mask = torch.ones(B, Q, dtype=torch.bool)
-        mask[1::2, Q - Q // 4:] = False
-    if variant == "proj":
-        proj = AMADProjectionLoss(Q * K)
-        vec = lambda s: proj(teacher, s, mask)[0]  # noqa: E731
-        loop = lambda s: loop_amad(teacher, s, mask, "proj", projection=proj)  # noqa: E731
-    else:
-        vec = lambda s: amad_loss(teacher, s, query_mask=mask, variant=variant)  # noqa: E731
-        loop = lambda s: loop_amad(teacher, s, mask, variant)  # noqa: E731
+def _cases(teacher, mask, Ht, Hs, n):
+    """(method, variant, vectorised fn, loop fn) for one shape; each fn maps the student to a loss."""
+    cases = []
+    for variant in ("kl", "l2", "token"):
+        cases.append(("amad", variant, lambda s, v=variant: amad_loss(teacher, s, query_mask=mask, variant=v),
+                      lambda s, v=variant: loop_amad(teacher, s, mask, v)))
+    if n <= PROJ_MAX_N:
+        proj = AMADProjectionLoss(n)
+        cases.append(("amad_proj", "proj", lambda s: proj(teacher, s, mask)[0],
+                      lambda s: loop_amad(teacher, s, mask, "proj", projection=proj)))
+    cases.append(("shd", "map", lambda s: shd_loss(teacher, s, query_mask=mask),
+                  lambda s: loop_shd(teacher, s, mask)))
+    torch.manual_seed(0)
+    a2d = A2DLoss(Ht, Hs)
+    cases.append(("a2d", "conv1x1", lambda s: a2d(teacher, s, mask)[0], lambda s: loop_a2d(teacher, s, a2d, mask)))
+    cases.append(("attn_distill", "all_rows", lambda s: attn_distill_loss(teacher, s, query_mask=mask),
+                  lambda s: loop_attn_distill(teacher, s, mask)))
+    return cases
+
+
+def _bench_case(teacher, student, mask, case, repeats, loop_repeats) -> dict:
+    method, variant, vec, loop = case
     o2o = lambda s: one_to_one_loss(teacher, s, query_mask=mask)  # noqa: E731
     _fwd_bwd(vec, student), _fwd_bwd(o2o, student)  # warm-up
     times: dict[str, list[float]] = {"vec": [], "loop": [], "o2o": []}
     values = {}
-    for r in range(repeats):
+    for r in range(repeats):  # interleaved: vectorised, loop, one-to-one, vectorised, ...
         times["vec"].append(_fwd_bwd(vec, student)[0])
-        if r < loop_repeats:
+        if r < loop_repeats and (r == 0 or times["loop"][0] < LOOP_REPEAT_MAX_S):
             dt, values["loop"] = _fwd_bwd(loop, student)
             times["loop"].append(dt)
         times["o2o"].append(_fwd_bwd(o2o, student)[0])
@@ -174,28 +135,32 @@ def _bench_one(shape, variant, repeats, loop_repeats) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     input_bytes = teacher.nbytes + student.nbytes
     peak, ratio = _peak(vec, student, input_bytes)
-    o2o_peak, o2o_ratio = _peak(o2o, student, input_bytes)
-    return {
-        "shape": {"B": B, "Ht": Ht, "Hs": Hs, "Q": Q, "K": K},
-        "method": "amad_proj" if variant == "proj" else "amad",
+    _, o2o_ratio = _peak(o2o, student, input_bytes)
+    B, Ht, Q, K = teacher.shape
+    record = {
+        "shape": {"B": B, "Ht": Ht, "Hs": student.shape[1], "Q": Q, "K": K},
+        "method": method,
         "variant": variant,
         "masked_rows": mask is not None,
         "vectorised_s": med["vec"],
         "loop_s": med["loop"],
         "one_to_one_s": med["o2o"],
         "speedup_vs_loop": med["loop"] / med["vec"],
-        "amad_over_one_to_one": med["vec"] / med["o2o"],
+        "over_one_to_one": med["vec"] / med["o2o"],
         "max_abs_diff": abs(values["vec"] - values["loop"]),
         "input_bytes": input_bytes,
         "peak_bytes": peak,
         "peak_over_inputs": ratio,
         "one_to_one_peak_over_inputs": o2o_ratio,
-        "repeats": {"vectorised": repeats, "loop": loop_repeats},
+        "repeats": {"vectorised": repeats, "loop": len(times["loop"])},
     }
+    if method in ("amad", "amad_proj"):
+        record["amad_over_one_to_one"] = record["over_one_to_one"]
+    return record
 
 
 def _print_table(records: list[dict]) -> None:
-    cols = ["shape", "method", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "amad_over_one_to_one",
+    cols = ["shape", "method", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "over_one_to_one",
             "peak_over_inputs"]
 
     def fmt(r, c):
@@ -222,7 +187,8 @@ def _print_table(records: list[dict]) -> None:
             print(" | ".join(fmt(r, c) for c in cols))
 
 
-def run(out: str | None = None, quick: bool = False, threads: int | None = 1) -> dict:
+def run(out: str | None = None, quick: bool = False, threads: int | None = 1,
+        methods: tuple[str, ...] | None = None) -> dict:
     """Run the loss benchmark; print a table; write ``{"losses": [records]}`` to ``out`` if given.
 
     Args:
@@ -231,6 +197,7 @@ def run(out: str | None = None, quick: bool = False, threads: int | None = 1) ->
         threads: intra-op threads during the run (restored afterwards). 1 by default: on a shared
             CPU, OpenMP barriers of small ops stall for milliseconds when other processes hold the
             cores, which swamps the loss itself; None keeps the current setting.
+        methods: restrict to these methods ("amad", "amad_proj", "shd", "a2d", "attn_distill").
 
     Returns:
         ``{"losses": [record, ...]}``, one record per (shape, method, variant); see the module doc.
@@ -242,12 +209,16 @@ def run(out: str | None = None, quick: bool = False, threads: int | None = 1) ->
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        for shape in shapes:
-            n = shape[3] * shape[4]
-            for variant in ("kl", "l2", "token", "proj"):
-                if variant == "proj" and n > PROJ_MAX_N:
+        for B, Ht, Hs, Q, K in shapes:
+            teacher, student = _maps(B, Ht, Q, K, 0), _maps(B, Hs, Q, K, 1)
+            mask = None
+            if Q != 197:  # text-like shapes: every other example has its last quarter of rows padded
+                mask = torch.ones(B, Q, dtype=torch.bool)
+                mask[1::2, Q - Q // 4:] = False
+            for case in _cases(teacher, mask, Ht, Hs, Q * K):
+                if methods is not None and case[0] not in methods:
                     continue
-                record = _bench_one(shape, variant, repeats, loop_repeats)
+                record = _bench_case(teacher, student, mask, case, repeats, loop_repeats)
                 record["threads"] = torch.get_num_threads()
                 records.append(record)
     finally:

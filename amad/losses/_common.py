@@ -118,23 +118,26 @@ def prepare_maps(teacher_attn: Tensor, student_attn: Tensor, mask: Tensor | None
 class _RowCrossEntropy(torch.autograd.Function):
     """``sum_k t log max(p, eps)`` over the last dim, with ``t`` a constant; gradient w.r.t. ``p`` only.
 
-    Fused backward (``t / max(p, eps)``, zero where ``p < eps``, times the incoming gradient): the
-    same values as autograd through ``clamp_min`` and ``log``, in fewer passes over the maps.
+    Fused backward: ``t / max(p, eps)``, zero where ``p < eps``, times the incoming gradient -- the
+    values autograd gives through ``clamp_min`` and ``log``, in fewer passes over the maps (the
+    below-eps mask is only built when some entry is below eps).
     """
 
     @staticmethod
     def forward(ctx, t: Tensor, p: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(t, p)
-        ctx.eps = eps
-        return torch.linalg.vecdot(t, torch.log(p.clamp_min(eps)))
+        clamped = p.clamp_min(eps)
+        below = (p < eps) if bool(p.numel()) and bool(p.min() < eps) else None
+        ctx.save_for_backward(t, clamped, below)
+        return torch.linalg.vecdot(t, torch.log(clamped))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
-        t, p = ctx.saved_tensors
-        gp = torch.div(t, p.clamp_min(ctx.eps))
-        gp.masked_fill_(p < ctx.eps, 0).mul_(grad.unsqueeze(-1))
-        return None, gp, None
+        t, clamped, below = ctx.saved_tensors
+        gp = torch.div(t, clamped)
+        if below is not None:
+            gp.masked_fill_(below, 0)
+        return None, gp.mul_(grad.unsqueeze(-1)), None
 
 
 def row_entropy_term(t: Tensor) -> Tensor:

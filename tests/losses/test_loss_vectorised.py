@@ -8,8 +8,9 @@ import pytest
 import torch
 from losses_helpers import random_maps
 
-from amad.bench.losses import PeakMemory, loop_amad, run
-from amad.losses import amad_loss, head_mean_loss, one_to_one_loss
+from amad.bench.losses import PeakMemory, run
+from amad.losses import A2DLoss, amad_loss, attn_distill_loss, head_mean_loss, one_to_one_loss, shd_loss
+from amad.losses.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_one_to_one, loop_shd
 
 
 @pytest.mark.parametrize("variant", ["kl", "l2", "token"])
@@ -34,12 +35,19 @@ def test_peak_memory_tracker_counts_saved_tensors_and_frees():
     assert mem.current == x.nbytes + y.nbytes  # only x.grad and the loss are left
 
 
-def test_loop_reference_of_the_bench_agrees():
-    t = random_maps(2, 3, 4, 5, dtype=torch.float64)
-    s = random_maps(2, 2, 4, 5, dtype=torch.float64, seed=1)
+def test_loop_references_of_the_bench_agree():
+    t = random_maps(2, 5, 4, 5, dtype=torch.float64)
+    s = random_maps(2, 2, 4, 5, dtype=torch.float64, seed=1).requires_grad_(True)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
-    for variant in ("kl", "l2", "token"):
-        torch.testing.assert_close(loop_amad(t, s, mask, variant), amad_loss(t, s, query_mask=mask, variant=variant))
+    a2d = A2DLoss(5, 2).double()
+    pairs = [(loop_amad(t, s, mask, v), amad_loss(t, s, query_mask=mask, variant=v)) for v in ("kl", "l2", "token")]
+    pairs += [(loop_one_to_one(t, s, mask), one_to_one_loss(t, s, query_mask=mask)),
+              (loop_shd(t, s, mask, temperature=2.0), shd_loss(t, s, query_mask=mask, temperature=2.0)),
+              (loop_a2d(t, s, a2d, mask), a2d(t, s, mask)[0]),
+              (loop_attn_distill(t, s, mask), attn_distill_loss(t, s, query_mask=mask))]
+    for loop, vec in pairs:
+        torch.testing.assert_close(loop, vec)
+        torch.testing.assert_close(*(torch.autograd.grad(x, s)[0] for x in (loop, vec)))
 
 
 def test_quick_bench_writes_records(tmp_path):
@@ -47,11 +55,14 @@ def test_quick_bench_writes_records(tmp_path):
     result = run(out=str(out), quick=True)
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     records = result["losses"]
-    assert {r["variant"] for r in records} == {"kl", "l2", "token", "proj"}
+    assert {(r["method"], r["variant"]) for r in records} == {
+        ("amad", "kl"), ("amad", "l2"), ("amad", "token"), ("amad_proj", "proj"), ("shd", "map"),
+        ("a2d", "conv1x1"), ("attn_distill", "all_rows")}
     for r in records:
-        for key in ("shape", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "amad_over_one_to_one",
+        for key in ("shape", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "over_one_to_one",
                     "peak_over_inputs"):
             assert key in r
+        assert ("amad_over_one_to_one" in r) == r["method"].startswith("amad")
         assert r["max_abs_diff"] < 1e-4
 
 

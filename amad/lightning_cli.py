@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ def resolve_config_args(args: list[str], tmp_dir: str) -> list[str]:
 
 def build_cli(args: list[str], run: bool = True) -> AmadCLI:
     """Instantiate the CLI (``run=False`` parses and instantiates without running a subcommand)."""
+    # We pass the (config-resolved) command line as args=; Lightning warns when sys.argv is also set.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     with tempfile.TemporaryDirectory(prefix="amad-config-") as tmp:
         return AmadCLI(
             LightningModule,

@@ -119,31 +119,31 @@ class _RowCrossEntropy(torch.autograd.Function):
     """``sum_k t log max(p, eps)`` over the last dim, with ``t`` a constant; gradient w.r.t. ``p`` only.
 
     Fused backward: ``t / max(p, eps)``, zero where ``p < eps``, times the incoming gradient -- the
-    values autograd gives through ``clamp_min`` and ``log``, in fewer passes over the maps (the
-    below-eps mask is only built when some entry is below eps).
+    values autograd gives through ``clamp_min`` and ``log`` -- computed in place in one buffer (on CPU
+    every fresh map-sized buffer costs page faults, which dominate these memory-bound passes).
     """
 
     @staticmethod
     def forward(ctx, t: Tensor, p: Tensor, eps: float) -> Tensor:
-        clamped = p.clamp_min(eps)
-        below = (p < eps) if bool(p.numel()) and bool(p.min() < eps) else None
-        ctx.save_for_backward(t, clamped, below)
-        return torch.linalg.vecdot(t, torch.log(clamped))
+        ctx.save_for_backward(t, p)
+        ctx.eps = eps
+        return p.clamp_min(eps).log_().mul_(t).sum(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
-        t, clamped, below = ctx.saved_tensors
-        gp = torch.div(t, clamped)
-        if below is not None:
-            gp.masked_fill_(below, 0)
+        t, p = ctx.saved_tensors
+        gp = p.clamp_min(ctx.eps)
+        torch.div(t, gp, out=gp)
+        if p.numel() and bool(torch.amin(p) < ctx.eps):
+            gp.masked_fill_(p < ctx.eps, 0)
         return None, gp.mul_(grad.unsqueeze(-1)), None
 
 
 def row_entropy_term(t: Tensor) -> Tensor:
     """``sum_k t log t`` over the last dim with 0 log 0 = 0 (no gradient: ``t`` is a target)."""
     with torch.no_grad():
-        return torch.linalg.vecdot(t, torch.log(t.clamp_min(torch.finfo(t.dtype).tiny)))
+        return t.clamp_min(torch.finfo(t.dtype).tiny).log_().mul_(t).sum(-1)
 
 
 def row_kl(t: Tensor, p: Tensor, eps: float) -> Tensor:

@@ -15,7 +15,6 @@ batch, heads or rows, and memory stays O(B (Ht + Hs) Q K).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from amad.losses._common import (
@@ -30,6 +29,7 @@ from amad.losses._common import (
     prepare_maps,
     row_kl,
 )
+from amad.losses._fused import AMADKLFunction
 
 AMAD_VARIANTS = ("kl", "l2", "token")
 ROW_LOSS_KINDS = ("kl", "mse")
@@ -135,29 +135,38 @@ def _mix(t: Tensor, s: Tensor, temperature: float, detach: bool) -> tuple[Tensor
 def _amad_flat(
     t: Tensor, s: Tensor, mask: Tensor | None, variant: str, temperature: float, detach: bool, eps: float
 ) -> tuple[Tensor, Tensor]:
-    if variant == "kl":
-        mix, a = _mix(t, s, temperature, detach)
-        return masked_row_mean(row_kl(t, mix, eps), mask).sum(1), a
-    # "l2", Eq. 4-5 on the L2-normalised flattened maps
     B, Ht, Q, K = t.shape
     tf, sf = t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K)
-    a = amad_weights(tf, sf, temperature)
+    if variant == "kl":  # fused forward/backward of Eq. 2, 3, 9 (see amad.losses._fused)
+        n_rows = mask.sum(-1) if mask is not None else torch.full((B,), Q, device=t.device)
+        inv_rows = 1.0 / n_rows.clamp_min(1).to(t.dtype)
+        return AMADKLFunction.apply(tf, sf, inv_rows, temperature, detach, eps)
+    # "l2", Eq. 4-5, expanded on the unit-normalised maps t^, s^:
+    # sum_i |t^_i - sum_j a_ij s^_j|^2 = sum_i (|t^_i|^2 - 2 a_i.w_i + a_i G a_i^T), w = t^ s^T, G = s^ s^T,
+    # so only (Ht x Hs) and (Hs x Hs) matrices are formed (no mixture map at all).
+    nt_raw, ns_raw = torch.linalg.vector_norm(tf, dim=-1), torch.linalg.vector_norm(sf, dim=-1)
+    nt, ns = nt_raw.clamp_min(NORM_EPS), ns_raw.clamp_min(NORM_EPS)
+    w = torch.bmm(tf, sf.transpose(1, 2)) / (nt.unsqueeze(-1) * ns.unsqueeze(-2))  # cosines, Eq. 2
+    gram = torch.bmm(sf, sf.transpose(1, 2)) / (ns.unsqueeze(-1) * ns.unsqueeze(-2))
+    a = torch.softmax(w / temperature, dim=-1)
     aw = a.detach() if detach else a
-    tn = F.normalize(tf, dim=-1, eps=NORM_EPS)
-    sn = F.normalize(sf, dim=-1, eps=NORM_EPS)
-    return (tn - torch.bmm(aw, sn)).pow(2).sum(-1).sum(-1), a
+    per_head = (nt_raw / nt).square() - 2 * (aw * w).sum(-1) + (torch.bmm(aw, gram) * aw).sum(-1)
+    return per_head.sum(-1).clamp_min(0), a  # clamp: rounding of an exact match can dip below 0
 
 
 def _amad_token(
     t: Tensor, s: Tensor, mask: Tensor | None, temperature: float, detach: bool, eps: float
 ) -> tuple[Tensor, Tensor]:
-    # Eq. 12: per query row l, T_l (Ht, K) against S_l (Hs, K); weights recomputed per row.
-    tq, sq = t.transpose(1, 2), s.transpose(1, 2)  # (B, Q, H, K)
-    a = torch.softmax(cosine_matrix(tq, sq) / temperature, dim=-1)  # (B, Q, Ht, Hs)
-    aw = a.detach() if detach else a
-    mix = torch.matmul(aw, sq).transpose(1, 2)  # (B, Ht, Q, K)
-    row = row_kl(t, mix, eps).sum(1, keepdim=True)  # (B, 1, Q): sum over teacher heads
-    per_example = masked_row_mean(row, mask).squeeze(1)
+    # Eq. 12: each query row l is its own AMAD-KL problem, T_l (Ht, K) against S_l (Hs, K), so the
+    # fused KL function runs on B*Q one-row "examples" (padded rows are zero and contribute 0).
+    B, Ht, Q, K = t.shape
+    Hs = s.shape[1]
+    tq = t.transpose(1, 2).reshape(B * Q, Ht, K)
+    sq = s.transpose(1, 2).reshape(B * Q, Hs, K)
+    ones = torch.ones(B * Q, dtype=t.dtype, device=t.device)
+    per_row, a = AMADKLFunction.apply(tq, sq, ones, temperature, detach, eps)
+    per_example = masked_row_mean(per_row.view(B, 1, Q), mask).squeeze(1)
+    a = a.view(B, Q, Ht, Hs)
     if mask is None:
         weights = a.mean(1)
     else:

@@ -13,6 +13,7 @@ different values. LightningCLI's saved ``config.yaml`` records them instead.
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
 from amad.data.collate import VisionTextCollator
+from amad.data.resumable import ResumableDataLoader
 from amad.models.tokenizers import build_word_tokenizer, load_tokenizer
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -295,15 +297,21 @@ class VisionTextDataModule(L.LightningDataModule):
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            collate_fn=self.collator(),
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
+        kwargs = dict(num_workers=self.num_workers, collate_fn=self.collator(),
+                      persistent_workers=self.num_workers > 0, drop_last=False)
+        if train and self._resumable():
+            # exact mid-epoch resume (amad/data/resumable.py); DDP needs Lightning's distributed sampler
+            # the order depends on the data seed and the run's seed_everything seed (so that seeds of
+            # a comparison differ in order as well as in initialisation)
+            run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            return ResumableDataLoader(self.datasets[split], self.batch_size, shuffle=True,
+                                       seed=self.seed * 1_000_003 + run_seed, **kwargs)
+        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, **kwargs)
+
+    def _resumable(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return trainer is None or trainer.world_size == 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -16,6 +16,35 @@ from torch import nn
 
 from amad.lit.checkpoint import add_model_to_checkpoint
 
+RNG_KEY = "amad_rng_states"
+
+
+def _collect_rng_states() -> dict[str, Any]:
+    """torch / CUDA / numpy / python RNG states as plain tensors and lists (``weights_only``-loadable)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
 #: Task name -> (metric names logged as ``<stage>/<name>``, the one used for checkpoints / comparison).
 TASK_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
     "vqa": (("vqa_acc",), "vqa_acc"),
@@ -149,6 +178,13 @@ class TaskModule(L.LightningModule):
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         add_model_to_checkpoint(checkpoint, self.trainable, self.trainable_prefix)
+        # RNG states (torch, numpy, python, CUDA): a resumed run draws the same dropout masks as an
+        # uninterrupted one. Lightning does not store them itself.
+        checkpoint[RNG_KEY] = _collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            _set_rng_states(checkpoint[RNG_KEY])
 
 
 def lr_schedule(total_steps: int, warmup_ratio: float, schedule: str):

@@ -181,6 +181,7 @@ class DistillationModule(TaskModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Re-inject the live teacher so that loading stays strict for everything else."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         stale = [k for k in state if k.startswith("teacher.")]
         if stale:  # a foreign checkpoint: never let it overwrite the frozen teacher

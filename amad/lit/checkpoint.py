@@ -14,8 +14,6 @@ The teacher is never in a checkpoint (see :mod:`amad.lit.teacher`).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +97,3 @@ def load_adapter(path: str | Path) -> nn.Module:
         f"model path {path} does not exist: expected a directory written by `amad export` / "
         "`save_pretrained`, or a .ckpt written by `amad fit`. Hub ids cannot be downloaded here."
     )
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

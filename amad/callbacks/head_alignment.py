@@ -48,13 +48,26 @@ def plot_head_alignment(weights: dict[str, Tensor], out_dir: str | Path, title: 
         by_site.setdefault(site, []).append((layer, w))
     paths = []
     for site, panels in by_site.items():
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels) + 0.8, 3.2), squeeze=False)
-        for ax, (layer, w) in zip(axes[0], panels, strict=True):
-            im = ax.imshow(w.numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels) + 0.8, 3.4), squeeze=False,
+                                 layout="constrained")
+        # AMAD's weights are a softmax of cosines in [0, 1]: near-uniform rows are common, so the
+        # colour scale spans the data (not [0, 1]) and small matrices get their values printed.
+        vmax = max(float(w.max()) for _, w in panels)
+        vmin = min(float(w.min()) for _, w in panels)
+        for k, (ax, (layer, w)) in enumerate(zip(axes[0], panels, strict=True)):
+            im = ax.imshow(w.numpy(), vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
+                           cmap="viridis", aspect="auto")
             ax.set_title(layer, fontsize=9)
             ax.set_xlabel("student head j")
-            ax.set_ylabel("teacher head i")
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="a_ij")
+            if k == 0:
+                ax.set_ylabel("teacher head i")
+            ax.set_xticks(range(w.shape[1]))
+            ax.set_yticks(range(w.shape[0]))
+            if w.numel() <= 64:
+                for i, row in enumerate(w.tolist()):
+                    for j, v in enumerate(row):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="a_ij (rows sum to 1)")
         fig.suptitle(f"{title} {site}".strip(), fontsize=10)
         path = out_dir / f"{site}.png"
         fig.savefig(path, dpi=90)

@@ -135,7 +135,7 @@ class _RowCrossEntropy(torch.autograd.Function):
         t, p = ctx.saved_tensors
         gp = p.clamp_min(ctx.eps)
         torch.div(t, gp, out=gp)
-        if p.numel() and bool(torch.amin(p) < ctx.eps):
+        if p.device.type != "cpu" or (p.numel() and bool(torch.amin(p) < ctx.eps)):
             gp.masked_fill_(p < ctx.eps, 0)
         return None, gp.mul_(grad.unsqueeze(-1)), None
 

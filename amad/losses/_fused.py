@@ -25,6 +25,13 @@ from torch import Tensor
 from amad.losses._common import NORM_EPS
 
 
+def _below(x: Tensor, eps: float) -> Tensor | None:
+    """Mask of ``x < eps``; on CPU only built when needed (one cheap reduction, no host sync on GPU)."""
+    if x.device.type != "cpu":
+        return x < eps
+    return (x < eps) if x.numel() and bool(torch.amin(x) < eps) else None
+
+
 class AMADKLFunction(torch.autograd.Function):
     """``(tf, sf, inv_rows, temperature, detach_weights, eps) -> (per_example (B,), a (B, Ht, Hs))``.
 
@@ -41,7 +48,7 @@ class AMADKLFunction(torch.autograd.Function):
         w = torch.bmm(tf, sf.transpose(1, 2)).div_(nt.unsqueeze(-1) * c.unsqueeze(-2))  # Eq. 2
         a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
         mix = torch.bmm(a, sf)  # Eq. 9 mixture, (B, Ht, n)
-        below = (mix < eps) if mix.numel() and bool(torch.amin(mix) < eps) else None
+        below = _below(mix, eps)
         clamped = mix.clamp_min_(eps)  # in place: the raw mixture is not needed any more
         # sum_k t log(t / max(mix, eps)) with 0 log 0 = 0: t = 0 gives 0 * log(tiny / mix) = 0
         tiny = torch.finfo(tf.dtype).tiny

@@ -63,7 +63,8 @@ def amad_loss(
 
     Returns:
         Scalar loss, float32 (float64 for float64 inputs); with ``return_weights`` also
-        ``a`` (B, Ht, Hs), every row summing to 1. Per example:
+        ``a`` (B, Ht, Hs), every row summing to 1 (for inspection: it carries no gradient for
+        "kl" and "token", whose forward/backward is fused, see ``amad.losses._fused``). Per example:
 
         * ``"kl"``: for each teacher head the mean over valid query rows of
           ``KL(t_row || mix_row)``, ``mix_i = sum_j a_ij A^S_j`` of the raw student maps

@@ -1,7 +1,7 @@
 """``amad bench losses``: the vectorised attention losses against explicit-loop references.
 
-For each shape (B, Ht, Hs, Q, K) and method/variant (AMAD kl/l2/token, AMAD proj at small n, SHD,
-A2D, AttnDistill), forward + backward (gradient w.r.t. the student maps) is timed for
+For each shape (B, Ht, Hs, Q, K) and method/variant (AMAD kl/l2/token, AMAD proj at small n,
+head-mean, SHD, A2D, AttnDistill), forward + backward (gradient w.r.t. the student maps) is timed for
 
 * the vectorised loss (``vectorised_s``),
 * an explicit-loop reference of the same equation (``loop_s``, :mod:`amad.losses.loop_reference`:
@@ -37,8 +37,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from amad.losses import A2DLoss, AMADProjectionLoss, amad_loss, attn_distill_loss, one_to_one_loss, shd_loss
-from amad.losses.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_shd
+from amad.losses import (
+    A2DLoss,
+    AMADProjectionLoss,
+    amad_loss,
+    attn_distill_loss,
+    head_mean_loss,
+    one_to_one_loss,
+    shd_loss,
+)
+from amad.losses.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_head_mean, loop_shd
 
 FULL_SHAPES = [(8, 12, 8, 197, 197), (8, 12, 6, 50, 50), (8, 8, 4, 32, 32)]
 QUICK_SHAPES = [(2, 4, 2, 12, 12), (2, 6, 3, 8, 8)]
@@ -111,6 +119,8 @@ def _cases(teacher, mask, Ht, Hs, n):
         proj = AMADProjectionLoss(n)
         cases.append(("amad_proj", "proj", lambda s: proj(teacher, s, mask)[0],
                       lambda s: loop_amad(teacher, s, mask, "proj", projection=proj)))
+    cases.append(("head_mean", "kl", lambda s: head_mean_loss(teacher, s, query_mask=mask),
+                  lambda s: loop_head_mean(teacher, s, mask)))
     cases.append(("shd", "map", lambda s: shd_loss(teacher, s, query_mask=mask),
                   lambda s: loop_shd(teacher, s, mask)))
     torch.manual_seed(0)
@@ -206,7 +216,8 @@ def run(out: str | None = None, quick: bool = False, threads: int | None = 1,
         threads: intra-op threads during the run (restored afterwards). 1 by default: on a shared
             CPU, OpenMP barriers of small ops stall for milliseconds when other processes hold the
             cores, which swamps the loss itself; None keeps the current setting.
-        methods: restrict to these methods ("amad", "amad_proj", "shd", "a2d", "attn_distill").
+        methods: restrict to these methods ("amad", "amad_proj", "head_mean", "shd", "a2d",
+            "attn_distill").
 
     Returns:
         ``{"losses": [record, ...]}``, one record per (shape, method, variant); see the module doc.

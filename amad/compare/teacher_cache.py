@@ -1,7 +1,8 @@
 """Train a comparison's teacher once, and reuse it: cached by a fingerprint of its config and data.
 
-Lookup order: ``teacher.path`` (a shipped or user-given ``save_pretrained`` dir / ``.ckpt``), then
-``<cache>/teachers/<name>-<fingerprint>/``; otherwise the teacher is fine-tuned with
+Lookup order: ``teacher.path`` (a shipped or user-given ``save_pretrained`` dir / ``.ckpt``; a shipped
+one carries ``teacher.json`` and is used only while its fingerprint matches the config's recipe and
+data), then ``<cache>/teachers/<name>-<fingerprint>/``; otherwise the teacher is fine-tuned with
 :class:`~amad.lit.FineTuneModule` and written there (``save_pretrained`` layout plus
 ``teacher.json`` with its config, metrics and training time). The cache root is ``$AMAD_CACHE`` or
 ``~/.cache/amad``.
@@ -29,9 +30,10 @@ def cache_root() -> Path:
 
 
 def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
+    """Hash of the teacher's recipe, its data config and the data's own facts (source, sizes, version)."""
     t = cfg["teacher"]
-    return fingerprint({"teacher": {k: t.get(k) for k in TEACHER_KEYS}, "data": cfg["data"],
-                        "data_facts": data_facts})
+    return fingerprint({"teacher": {k: t.get(k) for k in TEACHER_KEYS if k != "data"},
+                        "data": teacher_datamodule_config(cfg), "data_facts": data_facts})
 
 
 def teacher_datamodule_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +54,10 @@ def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Pat
     from amad.lit import FineTuneModule
 
     t = cfg["teacher"]
+    dm_cfg = teacher_datamodule_config(cfg)
+    dm = make_datamodule(dm_cfg)
+    facts = getattr(dm, "metadata", {})
+    fp = teacher_fingerprint(cfg, facts)
     if t.get("path"):
         path = Path(t["path"])
         if not path.exists():
@@ -59,11 +65,11 @@ def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Pat
                                     "or .ckpt); remove teacher.path to train the teacher instead")
         meta = path / "teacher.json" if path.is_dir() else None
         record = json.loads(meta.read_text()) if meta and meta.is_file() else {}
-        return path, {**record, "source": str(path)}
-    dm_cfg = teacher_datamodule_config(cfg)
-    dm = make_datamodule(dm_cfg)
-    facts = dm.fingerprint() if hasattr(dm, "fingerprint") else {}
-    fp = teacher_fingerprint(cfg, facts)
+        if record.get("fingerprint", fp) == fp:  # a user's teacher has no record: trust the path
+            log(f"teacher: using {path}")
+            return path, {**record, "source": str(path)}
+        log(f"teacher: {path} was trained with another recipe or data (fingerprint "
+            f"{record['fingerprint']} != {fp}); training a fresh one")
     out = cache_root() / "teachers" / f"{cfg['name']}-{fp}"
     meta = out / "teacher.json"
     if meta.is_file():

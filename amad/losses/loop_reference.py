@@ -90,6 +90,24 @@ def loop_one_to_one(teacher, student, query_mask=None, eps=1e-8):
     return total / B
 
 
+def loop_head_mean(teacher, student, query_mask=None, eps=1e-8):
+    """Head-mean KL: heads averaged by a loop, then row KL over valid rows."""
+    B, Ht, Q, K = teacher.shape
+    Hs = student.shape[1]
+    total = teacher.new_zeros(())
+    for b in range(B):
+        rows = _valid(query_mask, b, Q)
+        Tr, Sr = _split(teacher[b].detach()), _split(student[b])
+        per_row = []
+        for q in rows:
+            t = sum(Tr[i][q] for i in range(Ht)) / Ht
+            s = sum(Sr[j][q] for j in range(Hs)) / Hs
+            per_row.append(_row_kl(t, s, eps))
+        if rows:
+            total = total + sum(per_row) / len(rows)
+    return total / B
+
+
 def _soft_log(row: Tensor, temperature: float, eps: float) -> Tensor:
     return torch.log_softmax(torch.log(row.clamp_min(eps)) / temperature, dim=0)
 

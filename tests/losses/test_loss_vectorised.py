@@ -10,7 +10,14 @@ from losses_helpers import random_maps
 
 from amad.bench.losses import PeakMemory, run
 from amad.losses import A2DLoss, amad_loss, attn_distill_loss, head_mean_loss, one_to_one_loss, shd_loss
-from amad.losses.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_one_to_one, loop_shd
+from amad.losses.loop_reference import (
+    loop_a2d,
+    loop_amad,
+    loop_attn_distill,
+    loop_head_mean,
+    loop_one_to_one,
+    loop_shd,
+)
 
 
 @pytest.mark.parametrize("variant", ["kl", "l2", "token"])
@@ -42,6 +49,7 @@ def test_loop_references_of_the_bench_agree():
     a2d = A2DLoss(5, 2).double()
     pairs = [(loop_amad(t, s, mask, v), amad_loss(t, s, query_mask=mask, variant=v)) for v in ("kl", "l2", "token")]
     pairs += [(loop_one_to_one(t, s, mask), one_to_one_loss(t, s, query_mask=mask)),
+              (loop_head_mean(t, s, mask), head_mean_loss(t, s, query_mask=mask)),
               (loop_shd(t, s, mask, temperature=2.0), shd_loss(t, s, query_mask=mask, temperature=2.0)),
               (loop_a2d(t, s, a2d, mask), a2d(t, s, mask)[0]),
               (loop_attn_distill(t, s, mask), attn_distill_loss(t, s, query_mask=mask))]
@@ -56,7 +64,7 @@ def test_quick_bench_writes_records(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     records = result["losses"]
     assert {(r["method"], r["variant"]) for r in records} == {
-        ("amad", "kl"), ("amad", "l2"), ("amad", "token"), ("amad_proj", "proj"), ("shd", "map"),
+        ("amad", "kl"), ("amad", "l2"), ("amad", "token"), ("amad_proj", "proj"), ("head_mean", "kl"), ("shd", "map"),
         ("a2d", "conv1x1"), ("attn_distill", "all_rows")}
     for r in records:
         for key in ("shape", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "over_one_to_one",

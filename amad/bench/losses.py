@@ -11,9 +11,9 @@ head-mean, SHD, A2D, AttnDistill), forward + backward (gradient w.r.t. the stude
 * ``one_to_one_loss`` at the same shape (``one_to_one_s``),
 
 interleaved in one run ((vectorised, one-to-one) x 3, then the loop; repeated) with the garbage
-collector paused inside timings, and summarised by medians, so that the ratios ``speedup_vs_loop`` (target >= 50) and ``over_one_to_one`` (``amad_over_one_to_one``
-for AMAD records; target <= 3) compare numbers taken side by side on a noisy machine. A loop reference
-slower than 5 s is timed once.
+collector paused inside timings, and summarised by medians, so that the ratios ``speedup_vs_loop``
+(target >= 50) and ``over_one_to_one`` (``amad_over_one_to_one`` for AMAD records; target <= 3) compare
+numbers taken side by side on a noisy machine. A loop reference slower than 5 s is timed once.
 
 Memory: peak bytes of the tensors the loss allocates during forward + backward, relative to the
 bytes of its two inputs (``peak_over_inputs``). There is no CUDA allocator to ask on CPU, so a

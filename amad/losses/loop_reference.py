@@ -2,7 +2,8 @@
 
 Python loops over batch, heads and query rows; only the keys of one row are a vector. Rows are taken
 with ``unbind`` (one backward node per split, not one full-size gradient per indexed row), so the
-loops are slow only because they are loops. They follow the same conventions as the vectorised losses (masked rows zeroed, clamps, reductions) and are what the
+loops are slow only because they are loops. They follow the same conventions as the vectorised
+losses (masked rows zeroed, clamps, reductions) and are what the
 benchmark's ``speedup_vs_loop`` is measured against; the tests check them against the vectorised
 losses (the tests' own references, in ``tests/losses``, go further and loop over keys too).
 """

@@ -72,7 +72,9 @@ def softened_row_kl(lt: Tensor, ls: Tensor, key_mask: Tensor | None) -> Tensor:
     return kl.sum(-1)
 
 
-def shd_merge(teacher: Tensor, student: Tensor, *, granularity: str = "map", eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+def shd_merge(
+    teacher: Tensor, student: Tensor, *, granularity: str = "map", eps: float = 1e-12
+) -> tuple[Tensor, Tensor]:
     """Squeeze (B, Ht, Q, K) teacher maps into (B, Hs, Q, K), fitting each merge to the student.
 
     Vectorised over batch, groups and pairs; the only Python loop is over the log2(group size)

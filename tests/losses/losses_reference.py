@@ -36,7 +36,8 @@ def row_kl(t_row, p_row, eps):
 
 
 def _norm(v):
-    return torch.clamp(torch.sqrt((v * v).sum()), min=1e-12) if float((v * v).sum().detach()) > 0 else v.new_tensor(1e-12)
+    sq = (v * v).sum()
+    return torch.clamp(torch.sqrt(sq), min=1e-12) if float(sq.detach()) > 0 else v.new_tensor(1e-12)
 
 
 def _cos(u, v):
@@ -229,7 +230,8 @@ def shd(teacher, student, qmask=None, kmask=None, tau=1.0, granularity="map", ep
                         alpha = []
                         for q in range(Q):
                             den = ((x[q] - y[q]) ** 2).sum()
-                            a = ((target[q] - y[q]) * (x[q] - y[q])).sum() / den if float(den) > 1e-12 else x.new_tensor(0.5)
+                            num = ((target[q] - y[q]) * (x[q] - y[q])).sum()
+                            a = num / den if float(den) > 1e-12 else x.new_tensor(0.5)
                             alpha.append(torch.clamp(a, 0, 1))
                         alpha = torch.stack(alpha)
                     m = alpha[:, None] * x + (1 - alpha[:, None]) * y

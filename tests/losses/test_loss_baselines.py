@@ -92,7 +92,8 @@ def test_a2d_head_count_error_names_both_shapes():
 
 
 @pytest.mark.parametrize("query_index,prob_clamp,tau,with_kmask", [
-    (None, (1e-5, 0.996), 20.0, True), (0, (1e-5, 0.996), 20.0, False), (None, None, 2.0, True), (-1, None, 5.0, False)])
+    (None, (1e-5, 0.996), 20.0, True), (0, (1e-5, 0.996), 20.0, False), (None, None, 2.0, True),
+    (-1, None, 5.0, False)])
 def test_attn_distill_matches_loop_reference(query_index, prob_clamp, tau, with_kmask):
     t, s, qmask, kmask = _inputs(4, 2, with_kmask=with_kmask)
     loss = attn_distill_loss(t, s, query_mask=qmask, key_mask=kmask, temperature=tau, query_index=query_index,

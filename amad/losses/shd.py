@@ -92,14 +92,14 @@ def shd_merge(
     check_choice("alpha_granularity", granularity, ALPHA_GRANULARITY)
     B, Ht, Q, K = teacher.shape
     Hs = student.shape[1]
-    groups = shd_groups(Ht, Hs)
-    size = max(len(g) for g in groups)
-    width = 1 << (size - 1).bit_length()  # next power of two
-    index = torch.full((Hs, width), -1, dtype=torch.long)
-    for j, g in enumerate(groups):
-        index[j, : len(g)] = torch.tensor(g)
-    index = index.to(teacher.device)
-    valid = index >= 0  # (Hs, width)
+    shd_groups(Ht, Hs)  # validates Hs <= Ht
+    base, extra = divmod(Ht, Hs)
+    width = 1 << (base + (extra > 0) - 1).bit_length()  # largest group size, rounded up to a power of 2
+    j = torch.arange(Hs, device=teacher.device)[:, None]
+    p = torch.arange(width, device=teacher.device)[None, :]
+    start = j * base + torch.clamp(j, max=extra)  # groups as in shd_groups: larger ones first
+    valid = p < base + (j < extra).long()  # (Hs, width)
+    index = torch.where(valid, start + p, -1)
     maps = teacher[:, index.clamp_min(0)]  # (B, Hs, width, Q, K)
     R = Q if granularity == "row" else 1
     coef = torch.nn.functional.one_hot(index.clamp_min(0), Ht).to(teacher.dtype) * valid[..., None]

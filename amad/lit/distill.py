@@ -256,7 +256,7 @@ class AttentionDistiller(nn.Module):
             for l_s in range(ls):
                 self.criteria[self.key(site, l_s)] = build_attention_criterion(
                     method, teacher_heads=teacher.num_heads(site),
-                    student_heads=student.num_heads(site), num_layers=ls, **options)
+                    student_heads=student.num_heads(site), num_layers=1, **options)
 
     @staticmethod
     def key(site: str, student_layer: int) -> str:

@@ -119,8 +119,14 @@ class TaskModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if hasattr(dm, "make_metric"):
             self.val_metric, self.test_metric = dm.make_metric(), dm.make_metric()
+        from amad.models.tokenizers import is_placeholder_tokenizer
+
         tok = getattr(dm, "tokenizer", None)
-        if tok is not None and getattr(self.trainable, "tokenizer", None) is None:
+        current = getattr(self.trainable, "tokenizer", None)
+        # A model built from a preset + vocab_size carries placeholder words: decode with the data's.
+        if tok is not None and (current is None or is_placeholder_tokenizer(current)):
+            if current is not None and len(current) != len(tok):
+                raise ValueError(f"the model's vocabulary has {len(current)} tokens, the data's {len(tok)}")
             self.trainable.tokenizer = tok
 
     # -- evaluation ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -109,3 +110,12 @@ def placeholder_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab.update({f"tok{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
     return word_tokenizer_from_vocab(vocab)
+
+
+def is_placeholder_tokenizer(tokenizer: Any) -> bool:
+    """True for a tokenizer made by :func:`placeholder_tokenizer` (ids 7.. named ``tok7``, ``tok8``...)."""
+    if tokenizer is None:
+        return False
+    vocab = tokenizer.get_vocab()
+    return len(vocab) > len(SPECIAL_TOKENS) and all(
+        vocab.get(f"tok{i}") == i for i in (len(SPECIAL_TOKENS), len(vocab) - 1))

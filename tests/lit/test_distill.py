@@ -149,3 +149,17 @@ def test_head_alignment_callback_writes_heatmaps_rows_sum_to_one(tmp_path, tiny_
     w = one.head_alignment(dm.batches[0])
     for m in w.values():  # the fixed assignment: teacher head i -> student head i (i < Hs)
         assert torch.equal(m[: m.shape[1]], torch.eye(m.shape[1]))
+
+
+def test_finetune_from_preset_decodes_with_the_datas_tokenizer(tmp_path):
+    """A model built from a preset + vocab_size (as `amad fit` does) must not decode placeholder words."""
+    from amad.data import EasyVQADataModule
+
+    dm = EasyVQADataModule(batch_size=4, subset=8, eval_subset=4)
+    module = FineTuneModule(model={"family": "blip-vqa", "preset": "tiny"}, vocab_size=dm.vocab_size)
+    trainer = fit_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    dm.setup("validate")
+    preds = module.model.generate(next(iter(dm.val_dataloader())), max_new_tokens=2)
+    vocab = set(dm.tokenizer.get_vocab())
+    assert all(w in vocab for p in preds for w in p.split()), preds

@@ -9,6 +9,7 @@ Layout (``experiments/compare/*.yaml``)::
     student: {num_heads: ..., num_layers: ..., hidden_size: ..., init: random}
     train: {max_steps: ..., lr: ..., warmup_ratio: ..., schedule: ..., precision: 32-true}
     methods: {gt: {beta: 0, attn_method: none}, kd: {...}, amad: {attn_method: amad}, ...}
+    run_methods: [gt, kd, ..., amad]      # which of them a run trains (default: all); --methods overrides
     seeds: 3
     presets: {smoke: {<overrides>}, full: {<overrides>}}   # "default" = the file as written
 
@@ -47,11 +48,12 @@ def load_compare_config(path: str, preset: str = "default", seeds: int | None = 
     if seeds is not None:
         cfg["seeds"] = seeds
     cfg.setdefault("seeds", 3)
-    if methods:
-        unknown = sorted(set(methods) - set(cfg["methods"]))
-        if unknown:
-            raise ValueError(f"methods {unknown} are not in {path}; available: {sorted(cfg['methods'])}")
-        cfg["methods"] = {m: cfg["methods"][m] for m in methods}
+    methods = methods or cfg.pop("run_methods", None) or list(cfg["methods"])
+    cfg.pop("run_methods", None)
+    unknown = sorted(set(methods) - set(cfg["methods"]))
+    if unknown:
+        raise ValueError(f"methods {unknown} are not in {path}; available: {sorted(cfg['methods'])}")
+    cfg["methods"] = {m: cfg["methods"][m] for m in methods}
     return cfg
 
 

@@ -271,7 +271,10 @@ class AttentionDistiller(nn.Module):
         for site, lmap in self.layer_maps.items():
             if self.input_kind == "maps":
                 t_all, s_all = t_out.attentions[site], s_out.attentions[site]
-                kwargs = {"query_mask": s_out.query_masks[site]}
+                qm = s_out.query_masks[site]
+                # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
+                # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
+                kwargs = {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None}
             else:
                 t_all, s_all = t_out.qkv[site], s_out.qkv[site]
                 kwargs = {"key_mask": s_out.key_masks[site]}

@@ -20,7 +20,8 @@ def _module(teacher, family, method="amad", **kw):
 
 
 @pytest.mark.parametrize("family", ["blip-vqa", "blip-caption", "vlt5"])
-@pytest.mark.parametrize("method", ["amad", "one_to_one", "head_mean", "minilm_relation", "none"])
+@pytest.mark.parametrize("method", ["amad", "one_to_one", "head_mean", "minilm_relation", "shd", "a2d",
+                                    "attn_distill", "none"])
 def test_every_family_and_method_trains_with_finite_logged_terms(tmp_path, tiny_teacher_factory, family, method):
     teacher = tiny_teacher_factory(family)
     module = _module(teacher, family, method)

@@ -178,6 +178,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the YAML's)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the YAML's methods")
     parser.add_argument("--logger", default="wandb", choices=("wandb", "csv", "none"))
+    parser.add_argument("--teacher-only", action="store_true",
+                        help="only fine-tune (or find) the teacher, print its metrics and cache path")
     parser.add_argument("--split", default="test", choices=("test", "val"),
                         help="evaluate on test (reporting) or val (tuning: never tune on test)")
     ns = parser.parse_args(argv)
@@ -185,6 +187,10 @@ def main(argv: list[str]) -> int:
     torch.set_float32_matmul_precision("high")
     cfg = load_compare_config(ns.config, ns.preset, ns.seeds, ns.methods.split(",") if ns.methods else None)
     start = time.perf_counter()
+    if ns.teacher_only:
+        path, record = ensure_teacher(cfg, make_datamodule)
+        print(json.dumps({"teacher": str(path), **{k: record.get(k) for k in ("metrics", "train_time_s")}}))
+        return 0
     results = run_comparison(cfg, ns.out, ns.logger, ns.split)
     print((Path(ns.out) / "results.md").read_text())
     print(f"compare: {len(results['runs'])} runs, {time.perf_counter() - start:.0f}s wall -> {ns.out}")

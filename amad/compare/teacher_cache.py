@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from amad.compare.config import fingerprint
 
@@ -96,7 +99,11 @@ def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Pat
     shutil.rmtree(tmp, ignore_errors=True)
     module.model.save_pretrained(tmp)
     record = {"fingerprint": fp, "config": {k: t.get(k) for k in TEACHER_KEYS}, "metrics": metrics,
-              "train_time_s": round(train_time, 1), "steps": int(t["max_steps"])}
+              "train_time_s": round(train_time, 1), "steps": int(t["max_steps"]),
+              "command": " ".join(["amad", *sys.argv[1:]]) if sys.argv[0].endswith("amad") else None,
+              "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch "
+                         f"{torch.__version__}, {torch.get_num_threads()} threads",
+              "date": time.strftime("%Y-%m-%d")}
     (tmp / "teacher.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: a half-trained or half-written teacher is never "cached"

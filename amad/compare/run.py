@@ -71,10 +71,7 @@ def run_one(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, dm:
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     train_time = time.perf_counter() - start
-    evaluate = trainer.test if split == "test" else trainer.validate
-    res = evaluate(module, datamodule=dm, verbose=False)[0]
-    metrics = {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/")}
-    metrics.pop("loss", None)
+    metrics = evaluate(module, dm, split)
     record = {"method": method, "seed": seed, "metrics": metrics, "params": count_params(module.student),
               "train_time_s": round(train_time, 2), "steps": int(train["max_steps"]),
               "config": cfg["methods"][method]}
@@ -147,15 +144,19 @@ def run_comparison(cfg: dict[str, Any], out: str | Path, logger_kind: str = "wan
     return results
 
 
+def evaluate(module: L.LightningModule, dm: L.LightningDataModule, split: str) -> dict[str, float]:
+    """Generation metrics of ``module`` on the ``test`` or ``val`` split (a fresh, quiet Trainer)."""
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="auto", devices=1)
+    run = trainer.test if split == "test" else trainer.validate
+    res = run(module, datamodule=dm, verbose=False)[0]
+    return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
+
+
 def evaluate_teacher(teacher, dm: L.LightningDataModule, split: str) -> dict[str, float]:
     from amad.lit import FineTuneModule
 
-    module = FineTuneModule(model=teacher, task=dm.task)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="auto", devices=1)
-    evaluate = trainer.test if split == "test" else trainer.validate
-    res = evaluate(module, datamodule=dm, verbose=False)[0]
-    return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
+    return evaluate(FineTuneModule(model=teacher, task=dm.task), dm, split)
 
 
 def quiet_libraries() -> None:

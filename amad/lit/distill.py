@@ -11,6 +11,7 @@ site have the same Q and K.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -19,6 +20,10 @@ from torch import Tensor, nn
 from amad.lit.base import TaskModule
 from amad.lit.finetune import resolve_model
 from amad.lit.teacher import FrozenTeacher
+
+# Lightning >= 2.5.5 warns "Found N module(s) in eval mode" at every fit: the frozen teacher is in
+# eval mode by design. Only that warning is silenced.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class DistillationModule(TaskModule):

@@ -6,8 +6,9 @@ student training step. Measured interleaved in one process (a, b, c, a, b, c, ..
 step through :class:`~amad.lit.DistillationModule` (all sites, output KD).
 ``overhead = c / (a + b)``.
 
-``memory``: peak memory of (c) against (b). On CPU each measurement runs in a fresh subprocess and
-reads the peak resident set (``ru_maxrss``) above the process's footprint after model construction;
+``memory``: peak memory of (c) against (b). On CPU each measurement runs in a fresh subprocess that
+resets its resident-set high-water mark (``/proc/self/clear_refs``) after building everything, runs
+one step (optimizer state already allocated) and reads ``VmHWM``;
 on CUDA ``torch.cuda.max_memory_allocated``. Also reports the bytes of attention maps a step keeps.
 
 ``scaling``: AMAD loss forward+backward time against tokens (65, 197, 577: ViT-B/16 at 64/224/384
@@ -128,6 +129,7 @@ def step():
     else:
         loss = module.distillation_losses(batch)["loss"]
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=False)
+step()  # warm-up: optimizer state and gradient buffers exist before the measured step
 maps = 0
 if mode == "distill":
     sites, qkv = module.attn.capture_sites()
@@ -136,11 +138,16 @@ if mode == "distill":
     maps = sum(m.numel() * m.element_size() for site in t.attentions.values() for m in site)
     del t
 import gc; gc.collect()
-# ru_maxrss is a high-water mark, so the step runs once, in a fresh process: base = the resident set
-# just before it (models, batch, allocator caches), peak = the high-water mark after it.
-base = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+def status(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0])
+# Linux keeps ru_maxrss across fork+exec (a child reports its parent's peak), so we read the
+# process's own high-water mark VmHWM, reset to the current RSS by writing 5 to clear_refs: base =
+# the resident set just before the step (models, batch, optimizer state), peak = the mark after it.
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = status("VmRSS")
 step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = status("VmHWM")
 print(json.dumps({"base_kb": base, "peak_kb": peak, "teacher_map_bytes": maps}))
 """
 
@@ -166,9 +173,12 @@ def run_memory(out: str | None = None, quick: bool = False) -> dict:
                    "student_peak_mb": s["peak_kb"] / 1024, "distill_peak_mb": d["peak_kb"] / 1024,
                    "student_step_extra_mb": s_peak / 1024, "distill_step_extra_mb": d_peak / 1024,
                    "peak_ratio": d["peak_kb"] / s["peak_kb"],
+                   # the step's own allocations (activations, maps, grads) above the pre-step footprint
+                   "step_extra_ratio": d_peak / s_peak if s_peak else None,
                    "teacher_maps_mb": d["teacher_map_bytes"] / 2**20}
         records.append(rec)
     _print("memory", records, ("model", "batch_size", "student_peak_mb", "distill_peak_mb", "peak_ratio",
+                               "student_step_extra_mb", "distill_step_extra_mb", "step_extra_ratio",
                                "teacher_maps_mb"))
     return _write({"memory": records}, out)
 

@@ -190,18 +190,17 @@ def _cuda_memory(family: str, preset: str, bs: int) -> dict:
         module.student.train()
         for _ in range(2):
             torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
             loss = (module.student(batch, sites=()).loss if mode == "student"
                     else module.distillation_losses(batch)["loss"])
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        peaks[mode] = (torch.cuda.max_memory_allocated(), base)
+        peaks[mode] = torch.cuda.max_memory_allocated()
         del module, batch, opt
         torch.cuda.empty_cache()
     return {"model": f"{family}/{preset}", "batch_size": bs, "device": "cuda",
-            "student_peak_mb": peaks["student"][0] / 2**20, "distill_peak_mb": peaks["distill"][0] / 2**20,
-            "peak_ratio": peaks["distill"][0] / peaks["student"][0]}
+            "student_peak_mb": peaks["student"] / 2**20, "distill_peak_mb": peaks["distill"] / 2**20,
+            "peak_ratio": peaks["distill"] / peaks["student"]}
 
 
 # -- scaling ------------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ class AttentionDistiller(nn.Module):
                  options: dict[str, Any], sites: list[str] | None,
                  layer_map: str | list[int] | dict[str, str | list[int]]) -> None:
         super().__init__()
-        from amad.losses import ATTENTION_METHODS, build_attention_criterion
+        from amad.losses import ATTENTION_METHODS, build_attention_criterion, criterion_input_kind
         from amad.models import resolve_layer_map
 
         if method != "none" and method not in ATTENTION_METHODS:
@@ -240,8 +240,7 @@ class AttentionDistiller(nn.Module):
         self.layer_maps: dict[str, list[int]] = {}
         if not self.enabled:
             return
-        probe = build_attention_criterion(method, teacher_heads=1, student_heads=1, **options)
-        self.input_kind = probe.input_kind
+        self.input_kind = criterion_input_kind(method)
         all_sites = tuple(teacher.sites)
         if sites is None:
             sites = [s for s in all_sites if self.input_kind == "maps" or s.endswith(".self")]

@@ -252,6 +252,12 @@ _REGISTRY: dict[str, type[AttentionCriterion]] = {
 ATTENTION_METHODS: tuple[str, ...] = tuple(_REGISTRY)
 
 
+def criterion_input_kind(method: str) -> str:
+    """``"maps"`` or ``"qkv"``: what the criteria of ``method`` consume (without building one)."""
+    check_choice("attention method", method, ATTENTION_METHODS)
+    return _REGISTRY[method].input_kind
+
+
 def criterion_options(method: str) -> tuple[str, ...]:
     """The keyword options ``build_attention_criterion`` accepts for ``method``."""
     check_choice("attention method", method, tuple(_REGISTRY))

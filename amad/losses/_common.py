@@ -84,6 +84,8 @@ def check_mask(
 ) -> Tensor | None:
     """Validate a padding mask against ``ref.shape[dims]`` and return it as bool (True = real).
 
+    Returns None (= everything real) for None, and on CPU for a mask that is True everywhere.
+
     Bool and integer (0/1) masks are accepted; float masks are refused (a float is ambiguous
     between "keep" and an additive -inf mask).
     """
@@ -100,18 +102,29 @@ def check_mask(
         raise ValueError(f"{name} {tuple(mask.shape)} must be bool (True = real), got {mask.dtype}")
     if mask.device != ref.device:
         raise ValueError(f"{name} is on {mask.device} but {ref_name} {tuple(ref.shape)} is on {ref.device}")
-    return mask if mask.dtype == torch.bool else mask != 0
+    mask = mask if mask.dtype == torch.bool else mask != 0
+    # A mask without padding (e.g. every image patch) means the same as None, which skips a masked copy
+    # of the maps. Only checked on CPU: on an accelerator the check would be a host sync per call.
+    if mask.device.type == "cpu" and bool(mask.all()):
+        return None
+    return mask
+
+
+def prepare_teacher(teacher_attn: Tensor, mask: Tensor | None) -> Tensor:
+    """Upcast and detach the teacher maps (B, H, Q, K), and zero their padded query rows."""
+    dtype = compute_dtype(teacher_attn)
+    t = teacher_attn.detach().to(dtype)
+    if mask is not None:
+        t = torch.where(mask[:, None, :, None], t, torch.zeros((), dtype=dtype, device=t.device))
+    return t
 
 
 def prepare_maps(teacher_attn: Tensor, student_attn: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Upcast, detach the teacher, and zero the padded query rows of both maps."""
-    dtype = compute_dtype(teacher_attn)
-    t = teacher_attn.detach().to(dtype)
-    s = student_attn.to(dtype)
+    t = prepare_teacher(teacher_attn, mask)
+    s = student_attn.to(t.dtype)
     if mask is not None:
-        m = mask[:, None, :, None]
-        t = torch.where(m, t, torch.zeros((), dtype=dtype, device=t.device))
-        s = torch.where(m, s, torch.zeros((), dtype=dtype, device=s.device))
+        s = torch.where(mask[:, None, :, None], s, torch.zeros((), dtype=s.dtype, device=s.device))
     return t, s
 
 

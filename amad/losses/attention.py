@@ -27,6 +27,7 @@ from amad.losses._common import (
     masked_row_mean,
     no_autocast,
     prepare_maps,
+    prepare_teacher,
     row_kl,
 )
 from amad.losses._fused import AMADKLFunction
@@ -86,11 +87,13 @@ def amad_loss(
     check_maps(teacher_attn, student_attn)
     mask = check_mask(query_mask, teacher_attn, (0, 2))
     with no_autocast(teacher_attn.device.type):
-        t, s = prepare_maps(teacher_attn, student_attn, mask)
-        if variant == "token":
-            per_example, weights = _amad_token(t, s, mask, temperature, detach_weights, eps)
+        if variant == "kl":  # the fused path masks the student itself (no masked copy, no where node)
+            t = prepare_teacher(teacher_attn, mask)
+            per_example, weights = _amad_kl(t, student_attn.to(t.dtype), mask, temperature, detach_weights, eps)
         else:
-            per_example, weights = _amad_flat(t, s, mask, variant, temperature, detach_weights, eps)
+            t, s = prepare_maps(teacher_attn, student_attn, mask)
+            fn = _amad_token if variant == "token" else _amad_l2
+            per_example, weights = fn(t, s, mask, temperature, detach_weights, eps)
         loss = per_example.mean()
     return (loss, weights) if return_weights else loss
 
@@ -133,15 +136,22 @@ def _mix(t: Tensor, s: Tensor, temperature: float, detach: bool) -> tuple[Tensor
     return torch.bmm(aw, sf).view(B, Ht, Q, K), a  # Eq. 9: raw student maps, rows stay distributions
 
 
-def _amad_flat(
-    t: Tensor, s: Tensor, mask: Tensor | None, variant: str, temperature: float, detach: bool, eps: float
+def _amad_kl(
+    t: Tensor, s: Tensor, mask: Tensor | None, temperature: float, detach: bool, eps: float
+) -> tuple[Tensor, Tensor]:
+    # fused forward/backward of Eq. 2, 3, 9 (see amad.losses._fused); t is masked, s is raw
+    B, Ht, Q, K = t.shape
+    n_rows = mask.sum(-1) if mask is not None else torch.full((B,), Q, device=t.device)
+    inv_rows = 1.0 / n_rows.clamp_min(1).to(t.dtype)
+    return AMADKLFunction.apply(t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K), inv_rows,
+                                temperature, detach, eps, mask)
+
+
+def _amad_l2(
+    t: Tensor, s: Tensor, mask: Tensor | None, temperature: float, detach: bool, eps: float
 ) -> tuple[Tensor, Tensor]:
     B, Ht, Q, K = t.shape
     tf, sf = t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K)
-    if variant == "kl":  # fused forward/backward of Eq. 2, 3, 9 (see amad.losses._fused)
-        n_rows = mask.sum(-1) if mask is not None else torch.full((B,), Q, device=t.device)
-        inv_rows = 1.0 / n_rows.clamp_min(1).to(t.dtype)
-        return AMADKLFunction.apply(tf, sf, inv_rows, temperature, detach, eps)
     # "l2", Eq. 4-5, expanded on the unit-normalised maps t^, s^:
     # sum_i |t^_i - sum_j a_ij s^_j|^2 = sum_i (|t^_i|^2 - 2 a_i.w_i + a_i G a_i^T), w = t^ s^T, G = s^ s^T,
     # so only (Ht x Hs) and (Hs x Hs) matrices are formed (no mixture map at all).

@@ -134,8 +134,8 @@ maps = 0
 if mode == "distill":
     sites, qkv = module.attn.capture_sites()
     with torch.no_grad():
-        t = module.teacher(batch, sites=sites)
-    maps = sum(m.numel() * m.element_size() for site in t.attentions.values() for m in site)
+        t = module.teacher(batch, sites=sites, layers=module.attn.teacher_layers())
+    maps = sum(m.numel() * m.element_size() for site in t.attentions.values() for m in site if m is not None)
     del t
 import gc; gc.collect()
 def status(key):

@@ -146,7 +146,10 @@ class DistillationModule(TaskModule):
         terms: dict[str, Tensor] = {"loss_task": s_out.loss}
         loss = self.alpha * s_out.loss
         if use_kd or use_attn:
-            t_out = self.teacher(batch, sites=map_sites, qkv_sites=qkv_sites)
+            # only the teacher layers the layer map uses are captured (a deeper teacher's other maps
+            # are freed as its forward goes on)
+            t_out = self.teacher(batch, sites=map_sites, qkv_sites=qkv_sites,
+                                 layers=self.attn.teacher_layers() if use_attn else None)
             if use_kd:
                 terms["loss_kd"] = output_kd_loss(s_out.logits, t_out.logits, s_out.target_mask,
                                                   self.kd_temperature)
@@ -207,7 +210,7 @@ class DistillationModule(TaskModule):
         try:
             map_sites, qkv_sites = self.attn.capture_sites()
             s_out = self.student(batch, sites=map_sites, qkv_sites=qkv_sites)
-            t_out = self.teacher(batch, sites=map_sites, qkv_sites=qkv_sites)
+            t_out = self.teacher(batch, sites=map_sites, qkv_sites=qkv_sites, layers=self.attn.teacher_layers())
             return self.attn.weights(t_out, s_out)
         finally:
             self.student.train(was_training)
@@ -261,6 +264,13 @@ class AttentionDistiller(nn.Module):
                 self.criteria[self.key(site, l_s)] = build_attention_criterion(
                     method, teacher_heads=teacher.num_heads(site),
                     student_heads=student.num_heads(site), num_layers=1, **options)
+        self._stack_ok = self.input_kind == "maps" and all(type(c).stackable for c in self.criteria.values())
+
+    #: On CPU the layer pairs of a site are stacked along the batch into one criterion call only while
+    #: a pair's two maps hold at most this many elements: a call on small maps costs mostly its fixed
+    #: overhead (~40 tensor ops), while for large maps the stacking copy costs about what it saves
+    #: (docs/performance.md). On an accelerator, where kernel launches dominate, always.
+    STACK_MAX_NUMEL = 1 << 20
 
     @staticmethod
     def key(site: str, student_layer: int) -> str:
@@ -271,35 +281,60 @@ class AttentionDistiller(nn.Module):
         sites = tuple(self.layer_maps)
         return (sites, ()) if self.input_kind == "maps" else ((), sites)
 
+    def teacher_layers(self) -> dict[str, tuple[int, ...]]:
+        """site -> the teacher layers the layer map uses: the only teacher maps worth capturing."""
+        return {site: tuple(sorted(set(lmap))) for site, lmap in self.layer_maps.items()}
+
+    def _site_inputs(self, site: str, t_out: Any, s_out: Any) -> tuple[Any, Any, dict]:
+        if self.input_kind == "maps":
+            qm = s_out.query_masks[site]
+            # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
+            # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
+            return (t_out.attentions[site], s_out.attentions[site],
+                    {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None})
+        return t_out.qkv[site], s_out.qkv[site], {"key_mask": s_out.key_masks[site]}
+
     def _pairs(self, t_out: Any, s_out: Any):
         for site, lmap in self.layer_maps.items():
-            if self.input_kind == "maps":
-                t_all, s_all = t_out.attentions[site], s_out.attentions[site]
-                qm = s_out.query_masks[site]
-                # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
-                # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
-                kwargs = {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None}
-            else:
-                t_all, s_all = t_out.qkv[site], s_out.qkv[site]
-                kwargs = {"key_mask": s_out.key_masks[site]}
+            t_all, s_all, kwargs = self._site_inputs(site, t_out, s_out)
             for l_s, l_t in enumerate(lmap):
                 yield site, l_s, l_t, t_all[l_t], s_all[l_s], kwargs
 
-    def _call(self, site: str, l_s: int, l_t: int, t: Any, s: Any, kwargs: dict) -> tuple[Tensor, Any]:
+    def _call(self, site: str, l_s: Any, l_t: Any, t: Any, s: Any, kwargs: dict) -> tuple[Tensor, Any]:
+        key = self.key(site, l_s if isinstance(l_s, int) else 0)
         try:
-            return self.criteria[self.key(site, l_s)](t, s, **kwargs)
+            return self.criteria[key](t, s, **kwargs)
         except ValueError as err:
             raise ValueError(f"site {site!r}, teacher layer {l_t} -> student layer {l_s}: {err}") from err
 
+    def _stackable(self, t_maps: list[Tensor], s_maps: list[Tensor]) -> bool:
+        """Whether one call on the batch-stacked pairs gives the mean of the per-pair losses."""
+        if not self._stack_ok or len(s_maps) < 2:
+            return False
+        t0, s0 = t_maps[0], s_maps[0]
+        if t0.dim() != 4 or s0.dim() != 4 or (t0.shape[0], *t0.shape[2:]) != (s0.shape[0], *s0.shape[2:]):
+            return False  # let the per-pair call raise its error naming both shapes and the layer
+        return s0.device.type != "cpu" or t0.numel() + s0.numel() <= self.STACK_MAX_NUMEL
+
     def forward(self, t_out: Any, s_out: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean attention loss over all distilled pairs, and the mean per site."""
-        per_site: dict[str, list[Tensor]] = {}
-        for site, l_s, l_t, t, s, kwargs in self._pairs(t_out, s_out):
-            loss, _ = self._call(site, l_s, l_t, t, s, kwargs)
-            per_site.setdefault(site, []).append(loss)
-        means = {site: torch.stack(v).mean() for site, v in per_site.items()}
-        total = torch.stack([x for v in per_site.values() for x in v]).mean()
-        return total, means
+        means: dict[str, Tensor] = {}
+        weighted, n_pairs = [], 0
+        for site, lmap in self.layer_maps.items():
+            t_all, s_all, kwargs = self._site_inputs(site, t_out, s_out)
+            t_maps, s_maps = [t_all[l_t] for l_t in lmap], list(s_all[: len(lmap)])
+            if self._stackable(t_maps, s_maps):
+                # pairs stacked along the batch: (L*B, H, Q, K); masks repeated to match
+                rep = {k: None if v is None else v.repeat(len(lmap), 1) for k, v in kwargs.items()}
+                means[site], _ = self._call(site, list(range(len(lmap))), list(lmap),
+                                            torch.cat(t_maps), torch.cat(s_maps), rep)
+            else:
+                losses = [self._call(site, l_s, l_t, t, s, kwargs)[0]
+                          for l_s, (l_t, t, s) in enumerate(zip(lmap, t_maps, s_maps))]
+                means[site] = torch.stack(losses).mean()
+            weighted.append(means[site] * len(lmap))
+            n_pairs += len(lmap)
+        return torch.stack(weighted).sum() / n_pairs, means
 
     def weights(self, t_out: Any, s_out: Any) -> dict[str, Tensor]:
         """Batch-mean head weights (Ht, Hs) per pair, for methods that have them."""

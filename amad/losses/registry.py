@@ -52,6 +52,10 @@ class AttentionCriterion(nn.Module):
     """Base class: checks heads, layer index and optional grid resizing, then calls ``compute``."""
 
     input_kind: ClassVar[str] = "maps"
+    #: True when the loss is a mean over the batch of per-example terms and has no per-layer
+    #: parameters, so the pairs of several layers can be stacked along the batch into one call
+    #: (the mean over the stacked batch is the mean of the per-layer losses).
+    stackable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -124,6 +128,8 @@ class AMADCriterion(AttentionCriterion):
 
 class AMADProjectionCriterion(AttentionCriterion):
     """``amad_proj``: one :class:`AMADProjectionLoss` per layer; weights = its AMAD weights."""
+
+    stackable: ClassVar[bool] = False  # one parameter set per layer
 
     def __init__(self, teacher_heads, student_heads, num_layers=1, *, map_size: tuple[int, int] | None = None,
                  temperature: float = 1.0, detach_weights: bool = False, normalize_rows: bool = True,
@@ -211,6 +217,8 @@ class SHDCriterion(AttentionCriterion):
 class A2DCriterion(AttentionCriterion):
     """``a2d``: one :class:`amad.losses.A2DLoss` (1x1 conv Hs -> Ht, sized from the arguments) per
     layer; weights = its kernel (not normalised)."""
+
+    stackable: ClassVar[bool] = False  # one parameter set per layer
 
     def __init__(self, teacher_heads, student_heads, num_layers=1, *, teacher_as_logits: bool = True,
                  **common):

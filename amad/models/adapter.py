@@ -9,7 +9,7 @@ site validation, capture, the loss, generation, saving and loading — lives her
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -126,19 +126,23 @@ class AttentionAdapter(nn.Module):
 
     # ---------------------------------------------------------------- the contract
     def forward(self, batch: dict[str, Any], sites: Iterable[str] | None = None,
-                qkv_sites: Iterable[str] = ()) -> AdapterOutput:
+                qkv_sites: Iterable[str] = (), layers: Mapping[str, Iterable[int]] | None = None
+                ) -> AdapterOutput:
         """Teacher-forced forward with attention capture.
 
         Args:
             batch: the batch dict of docs/architecture.md.
             sites: sites whose maps to return (None = all, () = none).
             qkv_sites: self-attention sites whose q/k/v projections to return.
+            layers: site -> layer indices to capture (default: all layers of each requested site);
+                the others are returned as None and their maps are never kept.
 
         Returns:
             :class:`AdapterOutput`.
 
         Raises:
-            ValueError: an unknown site, or a cross-attention site in ``qkv_sites``.
+            ValueError: an unknown site, a cross-attention site in ``qkv_sites``, or a layer index
+                out of range.
             RuntimeError: a requested site produced no maps (names the site).
         """
         map_sites = self.sites if sites is None else self._check_sites(sites)
@@ -147,7 +151,7 @@ class AttentionAdapter(nn.Module):
         if bad:
             raise ValueError(f"qkv_sites must be self-attention sites of {self.family!r} "
                              f"({[s for s in self.sites if s.endswith('.self')]}); got {bad}")
-        with Capture(self.attention_points, map_sites, proj_sites) as cap:
+        with Capture(self.attention_points, map_sites, proj_sites, layers) as cap:
             logits, target_mask, query_masks, key_masks = self._run(batch)
         return AdapterOutput(
             loss=task_loss(logits, batch["labels"]), logits=logits, target_mask=target_mask,

@@ -15,7 +15,7 @@ that produced no map for some layer is an error naming the site — never an emp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
@@ -32,11 +32,12 @@ class AdapterOutput:
         logits: (B, T, V), position t predicts ``labels[:, t]``.
         target_mask: (B, T) bool, ``labels != -100``.
         attentions: site -> tuple over layers of (B, H, Q, K) post-softmax, pre-dropout maps, only
-            for the requested sites.
+            for the requested sites; ``None`` at the layers left out by ``layers=`` (never kept).
         query_masks: site -> (B, Q) bool, True for real query rows (every site of the family).
         qkv: site -> tuple over layers of ``(q, k, v)``, each (B, L, d): the self-attention query /
             key / value projection outputs (before the head split), only for ``qkv_sites``. For BLIP's
-            fused ViT projection they are views of one (B, L, 3d) tensor.
+            fused ViT projection they are views of one (B, L, 3d) tensor. ``None`` at the layers
+            left out by ``layers=``.
         key_masks: self-attention site -> (B, L) bool, True for real keys.
     """
 
@@ -80,11 +81,18 @@ class Capture:
         points: site -> list over layers of :class:`AttentionPoint`.
         sites: sites whose maps are wanted.
         qkv_sites: self-attention sites whose q/k/v projections are wanted.
+        layers: site -> the layer indices to capture (default: every layer of the site). Only these
+            layers get a hook, so the maps of the others are freed as the forward goes on.
+
+    Raises:
+        ValueError: a layer index out of range (names the site and the valid range).
     """
 
     def __init__(self, points: Callable[[str], Sequence[AttentionPoint]], sites: Iterable[str],
-                 qkv_sites: Iterable[str]) -> None:
+                 qkv_sites: Iterable[str], layers: Mapping[str, Iterable[int]] | None = None) -> None:
         self._points = points
+        self._layers = {site: tuple(ls) for site, ls in (layers or {}).items()}
+        self._wanted: dict[str, set[int]] = {}
         self.maps: dict[str, list[Tensor | None]] = {}
         self.qkv: dict[str, list[list[Tensor | None]]] = {}
         self._sites, self._qkv_sites = tuple(sites), tuple(qkv_sites)
@@ -97,14 +105,14 @@ class Capture:
                 pts = self._points(site)
                 store: list[Tensor | None] = [None] * len(pts)
                 self.maps[site] = store
-                for layer, p in enumerate(pts):
-                    self._attach_map(p, store, layer)
+                for layer in self._wanted_layers(site, len(pts)):
+                    self._attach_map(pts[layer], store, layer)
             for site in self._qkv_sites:
                 pts = self._points(site)
                 qstore: list[list[Tensor | None]] = [[None, None, None] for _ in pts]
                 self.qkv[site] = qstore
-                for layer, p in enumerate(pts):
-                    self._attach_qkv(p, qstore[layer])
+                for layer in self._wanted_layers(site, len(pts)):
+                    self._attach_qkv(pts[layer], qstore[layer])
         except BaseException:
             self._detach()
             raise
@@ -114,6 +122,14 @@ class Capture:
         self._detach()
 
     # -- attaching -----------------------------------------------------------------------------
+    def _wanted_layers(self, site: str, n: int) -> list[int]:
+        wanted = self._layers.get(site, range(n))
+        bad = [i for i in wanted if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"layers {bad} out of range for site {site!r}, which has {n} layers (0..{n - 1})")
+        self._wanted[site] = set(wanted)
+        return sorted(self._wanted[site])
+
     def _attach_map(self, p: AttentionPoint, store: list, layer: int) -> None:
         if p.kind == "dropout":
             def hook(_mod, args, _out, store=store, layer=layer):
@@ -151,11 +167,12 @@ class Capture:
         self._sinks.clear()
 
     # -- results -------------------------------------------------------------------------------
-    def attentions(self) -> dict[str, tuple[Tensor, ...]]:
-        """site -> tuple over layers of maps; raises if a requested layer saw no map."""
+    def attentions(self) -> dict[str, tuple[Tensor | None, ...]]:
+        """site -> tuple over layers of maps (None where not requested); raises if a requested layer
+        saw no map."""
         out = {}
         for site, store in self.maps.items():
-            missing = [i for i, m in enumerate(store) if m is None]
+            missing = [i for i, m in enumerate(store) if m is None and i in self._wanted[site]]
             if missing or not store:
                 raise RuntimeError(
                     f"attention site {site!r} produced no maps for layers {missing or 'all'}: the layers "
@@ -164,13 +181,16 @@ class Capture:
             out[site] = tuple(store)  # type: ignore[arg-type]
         return out
 
-    def projections(self) -> dict[str, tuple[QKV, ...]]:
-        """site -> tuple over layers of (q, k, v); raises if a requested layer saw no projection."""
+    def projections(self) -> dict[str, tuple[QKV | None, ...]]:
+        """site -> tuple over layers of (q, k, v) (None where not requested); raises if a requested
+        layer saw no projection."""
         out = {}
         for site, store in self.qkv.items():
-            missing = [i for i, s in enumerate(store) if any(t is None for t in s)]
+            wanted = self._wanted[site]
+            missing = [i for i, s in enumerate(store) if i in wanted and any(t is None for t in s)]
             if missing or not store:
                 raise RuntimeError(f"qkv site {site!r} produced no q/k/v projections for layers "
                                    f"{missing or 'all'}")
-            out[site] = tuple((s[0], s[1], s[2]) for s in store)  # type: ignore[misc]
+            out[site] = tuple((s[0], s[1], s[2]) if i in wanted else None  # type: ignore[misc]
+                              for i, s in enumerate(store))
         return out

@@ -170,3 +170,27 @@ def test_vlt5_region_features():
     del batch["visual_feats"]
     with pytest.raises(ValueError, match="region features only"):
         model(batch)
+
+
+def test_layers_captures_only_the_requested_layers(tiny, family):
+    model, batch = tiny
+    site = model.sites[0]
+    n = model.num_layers(site)
+    with torch.no_grad():
+        full = model(batch, sites=[site])
+        part = model(batch, sites=[site], layers={site: [n - 1]})
+    maps = part.attentions[site]
+    assert len(maps) == n and all(m is None for m in maps[:-1])
+    torch.testing.assert_close(maps[-1], full.attentions[site][-1], rtol=0, atol=0)
+    # no hook left behind: the next plain call captures every layer again
+    with torch.no_grad():
+        again = model(batch, sites=[site])
+    assert all(m is not None for m in again.attentions[site])
+
+
+def test_layers_out_of_range_names_the_site(tiny):
+    model, batch = tiny
+    site = model.sites[0]
+    n = model.num_layers(site)
+    with pytest.raises(ValueError, match=rf"out of range for site '{site}', which has {n} layers"):
+        model(batch, sites=[site], layers={site: [n]})

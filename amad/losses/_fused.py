@@ -11,11 +11,17 @@ map-sized passes:
 * backward: ``G = T / mix`` (one buffer), two GEMMs and an in-place ``baddbmm_``/``addcmul_``; the
   per-example scale ``r_b`` multiplies the small ``a`` / ``dL/da`` instead of the map-sized ``G``.
 
-Padded query rows: the caller zeroes them in the (constant) teacher maps; the student's are zeroed
-here, in a plain copy without an autograd node (autograd's ``where`` would add a map-sized zeros
-buffer and a masked pass to the backward): every term of the gradient is then zero on those rows by
-itself, whatever the raw values there (NaN included). The tests hold it to the float64 loop
-reference (value, gradient).
+Inputs are the raw maps. Padded query rows are zeroed here, in plain copies without an autograd node
+(autograd's ``where`` would add a map-sized zeros buffer and a masked pass to the backward): every
+term of the gradient is then zero on those rows by itself, whatever the raw values there (NaN
+included). The maths runs in float32 (float64 for float64 inputs) whatever the maps' dtype.
+
+What the backward keeps (``recompute``): by default the upcast, masked maps and the clamped mixture,
+2·|T| + |S| floats per layer pair beyond the inputs. With ``recompute=True`` only the raw inputs are
+kept (the teacher maps in their own dtype, e.g. bf16, and the student maps autograd keeps anyway),
+and the backward rebuilds the masked maps and the mixture (one more GEMM and a few passes): the
+choice on accelerators, where memory binds and a GEMM is cheap. The tests hold both modes to the
+float64 loop reference (value, gradient).
 
 Gradient (per example b, with r_b = dL/dper_example_b / #valid rows):
     G = dL/dmix = -r_b t / max(mix, eps)   (0 where mix < eps; 0 on padded rows, where t = 0)
@@ -46,28 +52,37 @@ def _below(x: Tensor, eps: float) -> Tensor | None:
     return (x <= eps) if x.numel() and bool(torch.amin(x) <= eps) else None
 
 
+def _masked(x: Tensor, row_mask: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """(B, H, n) maps in ``dtype`` with the padded query rows zeroed (``x`` itself when nothing to do)."""
+    x = x.to(dtype)
+    if row_mask is None:
+        return x
+    B, H, n = x.shape
+    Q = row_mask.shape[1]
+    zero = torch.zeros((), dtype=dtype, device=x.device)
+    return torch.where(row_mask[:, None, :, None], x.view(B, H, Q, n // Q), zero).view(B, H, n)
+
+
 class AMADKLFunction(torch.autograd.Function):
-    """``(tf, sf, inv_rows, temperature, detach_weights, eps, row_mask) -> (per_example (B,), a)``.
+    """``(t, s, inv_rows, temperature, detach_weights, eps, row_mask, recompute) -> (per_example, a)``.
 
     Args (of ``apply``, positional):
-        tf: (B, Ht, n) flattened teacher maps, a constant, padded query rows already zero.
-        sf: (B, Hs, n) flattened student maps, raw (their padded rows are zeroed here).
+        t: (B, Ht, n) flattened teacher maps, a constant (any floating dtype).
+        s: (B, Hs, n) flattened student maps (any floating dtype; the gradient comes back in it).
         inv_rows: (B,) ``1 / max(#valid rows, 1)``.
         temperature, detach_weights, eps: as in :func:`amad.losses.amad_loss`.
         row_mask: (B, Q) bool with ``n = Q * K``, True for real query rows; None = all real.
+        recompute: keep only the inputs for the backward and rebuild the rest there (module doc).
 
     Returns:
-        ``per_example`` (B,) and ``a`` (B, Ht, Hs) (without gradient).
+        ``per_example`` (B,) and ``a`` (B, Ht, Hs) (without gradient), in the compute dtype.
     """
 
     @staticmethod
-    def forward(ctx, tf: Tensor, sf: Tensor, inv_rows: Tensor, temperature: float, detach_weights: bool,
-                eps: float, row_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if row_mask is not None:  # zero the padded rows: a plain copy, no autograd node (see backward)
-            B, Hs, n = sf.shape
-            Q = row_mask.shape[1]
-            zero = torch.zeros((), dtype=sf.dtype, device=sf.device)
-            sf = torch.where(row_mask[:, None, :, None], sf.view(B, Hs, Q, n // Q), zero).view(B, Hs, n)
+    def forward(ctx, t: Tensor, s: Tensor, inv_rows: Tensor, temperature: float, detach_weights: bool,
+                eps: float, row_mask: Tensor | None = None, recompute: bool = False) -> tuple[Tensor, Tensor]:
+        dtype = torch.float64 if torch.float64 in (t.dtype, s.dtype) else torch.float32
+        tf, sf = _masked(t, row_mask, dtype), _masked(s, row_mask, dtype)
         nt = torch.linalg.vector_norm(tf, dim=-1).clamp_min(NORM_EPS)  # (B, Ht)
         ns = torch.linalg.vector_norm(sf, dim=-1)  # (B, Hs), unclamped
         c = ns.clamp_min(NORM_EPS)
@@ -75,19 +90,28 @@ class AMADKLFunction(torch.autograd.Function):
         a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
         clamped = torch.bmm(a, sf).clamp_min_(eps)  # Eq. 9 mixture, floored in place: (B, Ht, n)
         # sum_k t log(t / max(mix, eps)) with 0 log 0 = 0: t = 0 gives 0 * log(tiny) = 0
-        kl = torch.div(tf, clamped).clamp_min_(torch.finfo(tf.dtype).tiny).log_().mul_(tf)
-        per_example = kl.sum(dim=(1, 2)) * inv_rows
+        kl = torch.div(tf, clamped).clamp_min_(torch.finfo(dtype).tiny).log_().mul_(tf)
+        per_example = kl.sum(dim=(1, 2)) * inv_rows.to(dtype)
         del kl
-        ctx.save_for_backward(tf, sf, a, w, nt, c, ns, clamped, inv_rows)
-        ctx.temperature, ctx.detach_weights, ctx.eps = temperature, detach_weights, eps
+        if recompute:
+            ctx.save_for_backward(t, s, a, w, nt, c, ns, inv_rows, row_mask)
+        else:
+            ctx.save_for_backward(tf, sf, a, w, nt, c, ns, inv_rows, clamped)
+        ctx.temperature, ctx.detach_weights, ctx.eps, ctx.recompute = temperature, detach_weights, eps, recompute
+        ctx.s_dtype = s.dtype
         ctx.mark_non_differentiable(a)
         return per_example, a
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
-        tf, sf, a, w, nt, c, ns, clamped, inv_rows = ctx.saved_tensors
-        scale = (-grad * inv_rows)[:, None, None]  # r_b, folded into the small factors below
+        if ctx.recompute:
+            t, s, a, w, nt, c, ns, inv_rows, row_mask = ctx.saved_tensors
+            tf, sf = _masked(t, row_mask, a.dtype), _masked(s, row_mask, a.dtype)
+            clamped = torch.bmm(a, sf).clamp_min_(ctx.eps)
+        else:
+            tf, sf, a, w, nt, c, ns, inv_rows, clamped = ctx.saved_tensors
+        scale = (-grad * inv_rows.to(grad.dtype))[:, None, None]  # r_b, folded into the small factors
         G = torch.div(tf, clamped)  # dL/dmix / r_b
         below = _below(clamped, ctx.eps)
         if below is not None:
@@ -101,4 +125,4 @@ class AMADKLFunction(torch.autograd.Function):
             coef = torch.where(ns >= NORM_EPS, coef / ns.clamp_min(NORM_EPS), torch.zeros_like(coef))
             grad_sf.addcmul_(sf, coef.unsqueeze(-1))
         # Padded rows get no gradient: G and tf are zero there (t = 0) and so is the masked sf.
-        return None, grad_sf, None, None, None, None, None
+        return None, grad_sf.to(ctx.s_dtype), None, None, None, None, None, None

@@ -23,11 +23,11 @@ from amad.losses._common import (
     check_maps,
     check_mask,
     check_positive,
+    compute_dtype,
     cosine_matrix,
     masked_row_mean,
     no_autocast,
     prepare_maps,
-    prepare_teacher,
     row_kl,
 )
 from amad.losses._fused import AMADKLFunction
@@ -87,9 +87,9 @@ def amad_loss(
     check_maps(teacher_attn, student_attn)
     mask = check_mask(query_mask, teacher_attn, (0, 2))
     with no_autocast(teacher_attn.device.type):
-        if variant == "kl":  # the fused path masks the student itself (no masked copy, no where node)
-            t = prepare_teacher(teacher_attn, mask)
-            per_example, weights = _amad_kl(t, student_attn.to(t.dtype), mask, temperature, detach_weights, eps)
+        if variant == "kl":  # the fused path masks and upcasts the raw maps itself
+            per_example, weights = _amad_kl(teacher_attn.detach(), student_attn, mask, temperature,
+                                            detach_weights, eps)
         else:
             t, s = prepare_maps(teacher_attn, student_attn, mask)
             fn = _amad_token if variant == "token" else _amad_l2
@@ -139,12 +139,18 @@ def _mix(t: Tensor, s: Tensor, temperature: float, detach: bool) -> tuple[Tensor
 def _amad_kl(
     t: Tensor, s: Tensor, mask: Tensor | None, temperature: float, detach: bool, eps: float
 ) -> tuple[Tensor, Tensor]:
-    # fused forward/backward of Eq. 2, 3, 9 (see amad.losses._fused); t is masked, s is raw
+    # fused forward/backward of Eq. 2, 3, 9 on the raw maps (see amad.losses._fused); on an
+    # accelerator the backward rebuilds the mixture instead of keeping it (memory binds there)
     B, Ht, Q, K = t.shape
     n_rows = mask.sum(-1) if mask is not None else torch.full((B,), Q, device=t.device)
-    inv_rows = 1.0 / n_rows.clamp_min(1).to(t.dtype)
+    inv_rows = 1.0 / n_rows.clamp_min(1).to(compute_dtype(t))
     return AMADKLFunction.apply(t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K), inv_rows,
-                                temperature, detach, eps, mask)
+                                temperature, detach, eps, mask, _recompute(t))
+
+
+def _recompute(t: Tensor) -> bool:
+    """Whether the fused KL backward rebuilds the mixture instead of keeping it: on accelerators."""
+    return t.device.type != "cpu"
 
 
 def _amad_l2(
@@ -175,7 +181,7 @@ def _amad_token(
     tq = t.transpose(1, 2).reshape(B * Q, Ht, K)
     sq = s.transpose(1, 2).reshape(B * Q, Hs, K)
     ones = torch.ones(B * Q, dtype=t.dtype, device=t.device)
-    per_row, a = AMADKLFunction.apply(tq, sq, ones, temperature, detach, eps)
+    per_row, a = AMADKLFunction.apply(tq, sq, ones, temperature, detach, eps, None, False)
     per_example = masked_row_mean(per_row.view(B, 1, Q), mask).squeeze(1)
     a = a.view(B, Q, Ht, Hs)
     if mask is None:

@@ -256,3 +256,34 @@ def test_bad_options():
         amad_loss(t, s, temperature=0)
     with pytest.raises(ValueError, match="'kl', 'mse'"):
         one_to_one_loss(t, s, kind="l1")
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_kl_recompute_mode_matches_loop_reference_and_keeps_less(monkeypatch, maps, detach):
+    """The accelerator mode (backward rebuilds the masked maps and the mixture), forced on CPU."""
+    import amad.losses.attention as attention
+    from amad.bench.losses import PeakMemory
+
+    teacher, student, qmask = maps
+    want, _ = ref.amad(teacher, student, qmask, "kl", 0.7, detach_weights=detach)
+    want_grad = _grad(want, student)
+    kept = {}
+    for mode in (False, True):
+        monkeypatch.setattr(attention, "_recompute", lambda t, mode=mode: mode)
+        with PeakMemory() as mem:
+            loss = amad_loss(teacher, student, query_mask=qmask, temperature=0.7, detach_weights=detach)
+            kept[mode] = mem.current
+        torch.testing.assert_close(loss, want, **TOL)
+        torch.testing.assert_close(_grad(loss, student), want_grad, **TOL)
+    assert kept[True] < kept[False]  # the mixture and the masked copies are not kept
+
+
+def test_kl_keeps_the_dtype_of_low_precision_maps():
+    teacher = random_maps(B=2, H=3, seed=3).to(torch.bfloat16)
+    student = random_maps(B=2, H=2, seed=4).to(torch.bfloat16).requires_grad_(True)
+    loss = amad_loss(teacher, student, query_mask=torch.tensor([[1, 1, 1, 0, 0], [1] * 5]).bool())
+    want, _ = ref.amad(teacher.double(), student.detach().double(),
+                       torch.tensor([[1, 1, 1, 0, 0], [1] * 5]).bool(), "kl")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    assert _grad(loss, student).dtype == torch.bfloat16

@@ -11,8 +11,12 @@ resets its resident-set high-water mark (``/proc/self/clear_refs``) after buildi
 one step (optimizer state already allocated) and reads ``VmHWM``;
 on CUDA ``torch.cuda.max_memory_allocated``. Also reports the bytes of attention maps a step keeps.
 
-``scaling``: AMAD loss forward+backward time against tokens (65, 197, 577: ViT-B/16 at 64/224/384
-px) and against student heads (Ht 12 → Hs 2, 4, 6, 8, 12).
+``scaling``: AMAD loss forward+backward time against tokens (65, 197, 577 query/key tokens, the
+ViT-B/16 patch counts at 128/224/384 px) and against student heads (Ht 12 → Hs 2, 4, 6, 8, 12); and
+the step of ``step`` against tokens (a BLIP-VQA model with ViT-B/16 patches at 128/224/384 px).
+
+On CUDA every step and memory measurement runs under bf16 autocast (``precision: bf16``) and the
+step cases add the ``base`` presets (BLIP-VQA base, VL-T5 base shapes).
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ from typing import Any
 import torch
 
 STEP_CASES = (("blip-vqa", "tiny"), ("blip-vqa", "small"), ("vlt5", "tiny"), ("vlt5", "small"))
+GPU_CASES = (("blip-vqa", "base"), ("vlt5", "base"))
+#: image sizes whose ViT-B/16 token counts (with the CLS token) are 65, 197 and 577
+TOKEN_IMAGE_SIZES = {65: 128, 197: 224, 577: 384}
+
+
+def _cases(quick: bool) -> tuple[tuple[str, str], ...]:
+    if quick:
+        return STEP_CASES[:1]
+    return STEP_CASES + (GPU_CASES if torch.cuda.is_available() else ())
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _device() -> torch.device:
@@ -42,19 +59,23 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def build_case(family: str, preset: str, batch_size: int, attn_method: str = "amad", seed: int = 0):
-    """Teacher, the half-head student's DistillationModule, a batch and an optimizer (on the device)."""
+def build_case(family: str, preset: str, batch_size: int, attn_method: str = "amad", seed: int = 0,
+               **overrides: Any):
+    """Teacher, the half-head student's DistillationModule, a batch and an optimizer (on the device).
+
+    ``overrides`` are :func:`amad.models.build_model` overrides of the teacher (e.g. ``image_size``).
+    """
     from amad.lit import DistillationModule
     from amad.models import build_model, random_batch
 
     torch.manual_seed(seed)
-    teacher = build_model(family, preset=preset)
+    teacher = build_model(family, preset=preset, **overrides)
     heads = teacher.num_heads(teacher.sites[0])
     module = DistillationModule(teacher=teacher, student={"num_heads": max(heads // 2, 1), "init": "teacher"},
                                 attn_method=attn_method, task="vqa" if family != "blip-caption" else "caption")
     device = _device()
     module.to(device)
-    batch = _to(random_batch(family, batch_size, seed=seed, tokenizer=teacher.tokenizer), device)
+    batch = _to(random_batch(family, batch_size, seed=seed, model=teacher), device)
     opt = torch.optim.AdamW([p for p in module.student.parameters()] + list(module.attn.parameters()), lr=1e-4)
     return module, batch, opt
 
@@ -70,10 +91,11 @@ def _time(fn, reps: int) -> list[float]:
     return times
 
 
-def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 7, precision: str = "32") -> dict:
-    module, batch, opt = build_case(family, preset, batch_size)
+def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 15, precision: str = "32",
+                 **overrides: Any) -> dict:
+    module, batch, opt = build_case(family, preset, batch_size, **overrides)
     device = _device()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = _autocast(device, precision)
     module.student.train()
 
     def teacher_fwd():
@@ -102,16 +124,25 @@ def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 7, 
         b += _time(student_step, 1)
         c += _time(distill_step, 1)
     ta, tb, tc = (statistics.median(x) for x in (a, b, c))
+    # per-rep ratios c_i / (a_i + b_i) of one interleaved round: their spread shows the machine's noise
+    per_rep = sorted(ci / (ai + bi) for ai, bi, ci in zip(a, b, c))
+    q = len(per_rep) // 4
+    del module, batch, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return {"model": f"{family}/{preset}", "batch_size": batch_size, "device": device.type,
             "precision": precision, "teacher_s": ta, "student_s": tb, "distill_s": tc,
-            "overhead": tc / (ta + tb), "reps": reps}
+            "overhead": tc / (ta + tb), "overhead_iqr": [per_rep[q], per_rep[-1 - q]], "reps": reps,
+            **({"overrides": overrides} if overrides else {})}
+
+
+def _precision() -> str:
+    return "bf16" if torch.cuda.is_available() else "32"
 
 
 def run_step(out: str | None = None, quick: bool = False) -> dict:
-    cases = STEP_CASES[:1] if quick else STEP_CASES
-    bs, reps = (4, 2) if quick else (32, 7)
-    precision = "bf16" if torch.cuda.is_available() else "32"
-    records = [measure_step(f, p, bs, reps, precision) for f, p in cases]
+    bs, reps = (4, 2) if quick else (32, 15)
+    records = [measure_step(f, p, bs, reps, _precision()) for f, p in _cases(quick)]
     _print("step", records, ("model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"))
     return _write({"step": records}, out)
 
@@ -159,10 +190,9 @@ def _child_mem(family: str, preset: str, bs: int, mode: str) -> dict:
 
 
 def run_memory(out: str | None = None, quick: bool = False) -> dict:
-    cases = STEP_CASES[:1] if quick else STEP_CASES
     bs = 4 if quick else 32
     records = []
-    for family, preset in cases:
+    for family, preset in _cases(quick):
         if torch.cuda.is_available():
             rec = _cuda_memory(family, preset, bs)
         else:
@@ -184,23 +214,38 @@ def run_memory(out: str | None = None, quick: bool = False) -> dict:
 
 
 def _cuda_memory(family: str, preset: str, bs: int) -> dict:
-    peaks = {}
+    """Peak allocated CUDA memory of a bf16-autocast step; "step extra" = peak minus the memory held
+    just before the step (models, optimizer state, batch)."""
+    peaks, extra, maps = {}, {}, 0
+    device = _device()
+    module, batch, opt = build_case(family, preset, bs)  # one build serves both modes (same footprint)
+    module.student.train()
     for mode in ("student", "distill"):
-        module, batch, opt = build_case(family, preset, bs)
-        module.student.train()
-        for _ in range(2):
+        for _ in range(2):  # the second step is measured: optimizer state exists
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            loss = (module.student(batch, sites=()).loss if mode == "student"
-                    else module.distillation_losses(batch)["loss"])
+            with _autocast(device, "bf16"):
+                loss = (module.student(batch, sites=()).loss if mode == "student"
+                        else module.distillation_losses(batch)["loss"])
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        peaks[mode] = torch.cuda.max_memory_allocated()
-        del module, batch, opt
-        torch.cuda.empty_cache()
-    return {"model": f"{family}/{preset}", "batch_size": bs, "device": "cuda",
+            torch.cuda.synchronize()
+        peaks[mode], extra[mode] = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_allocated() - base
+        if mode == "distill":
+            with torch.no_grad(), _autocast(device, "bf16"):
+                t = module.teacher(batch, sites=module.attn.capture_sites()[0],
+                                   layers=module.attn.teacher_layers())
+            maps = sum(m.numel() * m.element_size() for v in t.attentions.values() for m in v if m is not None)
+            del t
+    del module, batch, opt, loss
+    torch.cuda.empty_cache()
+    return {"model": f"{family}/{preset}", "batch_size": bs, "device": "cuda", "precision": "bf16",
             "student_peak_mb": peaks["student"] / 2**20, "distill_peak_mb": peaks["distill"] / 2**20,
-            "peak_ratio": peaks["distill"] / peaks["student"]}
+            "peak_ratio": peaks["distill"] / peaks["student"],
+            "student_step_extra_mb": extra["student"] / 2**20, "distill_step_extra_mb": extra["distill"] / 2**20,
+            "step_extra_ratio": extra["distill"] / extra["student"], "teacher_maps_mb": maps / 2**20}
 
 
 # -- scaling ------------------------------------------------------------------------------------
@@ -236,8 +281,22 @@ def run_scaling(out: str | None = None, quick: bool = False) -> dict:
         ref = ref or sec
         records.append({"axis": "student_heads", "tokens": tokens[1], "teacher_heads": 12,
                         "student_heads": hs, "seconds": sec, "relative": sec / ref})
-    _print("scaling", records, ("axis", "tokens", "student_heads", "seconds"))
+    records += _step_vs_tokens(tokens, quick)
+    _print("scaling", records, ("axis", "tokens", "student_heads", "seconds", "overhead"))
     return _write({"scaling": records}, out)
+
+
+def _step_vs_tokens(tokens: tuple[int, ...], quick: bool) -> list[dict]:
+    """The ``step`` measurement of a BLIP-VQA model at ViT-B/16 patches, 65 / 197 / 577 image tokens."""
+    preset, bs, reps = ("tiny", 2, 2) if quick else (("base", 32, 7) if torch.cuda.is_available() else ("small", 8, 5))
+    records = []
+    for n in tokens:
+        rec = measure_step("blip-vqa", preset, bs, reps, _precision(), image_size=TOKEN_IMAGE_SIZES[n],
+                           patch_size=16)
+        records.append({"axis": "step_tokens", "tokens": n, "student_heads": None, "seconds": rec["distill_s"],
+                        **{k: rec[k] for k in ("model", "batch_size", "precision", "teacher_s", "student_s",
+                                               "distill_s", "overhead", "overhead_iqr")}})
+    return records
 
 
 def _print(title: str, records: list[dict], cols: tuple[str, ...]) -> None:

@@ -266,10 +266,11 @@ class AttentionDistiller(nn.Module):
                     student_heads=student.num_heads(site), num_layers=1, **options)
         self._stack_ok = self.input_kind == "maps" and all(type(c).stackable for c in self.criteria.values())
 
-    #: On CPU the layer pairs of a site are stacked along the batch into one criterion call only while
-    #: a pair's two maps hold at most this many elements: a call on small maps costs mostly its fixed
-    #: overhead (~40 tensor ops), while for large maps the stacking copy costs about what it saves
-    #: (docs/performance.md). On an accelerator, where kernel launches dominate, always.
+    #: The layer pairs of a site are stacked along the batch into one criterion call only while a
+    #: pair's two maps hold at most this many elements (CPU; 16x more on accelerators, where a call's
+    #: ~40 kernel launches cost more and copies less): a call on small maps costs mostly its fixed
+    #: overhead, while for large maps the stacking copy costs about what it saves, and doubles the
+    #: maps' memory for a moment (docs/performance.md).
     STACK_MAX_NUMEL = 1 << 20
 
     @staticmethod
@@ -314,7 +315,8 @@ class AttentionDistiller(nn.Module):
         t0, s0 = t_maps[0], s_maps[0]
         if t0.dim() != 4 or s0.dim() != 4 or (t0.shape[0], *t0.shape[2:]) != (s0.shape[0], *s0.shape[2:]):
             return False  # let the per-pair call raise its error naming both shapes and the layer
-        return s0.device.type != "cpu" or t0.numel() + s0.numel() <= self.STACK_MAX_NUMEL
+        limit = self.STACK_MAX_NUMEL * (1 if s0.device.type == "cpu" else 16)
+        return t0.numel() + s0.numel() <= limit
 
     def forward(self, t_out: Any, s_out: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean attention loss over all distilled pairs, and the mean per site."""

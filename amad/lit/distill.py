@@ -241,6 +241,8 @@ class AttentionDistiller(nn.Module):
         self.enabled = method != "none"
         self.criteria = nn.ModuleDict()
         self.layer_maps: dict[str, list[int]] = {}
+        # sites never padded in either model: no mask, so no masked copies of their (largest) maps
+        self._unpadded = set(getattr(teacher, "unpadded_sites", ())) & set(getattr(student, "unpadded_sites", ()))
         if not self.enabled:
             return
         self.input_kind = criterion_input_kind(method)
@@ -287,6 +289,10 @@ class AttentionDistiller(nn.Module):
         return {site: tuple(sorted(set(lmap))) for site, lmap in self.layer_maps.items()}
 
     def _site_inputs(self, site: str, t_out: Any, s_out: Any) -> tuple[Any, Any, dict]:
+        if site in self._unpadded:
+            t_in, s_in = (t_out.attentions, s_out.attentions) if self.input_kind == "maps" else (t_out.qkv, s_out.qkv)
+            return t_in[site], s_in[site], ({"query_mask": None, "key_mask": None} if self.input_kind == "maps"
+                                            else {"key_mask": None})
         if self.input_kind == "maps":
             qm = s_out.query_masks[site]
             # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability

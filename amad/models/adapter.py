@@ -68,6 +68,8 @@ class AttentionAdapter(nn.Module):
     Attributes:
         family: family name (``blip-vqa``, ``blip-caption``, ``vlt5``).
         sites: the attention sites of the family, in forward order.
+        unpadded_sites: sites whose query rows and keys are never padded by construction (BLIP's
+            image patches): their masks are all True, and losses may skip masking them.
         model: the wrapped Hugging Face model.
         tokenizer: the tokenizer (a placeholder vocabulary when built without one; None possible for
             checkpoints loaded without tokenizer files).
@@ -76,6 +78,7 @@ class AttentionAdapter(nn.Module):
 
     family: ClassVar[str] = ""
     sites: ClassVar[tuple[str, ...]] = ()
+    unpadded_sites: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, tokenizer: Any = None) -> None:
         super().__init__()

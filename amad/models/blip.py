@@ -48,6 +48,7 @@ def _text_point(attention) -> AttentionPoint:
 
 class _BlipAdapter(AttentionAdapter):
     hf_class: type = BlipForQuestionAnswering
+    unpadded_sites = ("vision.self",)  # every image has the same patches
 
     def __init__(self, model, tokenizer: Any = None) -> None:
         apply_blip_cross_attention_fix()

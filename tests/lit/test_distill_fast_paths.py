@@ -86,3 +86,28 @@ def test_only_the_mapped_teacher_layers_are_captured(monkeypatch):
     assert torch.isfinite(terms["loss"])
     assert module.attn.teacher_layers() == {s: (2, 3) for s in module.attn.layer_maps}
     assert seen and all(kept == [False, False, True, True] for kept in seen.values())
+
+
+def test_unpadded_sites_skip_the_mask_with_the_same_loss(monkeypatch):
+    torch.manual_seed(0)
+    teacher = build_model("blip-vqa", preset="tiny")
+    module = DistillationModule(teacher=teacher, student={"num_heads": 2})
+    module.student.eval()
+    batch = random_batch("blip-vqa", 4, seed=3, tokenizer=teacher.tokenizer)
+    assert module.attn._unpadded == {"vision.self"}
+    masks = {}
+    real = AttentionDistiller._call
+
+    def recording(self, site, *args):
+        masks[site] = args[-1]["query_mask"]
+        return real(self, site, *args)
+
+    monkeypatch.setattr(AttentionDistiller, "_call", recording)
+    fast, g_fast = _terms_and_grads(module, batch)
+    assert masks["vision.self"] is None and masks["text.self"] is not None
+    monkeypatch.setattr(module.attn, "_unpadded", set())
+    plain, g_plain = _terms_and_grads(module, batch)
+    assert masks["vision.self"] is not None
+    torch.testing.assert_close(fast["loss_attn/vision.self"], plain["loss_attn/vision.self"], rtol=1e-6, atol=0)
+    for n in g_plain:
+        torch.testing.assert_close(g_fast[n], g_plain[n], rtol=1e-5, atol=1e-7, msg=n)

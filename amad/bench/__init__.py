@@ -34,12 +34,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, "all"))
     parser.add_argument("--out", default="runs/bench.json", help="JSON file to write (merged by part)")
     parser.add_argument("--quick", action="store_true", help="small shapes only (seconds; for tests)")
+    parser.add_argument("--models", default=None,
+                        help="step/memory only: comma-separated family/preset cases, e.g. blip-vqa/base "
+                             "(default: tiny and small of both families, plus base on CUDA)")
     ns = parser.parse_args(argv)
     parts = PARTS if ns.part == "all" else (ns.part,)
     out = Path(ns.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
+    models = None if ns.models is None else [tuple(m.split("/", 1)) for m in ns.models.split(",")]
     for part in parts:
-        results[part] = _part(part)(out=None, quick=ns.quick)[part]
+        kwargs = {"models": models} if part in ("step", "memory") else {}
+        results[part] = _part(part)(out=None, quick=ns.quick, **kwargs)[part]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")

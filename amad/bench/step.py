@@ -36,7 +36,12 @@ GPU_CASES = (("blip-vqa", "base"), ("vlt5", "base"))
 TOKEN_IMAGE_SIZES = {65: 128, 197: 224, 577: 384}
 
 
-def _cases(quick: bool) -> tuple[tuple[str, str], ...]:
+def _cases(quick: bool, models: list[tuple[str, str]] | None = None) -> tuple[tuple[str, str], ...]:
+    if models:
+        bad = [m for m in models if len(m) != 2]
+        if bad:
+            raise ValueError(f"--models takes family/preset pairs such as blip-vqa/base, got {bad}")
+        return tuple(models)
     if quick:
         return STEP_CASES[:1]
     return STEP_CASES + (GPU_CASES if torch.cuda.is_available() else ())
@@ -140,9 +145,9 @@ def _precision() -> str:
     return "bf16" if torch.cuda.is_available() else "32"
 
 
-def run_step(out: str | None = None, quick: bool = False) -> dict:
+def run_step(out: str | None = None, quick: bool = False, models: list[tuple[str, str]] | None = None) -> dict:
     bs, reps = (4, 2) if quick else (32, 15)
-    records = [measure_step(f, p, bs, reps, _precision()) for f, p in _cases(quick)]
+    records = [measure_step(f, p, bs, reps, _precision()) for f, p in _cases(quick, models)]
     _print("step", records, ("model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"))
     return _write({"step": records}, out)
 
@@ -189,10 +194,10 @@ def _child_mem(family: str, preset: str, bs: int, mode: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run_memory(out: str | None = None, quick: bool = False) -> dict:
+def run_memory(out: str | None = None, quick: bool = False, models: list[tuple[str, str]] | None = None) -> dict:
     bs = 4 if quick else 32
     records = []
-    for family, preset in _cases(quick):
+    for family, preset in _cases(quick, models):
         if torch.cuda.is_available():
             rec = _cuda_memory(family, preset, bs)
         else:

@@ -16,11 +16,12 @@ Inputs are the raw maps. Padded query rows are zeroed here, in plain copies with
 term of the gradient is then zero on those rows by itself, whatever the raw values there (NaN
 included). The maths runs in float32 (float64 for float64 inputs) whatever the maps' dtype.
 
-What the backward keeps (``recompute``): by default the upcast, masked maps and the clamped mixture,
-2·|T| + |S| floats per layer pair beyond the inputs. With ``recompute=True`` only the raw inputs are
-kept (the teacher maps in their own dtype, e.g. bf16, and the student maps autograd keeps anyway),
-and the backward rebuilds the masked maps and the mixture (one more GEMM and a few passes): the
-choice on accelerators, where memory binds and a GEMM is cheap. The tests hold both modes to the
+Two modes (``recompute``). CPU (False): the backward keeps the upcast, masked maps and the clamped
+mixture (up to 2·|T| + |S| floats per layer pair beyond the inputs) and every elementwise step runs
+in place in one buffer. Accelerators (True): only the raw inputs are kept (the teacher maps in their
+own dtype, e.g. bf16, and the student maps autograd keeps anyway); the backward rebuilds the masked
+maps and the mixture (one more GEMM), and the two elementwise steps (the KL sum, ``dL/dmix``) are
+each one kernel compiled by ``torch.compile`` on CUDA (``AMAD_COMPILE=0`` turns that off). The tests hold both modes to the
 float64 loop reference (value, gradient).
 
 Gradient (per example b, with r_b = dL/dper_example_b / #valid rows):
@@ -34,6 +35,9 @@ Gradient (per example b, with r_b = dL/dper_example_b / #valid rows):
 """
 
 from __future__ import annotations
+
+import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -50,6 +54,38 @@ def _below(x: Tensor, eps: float) -> Tensor | None:
     if x.device.type != "cpu":
         return x <= eps
     return (x <= eps) if x.numel() and bool(torch.amin(x) <= eps) else None
+
+
+def _kl_sum(tf: Tensor, mix: Tensor, eps: float, tiny: float) -> Tensor:
+    """Per example ``sum_{h,k} t log max(t / max(mix, eps), tiny)``: (B, H, n) -> (B,)."""
+    return (tf * (tf / mix.clamp_min(eps)).clamp_min(tiny).log()).sum(dim=(1, 2))
+
+
+def _mix_grad(tf: Tensor, mix: Tensor, eps: float) -> Tensor:
+    """``dL/dmix`` up to the per-example scale: ``t / mix`` where ``mix > eps``, else 0 (the floor)."""
+    return torch.where(mix > eps, tf / mix, torch.zeros((), dtype=tf.dtype, device=tf.device))
+
+
+_EAGER = (_kl_sum, _mix_grad)
+_COMPILED: dict[str, list] = {}
+
+
+def _op(i: int, device_type: str, *args):
+    """Run ``_kl_sum`` (i=0) or ``_mix_grad`` (i=1): on CUDA compiled by ``torch.compile`` into one
+    kernel each (a read of ``t`` and ``mix`` instead of ~5 map-sized passes), unless ``AMAD_COMPILE=0``;
+    if compiling fails (no Triton, say) that op falls back to eager with a warning."""
+    if device_type != "cuda" or os.environ.get("AMAD_COMPILE", "1") == "0":
+        return _EAGER[i](*args)
+    ops = _COMPILED.setdefault(device_type, [torch.compile(f, dynamic=True) for f in _EAGER])
+    if ops[i] is _EAGER[i]:
+        return _EAGER[i](*args)
+    try:
+        return ops[i](*args)
+    except Exception as err:  # noqa: BLE001 - any compiler failure: the eager op computes the same
+        warnings.warn(f"torch.compile of {_EAGER[i].__name__} failed ({type(err).__name__}: {err}); "
+                      "using the eager op", RuntimeWarning, stacklevel=2)
+        ops[i] = _EAGER[i]
+        return _EAGER[i](*args)
 
 
 def _masked(x: Tensor, row_mask: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -88,15 +124,18 @@ class AMADKLFunction(torch.autograd.Function):
         c = ns.clamp_min(NORM_EPS)
         w = torch.bmm(tf, sf.transpose(1, 2)).div_(nt.unsqueeze(-1) * c.unsqueeze(-2))  # Eq. 2
         a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
-        clamped = torch.bmm(a, sf).clamp_min_(eps)  # Eq. 9 mixture, floored in place: (B, Ht, n)
+        tiny = torch.finfo(dtype).tiny
         # sum_k t log(t / max(mix, eps)) with 0 log 0 = 0: t = 0 gives 0 * log(tiny) = 0
-        kl = torch.div(tf, clamped).clamp_min_(torch.finfo(dtype).tiny).log_().mul_(tf)
-        per_example = kl.sum(dim=(1, 2)) * inv_rows.to(dtype)
-        del kl
         if recompute:
+            per_example = _op(0, t.device.type, tf, torch.bmm(a, sf), eps, tiny)  # Eq. 9 mixture inside
             ctx.save_for_backward(t, s, a, w, nt, c, ns, inv_rows, row_mask)
         else:
+            clamped = torch.bmm(a, sf).clamp_min_(eps)  # Eq. 9 mixture, floored in place: (B, Ht, n)
+            kl = torch.div(tf, clamped).clamp_min_(tiny).log_().mul_(tf)
+            per_example = kl.sum(dim=(1, 2))
+            del kl
             ctx.save_for_backward(tf, sf, a, w, nt, c, ns, inv_rows, clamped)
+        per_example = per_example * inv_rows.to(dtype)
         ctx.temperature, ctx.detach_weights, ctx.eps, ctx.recompute = temperature, detach_weights, eps, recompute
         ctx.s_dtype = s.dtype
         ctx.mark_non_differentiable(a)
@@ -108,14 +147,14 @@ class AMADKLFunction(torch.autograd.Function):
         if ctx.recompute:
             t, s, a, w, nt, c, ns, inv_rows, row_mask = ctx.saved_tensors
             tf, sf = _masked(t, row_mask, a.dtype), _masked(s, row_mask, a.dtype)
-            clamped = torch.bmm(a, sf).clamp_min_(ctx.eps)
+            G = _op(1, t.device.type, tf, torch.bmm(a, sf), ctx.eps)  # dL/dmix / r_b
         else:
             tf, sf, a, w, nt, c, ns, inv_rows, clamped = ctx.saved_tensors
+            G = torch.div(tf, clamped)  # dL/dmix / r_b
+            below = _below(clamped, ctx.eps)
+            if below is not None:
+                G.masked_fill_(below, 0)
         scale = (-grad * inv_rows.to(grad.dtype))[:, None, None]  # r_b, folded into the small factors
-        G = torch.div(tf, clamped)  # dL/dmix / r_b
-        below = _below(clamped, ctx.eps)
-        if below is not None:
-            G.masked_fill_(below, 0)
         grad_sf = torch.bmm((a * scale).transpose(1, 2), G)
         if not ctx.detach_weights:
             grad_a = torch.bmm(G, sf.transpose(1, 2)).mul_(scale)

@@ -97,7 +97,12 @@ def _time(fn, reps: int) -> list[float]:
 
 
 def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 15, precision: str = "32",
-                 **overrides: Any) -> dict:
+                 breakdown: bool = False, **overrides: Any) -> dict:
+    """One step case: medians of ``reps`` interleaved rounds (see the module doc).
+
+    ``breakdown`` also times the step with output KD only (γ = 0) and with attention only (β = 0),
+    reported as ``kd_only_overhead`` and ``attn_only_overhead`` (each over teacher + student).
+    """
     module, batch, opt = build_case(family, preset, batch_size, **overrides)
     device = _device()
     autocast = _autocast(device, precision)
@@ -114,30 +119,41 @@ def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 15,
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def distill_step():
-        with autocast:
-            loss = module.distillation_losses(batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def distill_step(gamma: float | None = None, beta: float | None = None):
+        keep = module.gamma, module.beta
+        module.gamma = keep[0] if gamma is None else gamma
+        module.beta = keep[1] if beta is None else beta
+        try:
+            with autocast:
+                loss = module.distillation_losses(batch)["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        finally:
+            module.gamma, module.beta = keep
 
-    for fn in (teacher_fwd, student_step, distill_step):  # warm-up
+    fns = {"teacher_s": teacher_fwd, "student_s": student_step, "distill_s": distill_step}
+    if breakdown:  # where the overhead goes: the step with only output KD, and with only attention
+        fns["kd_only_s"] = lambda: distill_step(gamma=0.0)
+        fns["attn_only_s"] = lambda: distill_step(beta=0.0)
+    for fn in fns.values():  # warm-up
         fn()
-    a, b, c = [], [], []
-    for _ in range(reps):  # interleaved: machine noise hits all three alike
-        a += _time(teacher_fwd, 1)
-        b += _time(student_step, 1)
-        c += _time(distill_step, 1)
-    ta, tb, tc = (statistics.median(x) for x in (a, b, c))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):  # interleaved: machine noise hits all of them alike
+        for k, fn in fns.items():
+            times[k] += _time(fn, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    limit = med["teacher_s"] + med["student_s"]
     # per-rep ratios c_i / (a_i + b_i) of one interleaved round: their spread shows the machine's noise
-    per_rep = sorted(ci / (ai + bi) for ai, bi, ci in zip(a, b, c))
+    per_rep = sorted(c / (a + b) for a, b, c in zip(times["teacher_s"], times["student_s"], times["distill_s"]))
     q = len(per_rep) // 4
     del module, batch, opt
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    extra = {f"{k[:-2]}_overhead": med[k] / limit for k in ("kd_only_s", "attn_only_s") if k in med}
     return {"model": f"{family}/{preset}", "batch_size": batch_size, "device": device.type,
-            "precision": precision, "teacher_s": ta, "student_s": tb, "distill_s": tc,
-            "overhead": tc / (ta + tb), "overhead_iqr": [per_rep[q], per_rep[-1 - q]], "reps": reps,
+            "precision": precision, **med, "overhead": med["distill_s"] / limit,
+            "overhead_iqr": [per_rep[q], per_rep[-1 - q]], **extra, "reps": reps,
             **({"overrides": overrides} if overrides else {})}
 
 
@@ -147,7 +163,7 @@ def _precision() -> str:
 
 def run_step(out: str | None = None, quick: bool = False, models: list[tuple[str, str]] | None = None) -> dict:
     bs, reps = (4, 2) if quick else (32, 15)
-    records = [measure_step(f, p, bs, reps, _precision()) for f, p in _cases(quick, models)]
+    records = [measure_step(f, p, bs, reps, _precision(), breakdown=not quick) for f, p in _cases(quick, models)]
     _print("step", records, ("model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"))
     return _write({"step": records}, out)
 

@@ -5,9 +5,9 @@ intermediates (every one a fresh buffer: on CPU the page faults of a new 15 MB b
 the arithmetic). This ``autograd.Function`` computes the same value and the same gradient with few
 map-sized passes:
 
-* forward: the norms, ``w = T S^T`` (one GEMM), ``mix = a S`` (one GEMM, clamped in place and kept for
-  the backward), ``T log max(T / mix, tiny)`` in one buffer (``div``, then ``clamp_min_``, ``log_``, ``mul_`` in
-  place), summed;
+* forward: the norms, ``w = T S^T`` (one GEMM), ``mix = a S`` (one GEMM, clamped in place and kept
+  for the backward), ``T log max(T / mix, tiny)`` in one buffer (``div``, then ``clamp_min_``,
+  ``log_``, ``mul_`` in place), summed;
 * backward: ``G = T / mix`` (one buffer), two GEMMs and an in-place ``baddbmm_``/``addcmul_``; the
   per-example scale ``r_b`` multiplies the small ``a`` / ``dL/da`` instead of the map-sized ``G``.
 
@@ -20,9 +20,9 @@ Two modes (``recompute``). CPU (False): the backward keeps the upcast, masked ma
 mixture (up to 2·|T| + |S| floats per layer pair beyond the inputs) and every elementwise step runs
 in place in one buffer. Accelerators (True): only the raw inputs are kept (the teacher maps in their
 own dtype, e.g. bf16, and the student maps autograd keeps anyway); the backward rebuilds the masked
-maps and the mixture (one more GEMM), and the two elementwise steps (the KL sum, ``dL/dmix``) are
-each one kernel compiled by ``torch.compile`` on CUDA (``AMAD_COMPILE=0`` turns that off). The tests hold both modes to the
-float64 loop reference (value, gradient).
+maps and the mixture (one more GEMM). (Compiling the two elementwise steps with ``torch.compile`` was
+measured slower on an H200, 1.71 against 1.38 step overhead at BLIP base shapes: docs/performance.md.)
+The tests hold both modes to the float64 loop reference (value, gradient).
 
 Gradient (per example b, with r_b = dL/dper_example_b / #valid rows):
     G = dL/dmix = -r_b t / max(mix, eps)   (0 where mix < eps; 0 on padded rows, where t = 0)
@@ -35,9 +35,6 @@ Gradient (per example b, with r_b = dL/dper_example_b / #valid rows):
 """
 
 from __future__ import annotations
-
-import os
-import warnings
 
 import torch
 from torch import Tensor
@@ -57,35 +54,22 @@ def _below(x: Tensor, eps: float) -> Tensor | None:
 
 
 def _kl_sum(tf: Tensor, mix: Tensor, eps: float, tiny: float) -> Tensor:
-    """Per example ``sum_{h,k} t log max(t / max(mix, eps), tiny)``: (B, H, n) -> (B,)."""
-    return (tf * (tf / mix.clamp_min(eps)).clamp_min(tiny).log()).sum(dim=(1, 2))
+    """Per example ``sum_{h,k} t log max(t / max(mix, eps), tiny)``: (B, H, n) -> (B,).
+
+    Consumes ``mix`` (a fresh GEMM output): every step runs in place in its buffer, so the peak grows
+    by no map-sized buffer.
+    """
+    r = mix.clamp_min_(eps)
+    return torch.div(tf, r, out=r).clamp_min_(tiny).log_().mul_(tf).sum(dim=(1, 2))
 
 
 def _mix_grad(tf: Tensor, mix: Tensor, eps: float) -> Tensor:
-    """``dL/dmix`` up to the per-example scale: ``t / mix`` where ``mix > eps``, else 0 (the floor)."""
-    return torch.where(mix > eps, tf / mix, torch.zeros((), dtype=tf.dtype, device=tf.device))
+    """``dL/dmix`` up to the per-example scale: ``t / mix`` where ``mix > eps``, else 0 (the floor).
 
-
-_EAGER = (_kl_sum, _mix_grad)
-_COMPILED: dict[str, list] = {}
-
-
-def _op(i: int, device_type: str, *args):
-    """Run ``_kl_sum`` (i=0) or ``_mix_grad`` (i=1): on CUDA compiled by ``torch.compile`` into one
-    kernel each (a read of ``t`` and ``mix`` instead of ~5 map-sized passes), unless ``AMAD_COMPILE=0``;
-    if compiling fails (no Triton, say) that op falls back to eager with a warning."""
-    if device_type != "cuda" or os.environ.get("AMAD_COMPILE", "1") == "0":
-        return _EAGER[i](*args)
-    ops = _COMPILED.setdefault(device_type, [torch.compile(f, dynamic=True) for f in _EAGER])
-    if ops[i] is _EAGER[i]:
-        return _EAGER[i](*args)
-    try:
-        return ops[i](*args)
-    except Exception as err:  # noqa: BLE001 - any compiler failure: the eager op computes the same
-        warnings.warn(f"torch.compile of {_EAGER[i].__name__} failed ({type(err).__name__}: {err}); "
-                      "using the eager op", RuntimeWarning, stacklevel=2)
-        ops[i] = _EAGER[i]
-        return _EAGER[i](*args)
+    Consumes ``mix`` (a fresh GEMM output) and returns its buffer.
+    """
+    below = mix <= eps
+    return torch.div(tf, mix, out=mix).masked_fill_(below, 0)
 
 
 def _masked(x: Tensor, row_mask: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -127,7 +111,7 @@ class AMADKLFunction(torch.autograd.Function):
         tiny = torch.finfo(dtype).tiny
         # sum_k t log(t / max(mix, eps)) with 0 log 0 = 0: t = 0 gives 0 * log(tiny) = 0
         if recompute:
-            per_example = _op(0, t.device.type, tf, torch.bmm(a, sf), eps, tiny)  # Eq. 9 mixture inside
+            per_example = _kl_sum(tf, torch.bmm(a, sf), eps, tiny)  # Eq. 9 mixture inside
             ctx.save_for_backward(t, s, a, w, nt, c, ns, inv_rows, row_mask)
         else:
             clamped = torch.bmm(a, sf).clamp_min_(eps)  # Eq. 9 mixture, floored in place: (B, Ht, n)
@@ -147,7 +131,7 @@ class AMADKLFunction(torch.autograd.Function):
         if ctx.recompute:
             t, s, a, w, nt, c, ns, inv_rows, row_mask = ctx.saved_tensors
             tf, sf = _masked(t, row_mask, a.dtype), _masked(s, row_mask, a.dtype)
-            G = _op(1, t.device.type, tf, torch.bmm(a, sf), ctx.eps)  # dL/dmix / r_b
+            G = _mix_grad(tf, torch.bmm(a, sf), ctx.eps)  # dL/dmix / r_b
         else:
             tf, sf, a, w, nt, c, ns, inv_rows, clamped = ctx.saved_tensors
             G = torch.div(tf, clamped)  # dL/dmix / r_b

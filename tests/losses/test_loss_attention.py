@@ -288,17 +288,3 @@ def test_kl_keeps_the_dtype_of_low_precision_maps():
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
     assert _grad(loss, student).dtype == torch.bfloat16
 
-
-def test_a_failing_compiled_op_falls_back_to_eager_with_a_warning(monkeypatch):
-    from amad.losses import _fused
-
-    def broken(*args):
-        raise RuntimeError("no triton here")
-
-    monkeypatch.setitem(_fused._COMPILED, "cuda", [broken, broken])
-    monkeypatch.delenv("AMAD_COMPILE", raising=False)
-    t, m = random_maps(B=2, H=3, seed=3).flatten(2), random_maps(B=2, H=3, seed=4).flatten(2)
-    with pytest.warns(RuntimeWarning, match="torch.compile of _mix_grad failed"):
-        got = _fused._op(1, "cuda", t, m, 1e-8)
-    torch.testing.assert_close(got, _fused._mix_grad(t, m, 1e-8), rtol=0, atol=0)
-    assert _fused._COMPILED["cuda"][1] is _fused._mix_grad and _fused._COMPILED["cuda"][0] is broken

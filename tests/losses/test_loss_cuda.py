@@ -1,10 +1,8 @@
-"""The accelerator path of the AMAD KL loss (backward rebuilds the mixture; torch.compile'd elementwise
-steps) against the float64 loop reference. Skipped without CUDA: run on a GPU machine with
+"""The accelerator path of the AMAD KL loss (the backward rebuilds the mixture) against the float64
+loop reference. Skipped without CUDA: run on a GPU machine with
 ``pytest tests/losses/test_loss_cuda.py``."""
 
 from __future__ import annotations
-
-import warnings
 
 import losses_reference as ref
 import pytest
@@ -25,11 +23,9 @@ def test_cuda_kl_matches_loop_reference(dtype, detach):
     want, _ = ref.amad(teacher, student, qmask, "kl", 0.7, detach_weights=detach)
     (want_grad,) = torch.autograd.grad(want, student)
     s = student.detach().to("cuda", dtype).requires_grad_(True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test
-        loss = amad_loss(teacher.to("cuda", dtype), s, query_mask=qmask.cuda(), temperature=0.7,
-                         detach_weights=detach)
-        (grad,) = torch.autograd.grad(loss, s)
+    loss = amad_loss(teacher.to("cuda", dtype), s, query_mask=qmask.cuda(), temperature=0.7,
+                     detach_weights=detach)
+    (grad,) = torch.autograd.grad(loss, s)
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
     torch.testing.assert_close(loss.double().cpu(), want, **tol)
     torch.testing.assert_close(grad.double().cpu(), want_grad, **tol)

@@ -24,11 +24,23 @@ def test_bench_parts_write_their_records(tmp_path, part, keys):
 
 
 @pytest.mark.slow
-def test_bench_losses_and_throughput_quick(tmp_path):
+def test_bench_all_quick_writes_every_part(tmp_path):
+    """``amad bench all --quick`` (about 25 s on the 2-core VM): one top-level key per part, with the
+    record keys docs/performance.md cites."""
     out = tmp_path / "bench.json"
-    assert main(["bench", "losses", "--quick", "--out", str(out)]) == 0
-    assert main(["bench", "throughput", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", "all", "--quick", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert {"losses", "throughput"} <= set(data)
-    assert all({"speedup_vs_loop"} <= set(r) for r in data["losses"] if r.get("speedup_vs_loop") is not None)
+    assert set(data) == {"losses", "step", "memory", "scaling", "throughput"}
+    assert all("speedup_vs_loop" in r for r in data["losses"])
+    assert all("amad_over_one_to_one" in r for r in data["losses"] if r["method"] == "amad")
+    assert all({"model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"} <= set(r)
+               for r in data["step"])
+    assert all("peak_ratio" in r for r in data["memory"])
+    assert {r["axis"] for r in data["scaling"]} == {"tokens", "student_heads", "step_tokens"}
     assert 0.0 <= data["throughput"][0]["data_wait_fraction"] <= 1.0
+
+
+def test_bench_models_option_picks_the_cases(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "step", "--quick", "--models", "vlt5/tiny", "--out", str(out)]) == 0
+    assert [r["model"] for r in json.loads(out.read_text())["step"]] == ["vlt5/tiny"]

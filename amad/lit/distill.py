@@ -289,17 +289,15 @@ class AttentionDistiller(nn.Module):
         return {site: tuple(sorted(set(lmap))) for site, lmap in self.layer_maps.items()}
 
     def _site_inputs(self, site: str, t_out: Any, s_out: Any) -> tuple[Any, Any, dict]:
-        if site in self._unpadded:
-            t_in, s_in = (t_out.attentions, s_out.attentions) if self.input_kind == "maps" else (t_out.qkv, s_out.qkv)
-            return t_in[site], s_in[site], ({"query_mask": None, "key_mask": None} if self.input_kind == "maps"
-                                            else {"key_mask": None})
+        """(teacher per-layer inputs, student per-layer inputs, mask keyword arguments) of one site."""
+        unpadded = site in self._unpadded  # no mask: no masked copies of the (largest) maps
         if self.input_kind == "maps":
-            qm = s_out.query_masks[site]
+            qm = None if unpadded else s_out.query_masks[site]
             # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
             # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
             return (t_out.attentions[site], s_out.attentions[site],
                     {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None})
-        return t_out.qkv[site], s_out.qkv[site], {"key_mask": s_out.key_masks[site]}
+        return t_out.qkv[site], s_out.qkv[site], {"key_mask": None if unpadded else s_out.key_masks[site]}
 
     def _pairs(self, t_out: Any, s_out: Any):
         for site, lmap in self.layer_maps.items():

@@ -19,7 +19,7 @@ from amad.config import load_config
 ROOT = Path(__file__).parents[1]
 EXP = ROOT / "experiments"
 FIX = ROOT / "tests" / "fixtures"
-LEAVES = sorted(p for p in EXP.glob("*/*/*.yaml") if p.parts[-3] != "base")
+LEAVES = sorted(p for p in EXP.glob("*/*/*.yaml") if p.parts[-3] not in ("base", "compare"))
 COMPARES = sorted((EXP / "compare").glob("*.yaml"))
 REAL_DATA = {
     "vqav2": {"root": FIX / "vqav2", "image_root": FIX / "coco", "image_size": 64},
@@ -114,3 +114,14 @@ def test_compare_config_loads_and_its_data_and_student_build(path, preset):
         teacher = build_model(**{**cfg["teacher"]["model"]}, tokenizer=dm.tokenizer)
         student = derive_student(teacher, **cfg["student"])
         assert student.num_heads(student.sites[0]) < teacher.num_heads(teacher.sites[0])
+
+
+@pytest.mark.parametrize("path", sorted((EXP / "compare" / "probes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_probe_configs_load_with_their_methods_and_the_shipped_teachers_recipe(path):
+    """Probe YAMLs change the students' budget or methods, never the teacher (its fingerprint)."""
+    from amad.compare.config import fingerprint
+
+    cfg = load_compare_config(str(path))
+    parent = load_compare_config(str(path.parent.parent / "easyvqa_blip.yaml"))
+    assert cfg["methods"] and all("attn_method" in m for m in cfg["methods"].values())
+    assert fingerprint(cfg["teacher"]) == fingerprint(parent["teacher"])

@@ -253,7 +253,8 @@ def _cuda_memory(family: str, preset: str, bs: int) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
-        peaks[mode], extra[mode] = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_allocated() - base
+        peaks[mode] = torch.cuda.max_memory_allocated()
+        extra[mode] = peaks[mode] - base
         if mode == "distill":
             with torch.no_grad(), _autocast(device, "bf16"):
                 t = module.teacher(batch, sites=module.attn.capture_sites()[0],

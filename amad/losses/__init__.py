@@ -21,7 +21,8 @@ from amad.losses.registry import (
     ATTENTION_METHODS,
     AttentionCriterion,
     build_attention_criterion,
-    criterion_input_kind, criterion_options,
+    criterion_input_kind,
+    criterion_options,
 )
 from amad.losses.relation import minilm_relation_loss, relation_log_probs
 from amad.losses.resize import resize_teacher_attention
@@ -39,7 +40,8 @@ __all__ = [
     "amad_weights",
     "attn_distill_loss",
     "build_attention_criterion",
-    "criterion_input_kind", "criterion_options",
+    "criterion_input_kind",
+    "criterion_options",
     "head_mean_loss",
     "minilm_relation_loss",
     "one_to_one_loss",

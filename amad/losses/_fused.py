@@ -45,31 +45,31 @@ from amad.losses._common import NORM_EPS
 def _below(x: Tensor, eps: float) -> Tensor | None:
     """Mask of ``x <= eps``; on CPU only built when needed (one cheap reduction; no host sync on GPU).
 
-    ``x`` is the mixture already clamped at ``eps``, so ``x <= eps`` marks where the raw mixture was
-    below the floor (and the measure-zero ties ``mix == eps``), where ``clamp_min`` passes no gradient.
+    ``x`` is the mixture, raw or clamped at ``eps``: ``x <= eps`` marks where the raw mixture was below
+    the floor (and the measure-zero ties ``mix == eps``), where ``clamp_min`` passes no gradient.
     """
     if x.device.type != "cpu":
         return x <= eps
     return (x <= eps) if x.numel() and bool(torch.amin(x) <= eps) else None
 
 
-def _kl_sum(tf: Tensor, mix: Tensor, eps: float, tiny: float) -> Tensor:
-    """Per example ``sum_{h,k} t log max(t / max(mix, eps), tiny)``: (B, H, n) -> (B,).
-
-    Consumes ``mix`` (a fresh GEMM output): every step runs in place in its buffer, so the peak grows
-    by no map-sized buffer.
-    """
-    r = mix.clamp_min_(eps)
-    return torch.div(tf, r, out=r).clamp_min_(tiny).log_().mul_(tf).sum(dim=(1, 2))
+def _kl_sum(tf: Tensor, clamped: Tensor, tiny: float, inplace: bool) -> Tensor:
+    """Per example ``sum_{h,k} t log max(t / clamped, tiny)``: (B, H, n) -> (B,), with ``clamped`` the
+    mixture floored at eps. ``inplace``: compute in ``clamped``'s buffer (when the caller keeps no use
+    for it), so the peak grows by no map-sized buffer."""
+    r = torch.div(tf, clamped, out=clamped) if inplace else torch.div(tf, clamped)
+    return r.clamp_min_(tiny).log_().mul_(tf).sum(dim=(1, 2))
 
 
-def _mix_grad(tf: Tensor, mix: Tensor, eps: float) -> Tensor:
+def _mix_grad(tf: Tensor, mix: Tensor, eps: float, inplace: bool) -> Tensor:
     """``dL/dmix`` up to the per-example scale: ``t / mix`` where ``mix > eps``, else 0 (the floor).
 
-    Consumes ``mix`` (a fresh GEMM output) and returns its buffer.
+    ``mix`` may be raw or already floored at eps (``<= eps`` marks the same entries). ``inplace``:
+    compute in ``mix``'s buffer and return it.
     """
-    below = mix <= eps
-    return torch.div(tf, mix, out=mix).masked_fill_(below, 0)
+    below = _below(mix, eps)
+    G = torch.div(tf, mix, out=mix) if inplace else torch.div(tf, mix)
+    return G if below is None else G.masked_fill_(below, 0)
 
 
 def _masked(x: Tensor, row_mask: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -110,16 +110,13 @@ class AMADKLFunction(torch.autograd.Function):
         a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
         tiny = torch.finfo(dtype).tiny
         # sum_k t log(t / max(mix, eps)) with 0 log 0 = 0: t = 0 gives 0 * log(tiny) = 0
+        clamped = torch.bmm(a, sf).clamp_min_(eps)  # Eq. 9 mixture, floored in place: (B, Ht, n)
+        # recompute: the backward rebuilds the mixture, so the KL may overwrite it
+        per_example = _kl_sum(tf, clamped, tiny, inplace=recompute) * inv_rows.to(dtype)
         if recompute:
-            per_example = _kl_sum(tf, torch.bmm(a, sf), eps, tiny)  # Eq. 9 mixture inside
             ctx.save_for_backward(t, s, a, w, nt, c, ns, inv_rows, row_mask)
         else:
-            clamped = torch.bmm(a, sf).clamp_min_(eps)  # Eq. 9 mixture, floored in place: (B, Ht, n)
-            kl = torch.div(tf, clamped).clamp_min_(tiny).log_().mul_(tf)
-            per_example = kl.sum(dim=(1, 2))
-            del kl
             ctx.save_for_backward(tf, sf, a, w, nt, c, ns, inv_rows, clamped)
-        per_example = per_example * inv_rows.to(dtype)
         ctx.temperature, ctx.detach_weights, ctx.eps, ctx.recompute = temperature, detach_weights, eps, recompute
         ctx.s_dtype = s.dtype
         ctx.mark_non_differentiable(a)
@@ -131,13 +128,10 @@ class AMADKLFunction(torch.autograd.Function):
         if ctx.recompute:
             t, s, a, w, nt, c, ns, inv_rows, row_mask = ctx.saved_tensors
             tf, sf = _masked(t, row_mask, a.dtype), _masked(s, row_mask, a.dtype)
-            G = _mix_grad(tf, torch.bmm(a, sf), ctx.eps)  # dL/dmix / r_b
+            G = _mix_grad(tf, torch.bmm(a, sf), ctx.eps, inplace=True)  # dL/dmix / r_b
         else:
             tf, sf, a, w, nt, c, ns, inv_rows, clamped = ctx.saved_tensors
-            G = torch.div(tf, clamped)  # dL/dmix / r_b
-            below = _below(clamped, ctx.eps)
-            if below is not None:
-                G.masked_fill_(below, 0)
+            G = _mix_grad(tf, clamped, ctx.eps, inplace=False)  # a saved tensor: never overwritten
         scale = (-grad * inv_rows.to(grad.dtype))[:, None, None]  # r_b, folded into the small factors
         grad_sf = torch.bmm((a * scale).transpose(1, 2), G)
         if not ctx.detach_weights:

@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo smoke test test-fast bench clean
+.PHONY: venv demo smoke test test-fast lint format bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,15 @@ smoke: venv
 
 test: venv
 	$(BIN)/python -m pytest tests
+
+# the lint gate of CI: ruff's lint rules and its formatter, configured in pyproject.toml
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-fast: venv
 	$(BIN)/python -m pytest tests -m "not slow"

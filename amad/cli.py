@@ -1,9 +1,9 @@
 """The ``amad`` command: a table from verb to function (litgpt style). The work lives elsewhere.
 
-    amad fit|validate|test|predict --config experiments/<task>/<model>/<method>.yaml
-    amad compare --config experiments/compare/easyvqa_blip.yaml --out runs/demo [--preset smoke]
-    amad bench [losses|step|memory|scaling|throughput|all] --out bench.json
-    amad export CKPT DIR
+amad fit|validate|test|predict --config experiments/<task>/<model>/<method>.yaml
+amad compare --config experiments/compare/easyvqa_blip.yaml --out runs/demo [--preset smoke]
+amad bench [losses|step|memory|scaling|throughput|all] --out bench.json
+amad export CKPT DIR
 """
 
 from __future__ import annotations

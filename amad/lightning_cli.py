@@ -35,7 +35,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 class LoggerSaveConfigCallback(SaveConfigCallback):
     """Save the resolved config next to the run *and* into the logger's hyperparameters (W&B config)."""
 
-    def save_config(self, trainer, pl_module, stage: str) -> None:  # noqa: ARG002 - Lightning hook
+    def save_config(self, trainer, pl_module, stage: str) -> None:
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": self.config.as_dict()})
 

@@ -56,19 +56,24 @@ def leaf(task: str, model: str, method: str) -> tuple[str, dict]:
         cfg["data"] = {"init_args": {"text_prefix": prefix}}
     if method == "teacher":
         cfg["base"].append(f"{rel}/finetune.yaml")
-        spec = ({"family": family, "preset": "small"} if embedded else
-                REAL_TEACHER_INIT[model].format(family=family))
+        spec = {"family": family, "preset": "small"} if embedded else REAL_TEACHER_INIT[model].format(family=family)
         cfg["model"] = {"init_args": {"model": spec}}
         cmd = f"amad fit --config experiments/{task}/{model}/teacher.yaml"
-        note = ("# The embedded comparisons train this teacher themselves (and cache it); this file runs it alone."
-                if embedded else "# Fine-tunes from a local pretrained checkpoint directory; then "
-                f"`amad export <last.ckpt> checkpoints/teachers/{task}_{model}`.")
+        note = (
+            "# The embedded comparisons train this teacher themselves (and cache it); this file runs it alone."
+            if embedded
+            else "# Fine-tunes from a local pretrained checkpoint directory; then "
+            f"`amad export <last.ckpt> checkpoints/teachers/{task}_{model}`."
+        )
     else:
         cfg["base"].append(f"{rel}/distill.yaml")
         cfg["model"] = {"init_args": {"teacher": teacher_ref(task, model, embedded), **METHODS[method]}}
         cmd = f"amad fit --config experiments/{task}/{model}/{method}.yaml"
-        note = ("# The teacher is the comparison's: reused from the cache, or trained once on first use."
-                if embedded else "# Needs the fine-tuned teacher at model.init_args.teacher (see teacher.yaml).")
+        note = (
+            "# The teacher is the comparison's: reused from the cache, or trained once on first use."
+            if embedded
+            else "# Needs the fine-tuned teacher at model.init_args.teacher (see teacher.yaml)."
+        )
     return f"# {cmd}\n{note}\n", cfg
 
 

@@ -9,11 +9,14 @@ import pytest
 from amad.cli import main
 
 
-@pytest.mark.parametrize("part,keys", [
-    ("step", {"model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"}),
-    ("memory", {"model", "batch_size", "peak_ratio"}),
-    ("scaling", {"axis", "tokens", "student_heads", "seconds"}),
-])
+@pytest.mark.parametrize(
+    "part,keys",
+    [
+        ("step", {"model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"}),
+        ("memory", {"model", "batch_size", "peak_ratio"}),
+        ("scaling", {"axis", "tokens", "student_heads", "seconds"}),
+    ],
+)
 def test_bench_parts_write_their_records(tmp_path, part, keys):
     out = tmp_path / "bench.json"
     assert main(["bench", part, "--quick", "--out", str(out)]) == 0
@@ -33,8 +36,9 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert set(data) == {"losses", "step", "memory", "scaling", "throughput"}
     assert all("speedup_vs_loop" in r for r in data["losses"])
     assert all("amad_over_one_to_one" in r for r in data["losses"] if r["method"] == "amad")
-    assert all({"model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"} <= set(r)
-               for r in data["step"])
+    assert all(
+        {"model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"} <= set(r) for r in data["step"]
+    )
     assert all("peak_ratio" in r for r in data["memory"])
     assert {r["axis"] for r in data["scaling"]} == {"tokens", "student_heads", "step_tokens"}
     assert 0.0 <= data["throughput"][0]["data_wait_fraction"] <= 1.0

@@ -26,12 +26,17 @@ def test_fit_test_predict_export_from_yaml(tmp_path, monkeypatch):
     dm = EasyVQADataModule()
     torch.manual_seed(0)
     build_model("blip-vqa", preset="tiny", tokenizer=dm.tokenizer).save_pretrained(tmp_path / "teacher")
-    common = ["--config", str(ROOT / "experiments/easyvqa/blip/amad.yaml"),
-              f"--model.init_args.teacher={tmp_path / 'teacher'}",
-              "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-              f"--trainer.logger.init_args.save_dir={tmp_path}",
-              f"--trainer.default_root_dir={tmp_path}", "--data.init_args.subset=32",
-              "--data.init_args.eval_subset=8", "--data.init_args.batch_size=8"]
+    common = [
+        "--config",
+        str(ROOT / "experiments/easyvqa/blip/amad.yaml"),
+        f"--model.init_args.teacher={tmp_path / 'teacher'}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--data.init_args.subset=32",
+        "--data.init_args.eval_subset=8",
+        "--data.init_args.batch_size=8",
+    ]
     assert main(["fit", *common, "--trainer.max_steps=3", "--trainer.val_check_interval=2"]) == 0
     ckpts = list(tmp_path.glob("**/checkpoints/last.ckpt"))
     assert len(ckpts) == 1

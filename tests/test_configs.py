@@ -23,8 +23,11 @@ LEAVES = sorted(p for p in EXP.glob("*/*/*.yaml") if p.parts[-3] not in ("base",
 COMPARES = sorted((EXP / "compare").glob("*.yaml"))
 REAL_DATA = {
     "vqav2": {"root": FIX / "vqav2", "image_root": FIX / "coco", "image_size": 64},
-    "coco-karpathy": {"dataset_json": FIX / "karpathy" / "dataset_coco.json", "image_root": FIX / "coco",
-                      "image_size": 64},
+    "coco-karpathy": {
+        "dataset_json": FIX / "karpathy" / "dataset_coco.json",
+        "image_root": FIX / "coco",
+        "image_size": 64,
+    },
     "multi30k": {"root": FIX / "multi30k", "image_root": FIX / "flickr30k-images", "image_size": 64},
 }
 FAST_DEV_RUN = {"amad.yaml", "teacher.yaml"}
@@ -81,11 +84,17 @@ def test_config_instantiates(path, tmp_path, tiny_teachers, monkeypatch):
     task = path.parent.parent.name
     cfg = load_config(path)
     data_cfg = cfg["data"]
-    args = ["--config", str(path), f"--trainer.default_root_dir={tmp_path}",
-            f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    args = [
+        "--config",
+        str(path),
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
     if task in REAL_DATA:
-        data_cfg = {**data_cfg, "init_args": {**data_cfg["init_args"],
-                                              **{k: str(v) for k, v in REAL_DATA[task].items()}}}
+        data_cfg = {
+            **data_cfg,
+            "init_args": {**data_cfg["init_args"], **{k: str(v) for k, v in REAL_DATA[task].items()}},
+        }
         args += [f"--data.init_args.{k}={v}" for k, v in REAL_DATA[task].items()]
     teacher_dir = tiny_teachers(_family(cfg, path), data_cfg)
     key = "model" if path.name == "teacher.yaml" else "teacher"

@@ -29,14 +29,18 @@ def _part(name: str):
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="amad bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="amad bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, "all"))
     parser.add_argument("--out", default="runs/bench.json", help="JSON file to write (merged by part)")
     parser.add_argument("--quick", action="store_true", help="small shapes only (seconds; for tests)")
-    parser.add_argument("--models", default=None,
-                        help="step/memory only: comma-separated family/preset cases, e.g. blip-vqa/base "
-                             "(default: tiny and small of both families, plus base on CUDA)")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="step/memory only: comma-separated family/preset cases, e.g. blip-vqa/base "
+        "(default: tiny and small of both families, plus base on CUDA)",
+    )
     ns = parser.parse_args(argv)
     parts = PARTS if ns.part == "all" else (ns.part,)
     out = Path(ns.out)

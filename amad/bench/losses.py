@@ -113,21 +113,44 @@ def _cases(teacher, mask, Ht, Hs, n):
     """(method, variant, vectorised fn, loop fn) for one shape; each fn maps the student to a loss."""
     cases = []
     for variant in ("kl", "l2", "token"):
-        cases.append(("amad", variant, lambda s, v=variant: amad_loss(teacher, s, query_mask=mask, variant=v),
-                      lambda s, v=variant: loop_amad(teacher, s, mask, v)))
+        cases.append(
+            (
+                "amad",
+                variant,
+                lambda s, v=variant: amad_loss(teacher, s, query_mask=mask, variant=v),
+                lambda s, v=variant: loop_amad(teacher, s, mask, v),
+            )
+        )
     if n <= PROJ_MAX_N:
         proj = AMADProjectionLoss(n)
-        cases.append(("amad_proj", "proj", lambda s: proj(teacher, s, mask)[0],
-                      lambda s: loop_amad(teacher, s, mask, "proj", projection=proj)))
-    cases.append(("head_mean", "kl", lambda s: head_mean_loss(teacher, s, query_mask=mask),
-                  lambda s: loop_head_mean(teacher, s, mask)))
-    cases.append(("shd", "map", lambda s: shd_loss(teacher, s, query_mask=mask),
-                  lambda s: loop_shd(teacher, s, mask)))
+        cases.append(
+            (
+                "amad_proj",
+                "proj",
+                lambda s: proj(teacher, s, mask)[0],
+                lambda s: loop_amad(teacher, s, mask, "proj", projection=proj),
+            )
+        )
+    cases.append(
+        (
+            "head_mean",
+            "kl",
+            lambda s: head_mean_loss(teacher, s, query_mask=mask),
+            lambda s: loop_head_mean(teacher, s, mask),
+        )
+    )
+    cases.append(("shd", "map", lambda s: shd_loss(teacher, s, query_mask=mask), lambda s: loop_shd(teacher, s, mask)))
     torch.manual_seed(0)
     a2d = A2DLoss(Ht, Hs)
     cases.append(("a2d", "conv1x1", lambda s: a2d(teacher, s, mask)[0], lambda s: loop_a2d(teacher, s, a2d, mask)))
-    cases.append(("attn_distill", "all_rows", lambda s: attn_distill_loss(teacher, s, query_mask=mask),
-                  lambda s: loop_attn_distill(teacher, s, mask)))
+    cases.append(
+        (
+            "attn_distill",
+            "all_rows",
+            lambda s: attn_distill_loss(teacher, s, query_mask=mask),
+            lambda s: loop_attn_distill(teacher, s, mask),
+        )
+    )
     return cases
 
 
@@ -179,8 +202,16 @@ def _bench_case(teacher, student, mask, case, repeats, loop_repeats) -> dict:
 
 
 def _print_table(records: list[dict]) -> None:
-    cols = ["shape", "method", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "over_one_to_one",
-            "peak_over_inputs"]
+    cols = [
+        "shape",
+        "method",
+        "variant",
+        "vectorised_s",
+        "loop_s",
+        "speedup_vs_loop",
+        "over_one_to_one",
+        "peak_over_inputs",
+    ]
 
     def fmt(r, c):
         v = r.get(c)
@@ -206,8 +237,9 @@ def _print_table(records: list[dict]) -> None:
             print(" | ".join(fmt(r, c) for c in cols))
 
 
-def run(out: str | None = None, quick: bool = False, threads: int | None = 1,
-        methods: tuple[str, ...] | None = None) -> dict:
+def run(
+    out: str | None = None, quick: bool = False, threads: int | None = 1, methods: tuple[str, ...] | None = None
+) -> dict:
     """Run the loss benchmark; print a table; write ``{"losses": [records]}`` to ``out`` if given.
 
     Args:
@@ -234,7 +266,7 @@ def run(out: str | None = None, quick: bool = False, threads: int | None = 1,
             mask = None
             if Q != 197:  # text-like shapes: every other example has its last quarter of rows padded
                 mask = torch.ones(B, Q, dtype=torch.bool)
-                mask[1::2, Q - Q // 4:] = False
+                mask[1::2, Q - Q // 4 :] = False
             for case in _cases(teacher, mask, Ht, Hs, Q * K):
                 if methods is not None and case[0] not in methods:
                     continue

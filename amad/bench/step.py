@@ -64,8 +64,7 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def build_case(family: str, preset: str, batch_size: int, attn_method: str = "amad", seed: int = 0,
-               **overrides: Any):
+def build_case(family: str, preset: str, batch_size: int, attn_method: str = "amad", seed: int = 0, **overrides: Any):
     """Teacher, the half-head student's DistillationModule, a batch and an optimizer (on the device).
 
     ``overrides`` are :func:`amad.models.build_model` overrides of the teacher (e.g. ``image_size``).
@@ -76,8 +75,12 @@ def build_case(family: str, preset: str, batch_size: int, attn_method: str = "am
     torch.manual_seed(seed)
     teacher = build_model(family, preset=preset, **overrides)
     heads = teacher.num_heads(teacher.sites[0])
-    module = DistillationModule(teacher=teacher, student={"num_heads": max(heads // 2, 1), "init": "teacher"},
-                                attn_method=attn_method, task="vqa" if family != "blip-caption" else "caption")
+    module = DistillationModule(
+        teacher=teacher,
+        student={"num_heads": max(heads // 2, 1), "init": "teacher"},
+        attn_method=attn_method,
+        task="vqa" if family != "blip-caption" else "caption",
+    )
     device = _device()
     module.to(device)
     batch = _to(random_batch(family, batch_size, seed=seed, model=teacher), device)
@@ -96,8 +99,15 @@ def _time(fn, reps: int) -> list[float]:
     return times
 
 
-def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 15, precision: str = "32",
-                 breakdown: bool = False, **overrides: Any) -> dict:
+def measure_step(
+    family: str,
+    preset: str,
+    batch_size: int = 32,
+    reps: int = 15,
+    precision: str = "32",
+    breakdown: bool = False,
+    **overrides: Any,
+) -> dict:
     """One step case: medians of ``reps`` interleaved rounds (see the module doc).
 
     ``breakdown`` also times the step with output KD only (γ = 0) and with attention only (β = 0),
@@ -145,16 +155,22 @@ def measure_step(family: str, preset: str, batch_size: int = 32, reps: int = 15,
     med = {k: statistics.median(v) for k, v in times.items()}
     limit = med["teacher_s"] + med["student_s"]
     # per-rep ratios c_i / (a_i + b_i) of one interleaved round: their spread shows the machine's noise
-    per_rep = sorted(c / (a + b) for a, b, c in zip(times["teacher_s"], times["student_s"], times["distill_s"]))
+    rounds = zip(times["teacher_s"], times["student_s"], times["distill_s"], strict=True)
+    per_rep = sorted(c / (a + b) for a, b, c in rounds)
     q = len(per_rep) // 4
-    del module, batch, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     extra = {f"{k[:-2]}_overhead": med[k] / limit for k in ("kd_only_s", "attn_only_s") if k in med}
-    return {"model": f"{family}/{preset}", "batch_size": batch_size, "device": device.type,
-            "precision": precision, **med, "overhead": med["distill_s"] / limit,
-            "overhead_iqr": [per_rep[q], per_rep[-1 - q]], **extra, "reps": reps,
-            **({"overrides": overrides} if overrides else {})}
+    return {
+        "model": f"{family}/{preset}",
+        "batch_size": batch_size,
+        "device": device.type,
+        "precision": precision,
+        **med,
+        "overhead": med["distill_s"] / limit,
+        "overhead_iqr": [per_rep[q], per_rep[-1 - q]],
+        **extra,
+        "reps": reps,
+        **({"overrides": overrides} if overrides else {}),
+    }
 
 
 def _precision() -> str:
@@ -163,7 +179,11 @@ def _precision() -> str:
 
 def run_step(out: str | None = None, quick: bool = False, models: list[tuple[str, str]] | None = None) -> dict:
     bs, reps = (4, 2) if quick else (32, 15)
-    records = [measure_step(f, p, bs, reps, _precision(), breakdown=not quick) for f, p in _cases(quick, models)]
+    records = []
+    for family, preset in _cases(quick, models):
+        records.append(measure_step(family, preset, bs, reps, _precision(), breakdown=not quick))
+        if torch.cuda.is_available():  # the case's models are gone: hand their cache back
+            torch.cuda.empty_cache()
     _print("step", records, ("model", "batch_size", "teacher_s", "student_s", "distill_s", "overhead"))
     return _write({"step": records}, out)
 
@@ -205,8 +225,9 @@ print(json.dumps({"base_kb": base, "peak_kb": peak, "teacher_map_bytes": maps}))
 
 
 def _child_mem(family: str, preset: str, bs: int, mode: str) -> dict:
-    res = subprocess.run([sys.executable, "-c", _MEM_CHILD, family, preset, str(bs), mode],
-                         capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _MEM_CHILD, family, preset, str(bs), mode], capture_output=True, text=True, check=True
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -220,17 +241,35 @@ def run_memory(out: str | None = None, quick: bool = False, models: list[tuple[s
             s = _child_mem(family, preset, bs, "student")
             d = _child_mem(family, preset, bs, "distill")
             s_peak, d_peak = max(s["peak_kb"] - s["base_kb"], 0), max(d["peak_kb"] - d["base_kb"], 0)
-            rec = {"model": f"{family}/{preset}", "batch_size": bs, "device": "cpu",
-                   "student_peak_mb": s["peak_kb"] / 1024, "distill_peak_mb": d["peak_kb"] / 1024,
-                   "student_step_extra_mb": s_peak / 1024, "distill_step_extra_mb": d_peak / 1024,
-                   "peak_ratio": d["peak_kb"] / s["peak_kb"],
-                   # the step's own allocations (activations, maps, grads) above the pre-step footprint
-                   "step_extra_ratio": d_peak / s_peak if s_peak else None,
-                   "teacher_maps_mb": d["teacher_map_bytes"] / 2**20}
+            rec = {
+                "model": f"{family}/{preset}",
+                "batch_size": bs,
+                "device": "cpu",
+                "student_peak_mb": s["peak_kb"] / 1024,
+                "distill_peak_mb": d["peak_kb"] / 1024,
+                "student_step_extra_mb": s_peak / 1024,
+                "distill_step_extra_mb": d_peak / 1024,
+                "peak_ratio": d["peak_kb"] / s["peak_kb"],
+                # the step's own allocations (activations, maps, grads) above the pre-step footprint
+                "step_extra_ratio": d_peak / s_peak if s_peak else None,
+                "teacher_maps_mb": d["teacher_map_bytes"] / 2**20,
+            }
         records.append(rec)
-    _print("memory", records, ("model", "batch_size", "student_peak_mb", "distill_peak_mb", "peak_ratio",
-                               "student_step_extra_mb", "distill_step_extra_mb", "step_extra_ratio",
-                               "teacher_maps_mb"))
+    _print(
+        "memory",
+        records,
+        (
+            "model",
+            "batch_size",
+            "student_peak_mb",
+            "distill_peak_mb",
+            "peak_ratio",
+            "student_step_extra_mb",
+            "distill_step_extra_mb",
+            "step_extra_ratio",
+            "teacher_maps_mb",
+        ),
+    )
     return _write({"memory": records}, out)
 
 
@@ -247,8 +286,11 @@ def _cuda_memory(family: str, preset: str, bs: int) -> dict:
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             with _autocast(device, "bf16"):
-                loss = (module.student(batch, sites=()).loss if mode == "student"
-                        else module.distillation_losses(batch)["loss"])
+                loss = (
+                    module.student(batch, sites=()).loss
+                    if mode == "student"
+                    else module.distillation_losses(batch)["loss"]
+                )
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -257,17 +299,24 @@ def _cuda_memory(family: str, preset: str, bs: int) -> dict:
         extra[mode] = peaks[mode] - base
         if mode == "distill":
             with torch.no_grad(), _autocast(device, "bf16"):
-                t = module.teacher(batch, sites=module.attn.capture_sites()[0],
-                                   layers=module.attn.teacher_layers())
+                t = module.teacher(batch, sites=module.attn.capture_sites()[0], layers=module.attn.teacher_layers())
             maps = sum(m.numel() * m.element_size() for v in t.attentions.values() for m in v if m is not None)
             del t
     del module, batch, opt, loss
     torch.cuda.empty_cache()
-    return {"model": f"{family}/{preset}", "batch_size": bs, "device": "cuda", "precision": "bf16",
-            "student_peak_mb": peaks["student"] / 2**20, "distill_peak_mb": peaks["distill"] / 2**20,
-            "peak_ratio": peaks["distill"] / peaks["student"],
-            "student_step_extra_mb": extra["student"] / 2**20, "distill_step_extra_mb": extra["distill"] / 2**20,
-            "step_extra_ratio": extra["distill"] / extra["student"], "teacher_maps_mb": maps / 2**20}
+    return {
+        "model": f"{family}/{preset}",
+        "batch_size": bs,
+        "device": "cuda",
+        "precision": "bf16",
+        "student_peak_mb": peaks["student"] / 2**20,
+        "distill_peak_mb": peaks["distill"] / 2**20,
+        "peak_ratio": peaks["distill"] / peaks["student"],
+        "student_step_extra_mb": extra["student"] / 2**20,
+        "distill_step_extra_mb": extra["distill"] / 2**20,
+        "step_extra_ratio": extra["distill"] / extra["student"],
+        "teacher_maps_mb": maps / 2**20,
+    }
 
 
 # -- scaling ------------------------------------------------------------------------------------
@@ -295,14 +344,30 @@ def run_scaling(out: str | None = None, quick: bool = False) -> dict:
     for n in tokens:
         sec = timed(12, 6, n)
         base = base or sec / (n * n)
-        records.append({"axis": "tokens", "tokens": n, "teacher_heads": 12, "student_heads": 6,
-                        "seconds": sec, "seconds_per_qk_rel": sec / (n * n) / base})
+        records.append(
+            {
+                "axis": "tokens",
+                "tokens": n,
+                "teacher_heads": 12,
+                "student_heads": 6,
+                "seconds": sec,
+                "seconds_per_qk_rel": sec / (n * n) / base,
+            }
+        )
     ref = None
     for hs in heads:
         sec = timed(12, hs, tokens[1])
         ref = ref or sec
-        records.append({"axis": "student_heads", "tokens": tokens[1], "teacher_heads": 12,
-                        "student_heads": hs, "seconds": sec, "relative": sec / ref})
+        records.append(
+            {
+                "axis": "student_heads",
+                "tokens": tokens[1],
+                "teacher_heads": 12,
+                "student_heads": hs,
+                "seconds": sec,
+                "relative": sec / ref,
+            }
+        )
     records += _step_vs_tokens(tokens, quick)
     _print("scaling", records, ("axis", "tokens", "student_heads", "seconds", "overhead"))
     return _write({"scaling": records}, out)
@@ -313,11 +378,28 @@ def _step_vs_tokens(tokens: tuple[int, ...], quick: bool) -> list[dict]:
     preset, bs, reps = ("tiny", 2, 2) if quick else (("base", 32, 7) if torch.cuda.is_available() else ("small", 8, 5))
     records = []
     for n in tokens:
-        rec = measure_step("blip-vqa", preset, bs, reps, _precision(), image_size=TOKEN_IMAGE_SIZES[n],
-                           patch_size=16)
-        records.append({"axis": "step_tokens", "tokens": n, "student_heads": None, "seconds": rec["distill_s"],
-                        **{k: rec[k] for k in ("model", "batch_size", "precision", "teacher_s", "student_s",
-                                               "distill_s", "overhead", "overhead_iqr")}})
+        rec = measure_step("blip-vqa", preset, bs, reps, _precision(), image_size=TOKEN_IMAGE_SIZES[n], patch_size=16)
+        records.append(
+            {
+                "axis": "step_tokens",
+                "tokens": n,
+                "student_heads": None,
+                "seconds": rec["distill_s"],
+                **{
+                    k: rec[k]
+                    for k in (
+                        "model",
+                        "batch_size",
+                        "precision",
+                        "teacher_s",
+                        "student_s",
+                        "distill_s",
+                        "overhead",
+                        "overhead_iqr",
+                    )
+                },
+            }
+        )
     return records
 
 

@@ -51,18 +51,35 @@ def run(out: str | None = None, quick: bool = False, config: str = CONFIG) -> di
     L.seed_everything(0, verbose=False)
     teacher = build_model(**{**cfg["teacher"]["model"], "vocab_size": dm.vocab_size})
     teacher.tokenizer = dm.tokenizer
-    module = DistillationModule(teacher=teacher, student=dict(cfg["student"]), task=dm.task,
-                                **cfg["methods"].get("amad", {"attn_method": "amad"}))
+    module = DistillationModule(
+        teacher=teacher,
+        student=dict(cfg["student"]),
+        task=dm.task,
+        **cfg["methods"].get("amad", {"attn_method": "amad"}),
+    )
     timer = StepTimer()
     steps = 8 if quick else 60
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer], accelerator="auto", devices=1)
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        accelerator="auto",
+        devices=1,
+    )
     trainer.fit(module, datamodule=dm)
     compute, wait = sum(timer.compute), sum(timer.wait)
-    rec = {"config": config, "method": "amad", "steps_timed": len(timer.compute),
-           "batch_size": timer.sizes[0] if timer.sizes else None,
-           "samples_per_s": sum(timer.sizes) / (compute + wait) if timer.compute else None,
-           "data_wait_fraction": wait / (compute + wait) if timer.compute else None}
+    rec = {
+        "config": config,
+        "method": "amad",
+        "steps_timed": len(timer.compute),
+        "batch_size": timer.sizes[0] if timer.sizes else None,
+        "samples_per_s": sum(timer.sizes) / (compute + wait) if timer.compute else None,
+        "data_wait_fraction": wait / (compute + wait) if timer.compute else None,
+    }
     _print("throughput", [rec], ("config", "batch_size", "samples_per_s", "data_wait_fraction"))
     return _write({"throughput": [rec]}, out)

@@ -48,15 +48,17 @@ def plot_head_alignment(weights: dict[str, Tensor], out_dir: str | Path, title: 
         by_site.setdefault(site, []).append((layer, w))
     paths = []
     for site, panels in by_site.items():
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels) + 0.8, 3.4), squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(2.8 * len(panels) + 0.8, 3.4), squeeze=False, layout="constrained"
+        )
         # AMAD's weights are a softmax of cosines in [0, 1]: near-uniform rows are common, so the
         # colour scale spans the data (not [0, 1]) and small matrices get their values printed.
         vmax = max(float(w.max()) for _, w in panels)
         vmin = min(float(w.min()) for _, w in panels)
         for k, (ax, (layer, w)) in enumerate(zip(axes[0], panels, strict=True)):
-            im = ax.imshow(w.numpy(), vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6,
-                           cmap="viridis", aspect="auto")
+            im = ax.imshow(
+                w.numpy(), vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6, cmap="viridis", aspect="auto"
+            )
             ax.set_title(layer, fontsize=9)
             ax.set_xlabel("student head j")
             if k == 0:
@@ -92,8 +94,9 @@ class HeadAlignmentCallback(L.Callback):
         self.last_weights: dict[str, Tensor] = {}
         self.last_dir: Path | None = None
 
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._batch is None and batch_idx == 0:
             self._batch = batch  # fixed for the whole run (same examples at every epoch)
 
@@ -124,12 +127,24 @@ class HeadAlignmentCallback(L.Callback):
 
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image("head_alignment/maps", [str(p) for p in paths],
-                                 caption=[p.stem for p in paths], step=trainer.global_step)
-                rows = [[k, i, j, float(w[i, j])] for k, w in weights.items()
-                        for i in range(w.shape[0]) for j in range(w.shape[1])]
-                logger.log_table("head_alignment/weights", columns=["pair", "teacher_head",
-                                 "student_head", "a_ij"], data=rows, step=trainer.global_step)
+                logger.log_image(
+                    "head_alignment/maps",
+                    [str(p) for p in paths],
+                    caption=[p.stem for p in paths],
+                    step=trainer.global_step,
+                )
+                rows = [
+                    [k, i, j, float(w[i, j])]
+                    for k, w in weights.items()
+                    for i in range(w.shape[0])
+                    for j in range(w.shape[1])
+                ]
+                logger.log_table(
+                    "head_alignment/weights",
+                    columns=["pair", "teacher_head", "student_head", "a_ij"],
+                    data=rows,
+                    step=trainer.global_step,
+                )
 
 
 def rows_sum_to_one(weights: dict[str, Tensor], atol: float = 1e-4) -> bool:

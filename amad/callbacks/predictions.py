@@ -27,8 +27,9 @@ class PredictionSamplesCallback(L.Callback):
         self._batch: dict[str, Any] | None = None
         self.last_rows: list[dict[str, Any]] = []
 
-    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._batch is None and batch_idx == 0:
             n = self.num_samples
             self._batch = {k: v[:n] for k, v in batch.items()}
@@ -43,9 +44,15 @@ class PredictionSamplesCallback(L.Callback):
         teacher = pl_module.teacher.generate(batch, **kw) if hasattr(pl_module, "teacher") else None
         rows = []
         for i, pred in enumerate(student):
-            rows.append({"id": str(batch["ids"][i]), "input": batch["source_text"][i],
-                         "reference": " | ".join(batch["references"][i]),
-                         "teacher": teacher[i] if teacher else None, "student": pred})
+            rows.append(
+                {
+                    "id": str(batch["ids"][i]),
+                    "input": batch["source_text"][i],
+                    "reference": " | ".join(batch["references"][i]),
+                    "teacher": teacher[i] if teacher else None,
+                    "student": pred,
+                }
+            )
         self.last_rows = rows
         out = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +70,14 @@ class PredictionSamplesCallback(L.Callback):
 
         # pixel_values are normalised with mean = std = 0.5 by default: map back to [0, 1] for display.
         images = (batch["pixel_values"].float().cpu() * 0.5 + 0.5).clamp(0, 1)
-        data = [[wandb.Image(images[i].permute(1, 2, 0).numpy()), r["input"], r["reference"],
-                 r["teacher"], r["student"]] for i, r in enumerate(rows)]
+        data = [
+            [wandb.Image(images[i].permute(1, 2, 0).numpy()), r["input"], r["reference"], r["teacher"], r["student"]]
+            for i, r in enumerate(rows)
+        ]
         for logger in loggers:
-            logger.log_table("samples", columns=["image", "input", "reference", "teacher", "student"],
-                             data=data, step=trainer.global_step)
+            logger.log_table(
+                "samples",
+                columns=["image", "input", "reference", "teacher", "student"],
+                data=data,
+                step=trainer.global_step,
+            )

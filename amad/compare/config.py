@@ -28,8 +28,9 @@ METHOD_ORDER = ("gt", "kd", "one_to_one", "head_mean", "minilm_relation", "shd",
 REQUIRED = ("name", "data", "teacher", "student", "train", "methods")
 
 
-def load_compare_config(path: str, preset: str = "default", seeds: int | None = None,
-                        methods: list[str] | None = None) -> dict[str, Any]:
+def load_compare_config(
+    path: str, preset: str = "default", seeds: int | None = None, methods: list[str] | None = None
+) -> dict[str, Any]:
     """Load a comparison YAML, apply a preset, and optionally override the seed count / method subset.
 
     Raises:
@@ -64,6 +65,7 @@ def fingerprint(obj: Any) -> str:
 
 def ordered_methods(names: list[str]) -> list[str]:
     """Baselines first in a fixed order, AMAD and its variants last."""
+
     def rank(m: str) -> tuple[int, str]:
         base = "amad" if m.startswith("amad") else m
         return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER) - 1, m)

@@ -41,8 +41,14 @@ def make_logger(kind: str, out: Path, group: str, name: str, cfg: dict[str, Any]
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        return WandbLogger(project="amad-compare", group=group, name=name, save_dir=str(out),
-                           config=cfg, tags=[cfg["name"], cfg["preset"]])
+        return WandbLogger(
+            project="amad-compare",
+            group=group,
+            name=name,
+            save_dir=str(out),
+            config=cfg,
+            tags=[cfg["name"], cfg["preset"]],
+        )
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
@@ -50,31 +56,61 @@ def make_logger(kind: str, out: Path, group: str, name: str, cfg: dict[str, Any]
     return False
 
 
-def run_one(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, dm: L.LightningDataModule,
-            out: Path, logger_kind: str, split: str) -> dict[str, Any]:
+def run_one(
+    cfg: dict[str, Any],
+    method: str,
+    seed: int,
+    teacher_path: Path,
+    dm: L.LightningDataModule,
+    out: Path,
+    logger_kind: str,
+    split: str,
+) -> dict[str, Any]:
     """Train and evaluate one student; returns its run record."""
     from amad.lit import DistillationModule
 
     train = cfg["train"]
     L.seed_everything(seed, workers=True, verbose=False)
     module = DistillationModule(
-        teacher=str(teacher_path), student=dict(cfg["student"]), task=dm.task,
-        lr=float(train.get("lr", 1e-3)), weight_decay=float(train.get("weight_decay", 0.01)),
-        warmup_ratio=float(train.get("warmup_ratio", 0.05)), schedule=train.get("schedule", "linear"),
-        max_new_tokens=int(train.get("max_new_tokens", 8)), **cfg["methods"][method])
-    logger = make_logger(logger_kind, out, f"{cfg['name']}-{out.name}", f"{method}-seed{seed}",
-                         {**cfg, "method": method, "seed": seed})
-    trainer = L.Trainer(max_steps=int(train["max_steps"]), logger=logger, enable_checkpointing=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, accelerator="auto", devices=1,
-                        precision=train.get("precision", "32-true"), enable_progress_bar=False,
-                        enable_model_summary=False, log_every_n_steps=10)
+        teacher=str(teacher_path),
+        student=dict(cfg["student"]),
+        task=dm.task,
+        lr=float(train.get("lr", 1e-3)),
+        weight_decay=float(train.get("weight_decay", 0.01)),
+        warmup_ratio=float(train.get("warmup_ratio", 0.05)),
+        schedule=train.get("schedule", "linear"),
+        max_new_tokens=int(train.get("max_new_tokens", 8)),
+        **cfg["methods"][method],
+    )
+    logger = make_logger(
+        logger_kind, out, f"{cfg['name']}-{out.name}", f"{method}-seed{seed}", {**cfg, "method": method, "seed": seed}
+    )
+    trainer = L.Trainer(
+        max_steps=int(train["max_steps"]),
+        logger=logger,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        accelerator="auto",
+        devices=1,
+        precision=train.get("precision", "32-true"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     train_time = time.perf_counter() - start
     metrics = evaluate(module, dm, split)
-    record = {"method": method, "seed": seed, "metrics": metrics, "params": count_params(module.student),
-              "train_time_s": round(train_time, 2), "steps": int(train["max_steps"]),
-              "config": cfg["methods"][method]}
+    record = {
+        "method": method,
+        "seed": seed,
+        "metrics": metrics,
+        "params": count_params(module.student),
+        "train_time_s": round(train_time, 2),
+        "steps": int(train["max_steps"]),
+        "config": cfg["methods"][method],
+    }
     if method.startswith("amad") and seed == 0:
         record["head_alignment"] = save_heatmaps(module, dm, out / "heatmaps" / method)
     if logger:
@@ -96,8 +132,9 @@ def save_heatmaps(module, dm: L.LightningDataModule, out: Path) -> str:
     return str(out)
 
 
-def run_comparison(cfg: dict[str, Any], out: str | Path, logger_kind: str = "wandb",
-                   split: str = "test", log=print) -> dict[str, Any]:
+def run_comparison(
+    cfg: dict[str, Any], out: str | Path, logger_kind: str = "wandb", split: str = "test", log=print
+) -> dict[str, Any]:
     """Run (or resume) a comparison; writes results.json, results.md, the chart and heatmaps in ``out``."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -107,9 +144,12 @@ def run_comparison(cfg: dict[str, Any], out: str | Path, logger_kind: str = "wan
     from amad.lit.checkpoint import load_adapter
 
     teacher = load_adapter(teacher_path)
-    teacher_record = {**teacher_record, "params": count_params(teacher),
-                      "heads": {s: teacher.num_heads(s) for s in teacher.sites},
-                      "layers": {s: teacher.num_layers(s) for s in teacher.sites}}
+    teacher_record = {
+        **teacher_record,
+        "params": count_params(teacher),
+        "heads": {s: teacher.num_heads(s) for s in teacher.sites},
+        "layers": {s: teacher.num_layers(s) for s in teacher.sites},
+    }
     if split != "test" or "metrics" not in teacher_record:
         teacher_record["metrics"] = evaluate_teacher(teacher, dm, split)
     del teacher
@@ -118,8 +158,10 @@ def run_comparison(cfg: dict[str, Any], out: str | Path, logger_kind: str = "wan
     for method in methods:
         for seed in range(int(cfg["seeds"])):
             path = out / "runs" / f"{method}-seed{seed}.json"
-            run_fp = fingerprint({k: cfg[k] for k in ("data", "teacher", "student", "train")}
-                                 | {"method": cfg["methods"][method], "seed": seed, "split": split})
+            run_fp = fingerprint(
+                {k: cfg[k] for k in ("data", "teacher", "student", "train")}
+                | {"method": cfg["methods"][method], "seed": seed, "split": split}
+            )
             if path.is_file():
                 record = json.loads(path.read_text())
                 if record.get("fingerprint") == run_fp:
@@ -135,10 +177,20 @@ def run_comparison(cfg: dict[str, Any], out: str | Path, logger_kind: str = "wan
             tmp.replace(path)
             log(f"{method} seed {seed}: {record['metrics']} ({record['train_time_s']:.0f}s)")
             runs.append(record)
-    results = {"name": cfg["name"], "task": getattr(dm, "task", None), "task_description": cfg.get("description", ""),
-               "model": cfg["teacher"]["model"].get("family"), "preset": cfg["preset"], "split": split,
-               "seeds": int(cfg["seeds"]), "student": cfg["student"], "train": cfg["train"],
-               "teacher": teacher_record, "runs": runs, "summary": summarise(runs, methods)}
+    results = {
+        "name": cfg["name"],
+        "task": getattr(dm, "task", None),
+        "task_description": cfg.get("description", ""),
+        "model": cfg["teacher"]["model"].get("family"),
+        "preset": cfg["preset"],
+        "split": split,
+        "seeds": int(cfg["seeds"]),
+        "student": cfg["student"],
+        "train": cfg["train"],
+        "teacher": teacher_record,
+        "runs": runs,
+        "summary": summarise(runs, methods),
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
     return results
@@ -146,8 +198,14 @@ def run_comparison(cfg: dict[str, Any], out: str | Path, logger_kind: str = "wan
 
 def evaluate(module: L.LightningModule, dm: L.LightningDataModule, split: str) -> dict[str, float]:
     """Generation metrics of ``module`` on the ``test`` or ``val`` split (a fresh, quiet Trainer)."""
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="auto", devices=1)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="auto",
+        devices=1,
+    )
     run = trainer.test if split == "test" else trainer.validate
     res = run(module, datamodule=dm, verbose=False)[0]
     return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
@@ -179,10 +237,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the YAML's)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the YAML's methods")
     parser.add_argument("--logger", default="wandb", choices=("wandb", "csv", "none"))
-    parser.add_argument("--teacher-only", action="store_true",
-                        help="only fine-tune (or find) the teacher, print its metrics and cache path")
-    parser.add_argument("--split", default="test", choices=("test", "val"),
-                        help="evaluate on test (reporting) or val (tuning: never tune on test)")
+    parser.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="only fine-tune (or find) the teacher, print its metrics and cache path",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val"),
+        help="evaluate on test (reporting) or val (tuning: never tune on test)",
+    )
     ns = parser.parse_args(argv)
     quiet_libraries()
     torch.set_float32_matmul_precision("high")

@@ -15,7 +15,14 @@ from amad.data.shapes import ShapesCaptionDataModule, ShapesTranslationDataModul
 from amad.data.vqav2 import VQAv2DataModule
 
 __all__ = [
-    "COCOKarpathyDataModule", "EasyVQADataModule", "Example", "Multi30KDataModule",
-    "ShapesCaptionDataModule", "ShapesTranslationDataModule", "VQAv2DataModule",
-    "VisionTextCollator", "VisionTextDataModule", "VisionTextDataset",
+    "COCOKarpathyDataModule",
+    "EasyVQADataModule",
+    "Example",
+    "Multi30KDataModule",
+    "ShapesCaptionDataModule",
+    "ShapesTranslationDataModule",
+    "VQAv2DataModule",
+    "VisionTextCollator",
+    "VisionTextDataModule",
+    "VisionTextDataset",
 ]

@@ -102,8 +102,10 @@ def check_image_files(paths: Iterable[str | Path], *, skip_corrupt: bool, help_t
     for p in dict.fromkeys(str(p) for p in paths):
         if not Path(p).is_file():
             if not skip_corrupt:
-                raise FileNotFoundError(f"image file {p} does not exist (or pass skip_corrupt=True to skip "
-                                        f"such examples)" + (f"\n{help_text}" if help_text else ""))
+                raise FileNotFoundError(
+                    f"image file {p} does not exist (or pass skip_corrupt=True to skip "
+                    f"such examples)" + (f"\n{help_text}" if help_text else "")
+                )
             bad.add(p)
             continue
         if skip_corrupt:
@@ -112,7 +114,7 @@ def check_image_files(paths: Iterable[str | Path], *, skip_corrupt: bool, help_t
                     im.verify()
                 with Image.open(p) as im:
                     im.load()
-            except Exception:  # noqa: BLE001 - any decode failure means "corrupt"
+            except Exception:
                 bad.add(p)
     return bad
 
@@ -139,8 +141,9 @@ class VisionTextDataset(Dataset):
         transform: optional (image, example) → (image, example), e.g. answer-preserving augmentation.
     """
 
-    def __init__(self, examples: Sequence[Example], images: Callable[[Any], torch.Tensor],
-                 transform: Transform | None = None) -> None:
+    def __init__(
+        self, examples: Sequence[Example], images: Callable[[Any], torch.Tensor], transform: Transform | None = None
+    ) -> None:
         self.examples = list(examples)
         self.images = images
         self.transform = transform
@@ -153,8 +156,7 @@ class VisionTextDataset(Dataset):
         img = self.images(ex.image)
         if self.transform is not None:
             img, ex = self.transform(img, ex)
-        return {"image": img, "id": ex.id, "source": ex.source, "target": ex.target,
-                "references": list(ex.references)}
+        return {"image": img, "id": ex.id, "source": ex.source, "target": ex.target, "references": list(ex.references)}
 
 
 def select(items: Sequence[Any], *, fraction: float = 1.0, subset: int | None = None, seed: int = 0) -> list[Any]:
@@ -262,8 +264,12 @@ class VisionTextDataModule(L.LightningDataModule):
     @property
     def metadata(self) -> dict[str, Any]:
         """A short data card: name, task, whether synthetic, sizes of the splits built so far."""
-        return {"name": type(self).__name__, "task": self.task, "synthetic": self.synthetic,
-                "sizes": {k: len(v) for k, v in self.datasets.items()}}
+        return {
+            "name": type(self).__name__,
+            "task": self.task,
+            "synthetic": self.synthetic,
+            "sizes": {k: len(v) for k, v in self.datasets.items()},
+        }
 
     # ---- splits ----------------------------------------------------------------------------
     def _build_examples(self, split: str) -> list[Example]:
@@ -290,24 +296,35 @@ class VisionTextDataModule(L.LightningDataModule):
 
     def collator(self) -> VisionTextCollator:
         """The collate function of this DataModule's batches."""
-        return VisionTextCollator(self.tokenizer, image_size=self.image_size, normalize=self.normalize,
-                                  text_prefix=self.text_prefix, max_source_len=self.max_source_len,
-                                  max_target_len=self.max_target_len)
+        return VisionTextCollator(
+            self.tokenizer,
+            image_size=self.image_size,
+            normalize=self.normalize,
+            text_prefix=self.text_prefix,
+            max_source_len=self.max_source_len,
+            max_target_len=self.max_target_len,
+        )
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        kwargs = dict(num_workers=self.num_workers, collate_fn=self.collator(),
-                      persistent_workers=self.num_workers > 0, drop_last=False)
+        kwargs = dict(
+            num_workers=self.num_workers,
+            collate_fn=self.collator(),
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
         if train and self._resumable():
             # exact mid-epoch resume (amad/data/resumable.py); DDP needs Lightning's distributed sampler
             # the order depends on the data seed and the run's seed_everything seed (so that seeds of
             # a comparison differ in order as well as in initialisation)
             run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-            return ResumableDataLoader(self.datasets[split], self.batch_size, shuffle=True,
-                                       seed=self.seed * 1_000_003 + run_seed, **kwargs)
-        return DataLoader(self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, **kwargs)
+            return ResumableDataLoader(
+                self.datasets[split], self.batch_size, shuffle=True, seed=self.seed * 1_000_003 + run_seed, **kwargs
+            )
+        return DataLoader(
+            self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, **kwargs
+        )
 
     def _resumable(self) -> bool:
         trainer = getattr(self, "trainer", None)
@@ -346,8 +363,9 @@ class FileImagesDataModule(VisionTextDataModule):
     def _make_dataset(self, split: str, examples: list[Example]) -> VisionTextDataset:
         if not Path(self.image_root).is_dir():
             raise FileNotFoundError(f"image folder {self.image_root} not found\n{self.layout_help}")
-        bad = check_image_files((ex.image for ex in examples), skip_corrupt=self.skip_corrupt,
-                                help_text=self.layout_help)
+        bad = check_image_files(
+            (ex.image for ex in examples), skip_corrupt=self.skip_corrupt, help_text=self.layout_help
+        )
         self.skipped[split] = len(bad)
         warn_skipped(f"{type(self).__name__} {split}", bad)
         kept = [ex for ex in examples if str(ex.image) not in bad]
@@ -360,5 +378,8 @@ def warn_skipped(name: str, skipped: set[str]) -> None:
     """One warning naming how many (and the first few) unusable images were skipped."""
     if skipped:
         first = ", ".join(sorted(skipped)[:3])
-        warnings.warn(f"{name}: skipped {len(skipped)} missing/corrupt image(s) (skip_corrupt=True): {first}"
-                      + (" ..." if len(skipped) > 3 else ""), stacklevel=2)
+        warnings.warn(
+            f"{name}: skipped {len(skipped)} missing/corrupt image(s) (skip_corrupt=True): {first}"
+            + (" ..." if len(skipped) > 3 else ""),
+            stacklevel=2,
+        )

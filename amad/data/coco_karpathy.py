@@ -56,10 +56,20 @@ class COCOKarpathyDataModule(FileImagesDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            image_size=image_size, normalize=normalize, text_prefix=text_prefix,
-            max_source_len=max_source_len, max_target_len=max_target_len, tokenizer_path=tokenizer_path,
-            augment=False, fraction=fraction, subset=subset, eval_subset=eval_subset, seed=seed,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            normalize=normalize,
+            text_prefix=text_prefix,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            tokenizer_path=tokenizer_path,
+            augment=False,
+            fraction=fraction,
+            subset=subset,
+            eval_subset=eval_subset,
+            seed=seed,
             skip_corrupt=skip_corrupt,
         )
         self.dataset_json, self.image_root = Path(dataset_json), Path(image_root)
@@ -79,8 +89,11 @@ class COCOKarpathyDataModule(FileImagesDataModule):
     def _build_examples(self, split: str) -> list[Example]:
         recs = self._records(split)
         if split == "train":
-            return [Example(f"{r['image_id']}:{k}", self._path(r), "", c, tuple(r["captions"]))
-                    for r in recs for k, c in enumerate(r["captions"])]
+            return [
+                Example(f"{r['image_id']}:{k}", self._path(r), "", c, tuple(r["captions"]))
+                for r in recs
+                for k, c in enumerate(r["captions"])
+            ]
         return [Example(r["image_id"], self._path(r), "", r["captions"][0], tuple(r["captions"])) for r in recs]
 
     def make_metric(self):

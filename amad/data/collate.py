@@ -48,8 +48,9 @@ def prepare_images(
     x = images.float().div_(255.0)
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
         shrink = image_size < max(x.shape[-2:])
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                          antialias=shrink).clamp_(0.0, 1.0)
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=shrink
+        ).clamp_(0.0, 1.0)
     m = torch.tensor(_as_triple(mean), dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(_as_triple(std), dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
@@ -105,7 +106,7 @@ class VisionTextCollator:
     def target_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of targets: ``text [EOS]``, cut to ``max_target_len``."""
         enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-        return [ids[: self.max_target_len - 1] + [self.eos] for ids in enc]
+        return [[*ids[: self.max_target_len - 1], self.eos] for ids in enc]
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         if not items:
@@ -117,7 +118,7 @@ class VisionTextCollator:
         input_ids = torch.full((b, s), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((b, s), dtype=torch.long)
         labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
-        for i, (a, y) in enumerate(zip(src, tgt)):
+        for i, (a, y) in enumerate(zip(src, tgt, strict=False)):
             input_ids[i, : len(a)] = torch.tensor(a, dtype=torch.long)
             attention_mask[i, : len(a)] = 1
             labels[i, : len(y)] = torch.tensor(y, dtype=torch.long)

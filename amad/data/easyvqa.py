@@ -95,10 +95,20 @@ class EasyVQADataModule(VisionTextDataModule):
         split_seed: int = 0,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            image_size=image_size, normalize=normalize, text_prefix=text_prefix,
-            max_source_len=max_source_len, max_target_len=max_target_len, tokenizer_path=tokenizer_path,
-            augment=augment, fraction=fraction, subset=subset, eval_subset=eval_subset, seed=seed,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            normalize=normalize,
+            text_prefix=text_prefix,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            tokenizer_path=tokenizer_path,
+            augment=augment,
+            fraction=fraction,
+            subset=subset,
+            eval_subset=eval_subset,
+            seed=seed,
         )
         self.val_fraction = val_fraction
         self.split_seed = split_seed
@@ -114,8 +124,7 @@ class EasyVQADataModule(VisionTextDataModule):
     def _build_examples(self, split: str) -> list[Example]:
         questions = src.load_questions("test" if split == "test" else "train")
         if split != "test":
-            train_ids, val_ids = split_train_images(len(src.load_images("train")), self.val_fraction,
-                                                    self.split_seed)
+            train_ids, val_ids = split_train_images(len(src.load_images("train")), self.val_fraction, self.split_seed)
             keep = set(train_ids if split == "train" else val_ids)
             questions = tuple(q for q in questions if q.image_id in keep)
         return [Example(q.index, q.image_id, q.question, q.answer, (q.answer,)) for q in questions]
@@ -133,6 +142,8 @@ class EasyVQADataModule(VisionTextDataModule):
     @property
     def metadata(self) -> dict:
         meta = super().metadata
-        meta.update(source="easy-vqa (PyPI wheel), synthetic: one coloured shape per 64x64 image",
-                    answers=list(src.load_answers()))
+        meta.update(
+            source="easy-vqa (PyPI wheel), synthetic: one coloured shape per 64x64 image",
+            answers=list(src.load_answers()),
+        )
         return meta

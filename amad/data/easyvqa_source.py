@@ -32,8 +32,7 @@ def package_root() -> Path:
         import easy_vqa
     except ModuleNotFoundError as err:  # pragma: no cover - it is a dependency
         raise ModuleNotFoundError(
-            "the embedded tasks need the `easy-vqa` package (it ships the images and questions): "
-            "pip install easy-vqa"
+            "the embedded tasks need the `easy-vqa` package (it ships the images and questions): pip install easy-vqa"
         ) from err
     return Path(easy_vqa.__file__).resolve().parent / "data"
 
@@ -53,7 +52,7 @@ def _check_split(split: str) -> None:
         raise ValueError(f"easy-vqa split must be one of {SPLITS}, got {split!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_questions(split: str) -> tuple[EasyVQAQuestion, ...]:
     """All questions of ``split`` ("train" or "test"), in file order."""
     _check_split(split)
@@ -63,7 +62,7 @@ def load_questions(split: str) -> tuple[EasyVQAQuestion, ...]:
     return tuple(EasyVQAQuestion(i, q, a, int(img)) for i, (q, a, img) in enumerate(rows))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_images(split: str) -> torch.Tensor:
     """All images of ``split`` as one uint8 tensor (N, 3, 64, 64); row ``i`` is ``images/i.png``.
 

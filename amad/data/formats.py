@@ -21,8 +21,8 @@ VQAV2_HELP = (
     "Get them from https://visualqa.org/download.html and https://cocodataset.org/#download."
 )
 KARPATHY_HELP = (
-    "Karpathy caption splits: dataset_coco.json (or dataset_flickr30k.json) = {\"images\": [{\"filepath\", "
-    "\"filename\", \"split\": train|restval|val|test, \"cocoid\" or \"imgid\", \"sentences\": [{\"raw\"}]}]}, "
+    'Karpathy caption splits: dataset_coco.json (or dataset_flickr30k.json) = {"images": [{"filepath", '
+    '"filename", "split": train|restval|val|test, "cocoid" or "imgid", "sentences": [{"raw"}]}]}, '
     "from the Karpathy 'caption_datasets.zip' (https://cs.stanford.edu/people/karpathy/deepimagesent/); "
     "images in <image_root>/<filepath>/<filename> (COCO train2014/ and val2014/)."
 )
@@ -62,8 +62,7 @@ def most_common_answer(answers: Sequence[str]) -> str:
 def vqav2_paths(root: str | Path, subset: str) -> tuple[Path, Path]:
     """(questions json, annotations json) of a VQA v2 subset under ``root`` (official file names)."""
     root = Path(root)
-    return (root / f"v2_OpenEnded_mscoco_{subset}_questions.json",
-            root / f"v2_mscoco_{subset}_annotations.json")
+    return (root / f"v2_OpenEnded_mscoco_{subset}_questions.json", root / f"v2_mscoco_{subset}_annotations.json")
 
 
 def coco_image_path(image_root: str | Path, subset: str, image_id: int) -> Path:
@@ -101,8 +100,15 @@ def load_vqav2(questions_json: str | Path, annotations_json: str | Path | None =
         qid = int(q["question_id"])
         if annotations_json is not None and qid not in answers:
             raise DataFormatError(f"{annotations_json}: no annotation for question {qid} of {qpath}")
-        records.append({"question_id": qid, "image_id": int(q["image_id"]), "question": str(q["question"]),
-                        "answers": answers.get(qid, []), "subset": subset})
+        records.append(
+            {
+                "question_id": qid,
+                "image_id": int(q["image_id"]),
+                "question": str(q["question"]),
+                "answers": answers.get(qid, []),
+                "subset": subset,
+            }
+        )
     if not records:
         raise DataFormatError(f"{qpath}: no questions")
     return records
@@ -146,9 +152,14 @@ def load_karpathy(dataset_json: str | Path, split: str | Sequence[str]) -> list[
         caps = [str(s["raw"]).strip() for s in img.get("sentences", [])]
         if not caps:
             raise DataFormatError(f"{path}: image {img.get('filename')} has no sentences")
-        records.append({"image_id": int(img["cocoid"] if "cocoid" in img else img["imgid"]),
-                        "filepath": str(img.get("filepath", "")), "filename": str(img["filename"]),
-                        "captions": caps})
+        records.append(
+            {
+                "image_id": int(img["cocoid"] if "cocoid" in img else img["imgid"]),
+                "filepath": str(img.get("filepath", "")),
+                "filename": str(img["filename"]),
+                "captions": caps,
+            }
+        )
     if not records:
         present = sorted(Counter(i.get("split") for i in data["images"]).items(), key=str)
         raise DataFormatError(f"{path}: split {sorted(wanted)} is empty (splits present: {present})")
@@ -187,13 +198,17 @@ def load_multi30k(root: str | Path, split: str, src_lang: str = "en", tgt_lang: 
     img_path = _require(root / "image_splits" / f"{split}.txt", "Multi30K image list", MULTI30K_HELP)
     images = img_path.read_text(encoding="utf-8").splitlines()
     if len(src) != len(tgt):
-        raise DataFormatError(f"Multi30K line counts differ: {src_path} has {len(src)} lines, "
-                              f"{tgt_path} has {len(tgt)}")
+        raise DataFormatError(
+            f"Multi30K line counts differ: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}"
+        )
     if len(images) != len(src):
-        raise DataFormatError(f"Multi30K line counts differ: {img_path} has {len(images)} lines, "
-                              f"{src_path} has {len(src)}")
+        raise DataFormatError(
+            f"Multi30K line counts differ: {img_path} has {len(images)} lines, {src_path} has {len(src)}"
+        )
     if not src:
         raise DataFormatError(f"Multi30K split {split!r} is empty: {src_path}")
     # test_2017_mscoco lists "<file>#<caption index>": keep the file name.
-    return [{"index": i, "image": im.strip().split("#")[0], "source": s.strip(), "target": t.strip()}
-            for i, (im, s, t) in enumerate(zip(images, src, tgt))]
+    return [
+        {"index": i, "image": im.strip().split("#")[0], "source": s.strip(), "target": t.strip()}
+        for i, (im, s, t) in enumerate(zip(images, src, tgt, strict=False))
+    ]

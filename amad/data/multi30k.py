@@ -58,10 +58,20 @@ class Multi30KDataModule(FileImagesDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            image_size=image_size, normalize=normalize, text_prefix=text_prefix,
-            max_source_len=max_source_len, max_target_len=max_target_len, tokenizer_path=tokenizer_path,
-            augment=False, fraction=fraction, subset=subset, eval_subset=eval_subset, seed=seed,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            normalize=normalize,
+            text_prefix=text_prefix,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            tokenizer_path=tokenizer_path,
+            augment=False,
+            fraction=fraction,
+            subset=subset,
+            eval_subset=eval_subset,
+            seed=seed,
             skip_corrupt=skip_corrupt,
         )
         self.root, self.image_root = Path(root), Path(image_root)
@@ -79,8 +89,10 @@ class Multi30KDataModule(FileImagesDataModule):
             yield r["target"]
 
     def _build_examples(self, split: str) -> list[Example]:
-        return [Example(r["index"], str(self.image_root / r["image"]), r["source"], r["target"], (r["target"],))
-                for r in self._records(split)]
+        return [
+            Example(r["index"], str(self.image_root / r["image"]), r["source"], r["target"], (r["target"],))
+            for r in self._records(split)
+        ]
 
     def make_metric(self):
         from amad.metrics import TranslationBLEU

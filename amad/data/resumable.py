@@ -47,15 +47,14 @@ class ResumableDataLoader(DataLoader):
         **kwargs: other ``DataLoader`` arguments (``collate_fn``, ``num_workers``...).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0, **kwargs: Any) -> None:
         self._amad_sampler = _EpochSampler(len(dataset), shuffle, seed)
         # A fixed generator for the base seed too: DataLoader would otherwise draw it from the
         # global RNG at every iter().
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
         super().__init__(dataset, batch_size=batch_size, sampler=self._amad_sampler, **kwargs)
-        self._epoch = -1        # epoch of the current iterator
-        self._consumed = 0      # batches of it handed to the training loop
+        self._epoch = -1  # epoch of the current iterator
+        self._consumed = 0  # batches of it handed to the training loop
         self._resume: dict[str, int] | None = None
 
     def __iter__(self) -> Iterator[Any]:

@@ -35,7 +35,7 @@ from amad.data.shape_attributes import ShapeAttributes, read_all
 from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, render
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def image_attributes(split: str) -> tuple[ShapeAttributes, ...]:
     """Attributes of every image of the easy-vqa ``split`` ("train" | "test"), index = image id."""
     return read_all(src.load_images(split))
@@ -90,8 +90,9 @@ class _ShapesDataModule(VisionTextDataModule):
     @property
     def metadata(self) -> dict:
         meta = super().metadata
-        meta.update(source="derived from the easy-vqa images (synthetic): attributes read from pixels, "
-                           "sentences from templates")
+        meta.update(
+            source="derived from the easy-vqa images (synthetic): attributes read from pixels, sentences from templates"
+        )
         return meta
 
 
@@ -134,11 +135,22 @@ class ShapesCaptionDataModule(_ShapesDataModule):
         captions_per_image: int = 5,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            image_size=image_size, normalize=normalize, text_prefix=text_prefix,
-            max_source_len=max_source_len, max_target_len=max_target_len, tokenizer_path=tokenizer_path,
-            augment=augment, fraction=fraction, subset=subset, eval_subset=eval_subset, seed=seed,
-            val_fraction=val_fraction, split_seed=split_seed,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            normalize=normalize,
+            text_prefix=text_prefix,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            tokenizer_path=tokenizer_path,
+            augment=augment,
+            fraction=fraction,
+            subset=subset,
+            eval_subset=eval_subset,
+            seed=seed,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
         )
         if not 1 <= captions_per_image <= len(CAPTION_TEMPLATES):
             raise ValueError(f"captions_per_image must be in 1..{len(CAPTION_TEMPLATES)}")
@@ -152,8 +164,11 @@ class ShapesCaptionDataModule(_ShapesDataModule):
     def _build_examples(self, split: str) -> list[Example]:
         ids, attrs = self._split_images(split)
         if split == "train":
-            return [_caption_example(i, attrs[i], t, i * 10 + t)
-                    for i in ids for t in CAPTION_TEMPLATES[: self.captions_per_image]]
+            return [
+                _caption_example(i, attrs[i], t, i * 10 + t)
+                for i in ids
+                for t in CAPTION_TEMPLATES[: self.captions_per_image]
+            ]
         return [_caption_example(i, attrs[i], CAPTION_TEMPLATES[0], i) for i in ids]
 
     def make_metric(self):
@@ -199,11 +214,22 @@ class ShapesTranslationDataModule(_ShapesDataModule):
         pairs_per_image: int = len(TEMPLATES),
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            image_size=image_size, normalize=normalize, text_prefix=text_prefix,
-            max_source_len=max_source_len, max_target_len=max_target_len, tokenizer_path=tokenizer_path,
-            augment=augment, fraction=fraction, subset=subset, eval_subset=eval_subset, seed=seed,
-            val_fraction=val_fraction, split_seed=split_seed,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            normalize=normalize,
+            text_prefix=text_prefix,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            tokenizer_path=tokenizer_path,
+            augment=augment,
+            fraction=fraction,
+            subset=subset,
+            eval_subset=eval_subset,
+            seed=seed,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
         )
         if not 1 <= pairs_per_image <= len(TEMPLATES):
             raise ValueError(f"pairs_per_image must be in 1..{len(TEMPLATES)}")

@@ -26,22 +26,47 @@ from amad.data.shape_attributes import COLS, PALETTE, ROWS, SHAPES, SIZES, Shape
 SIZE_EN = {"small": "small", "medium": "medium-sized", "large": "large"}
 SIZE_DE = {"small": "klein", "medium": "mittelgroß", "large": "groß"}
 COLOUR_EN = {c: c for c in PALETTE}
-COLOUR_DE = {"red": "rot", "green": "grün", "blue": "blau", "black": "schwarz", "gray": "grau",
-             "teal": "blaugrün", "brown": "braun", "yellow": "gelb"}
+COLOUR_DE = {
+    "red": "rot",
+    "green": "grün",
+    "blue": "blau",
+    "black": "schwarz",
+    "gray": "grau",
+    "teal": "blaugrün",
+    "brown": "braun",
+    "yellow": "gelb",
+}
 #: German noun and grammatical gender ("m", "n", "f") of each English noun.
-NOUN_DE = {"circle": ("Kreis", "m"), "rectangle": ("Rechteck", "n"), "triangle": ("Dreieck", "n"),
-           "shape": ("Form", "f"), "background": ("Hintergrund", "m")}
+NOUN_DE = {
+    "circle": ("Kreis", "m"),
+    "rectangle": ("Rechteck", "n"),
+    "triangle": ("Dreieck", "n"),
+    "shape": ("Form", "f"),
+    "background": ("Hintergrund", "m"),
+}
 
 #: Position phrase of each (row, col) grid cell.
 POSITION_EN = {
-    (0, 0): "in the top left corner", (0, 1): "at the top", (0, 2): "in the top right corner",
-    (1, 0): "on the left", (1, 1): "in the center", (1, 2): "on the right",
-    (2, 0): "in the bottom left corner", (2, 1): "at the bottom", (2, 2): "in the bottom right corner",
+    (0, 0): "in the top left corner",
+    (0, 1): "at the top",
+    (0, 2): "in the top right corner",
+    (1, 0): "on the left",
+    (1, 1): "in the center",
+    (1, 2): "on the right",
+    (2, 0): "in the bottom left corner",
+    (2, 1): "at the bottom",
+    (2, 2): "in the bottom right corner",
 }
 POSITION_DE = {
-    (0, 0): "oben links", (0, 1): "oben", (0, 2): "oben rechts",
-    (1, 0): "links", (1, 1): "in der Mitte", (1, 2): "rechts",
-    (2, 0): "unten links", (2, 1): "unten", (2, 2): "unten rechts",
+    (0, 0): "oben links",
+    (0, 1): "oben",
+    (0, 2): "oben rechts",
+    (1, 0): "links",
+    (1, 1): "in der Mitte",
+    (1, 2): "rechts",
+    (2, 0): "unten links",
+    (2, 1): "unten",
+    (2, 2): "unten rechts",
 }
 
 _ARTICLES = {  # (kind, case) -> gender -> article

@@ -17,8 +17,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from amad.data.base import Example, FileImagesDataModule
-from amad.data.formats import (VQAV2_HELP, coco_image_path, load_question_ids, load_vqav2, most_common_answer,
-                               vqav2_paths)
+from amad.data.formats import (
+    VQAV2_HELP,
+    coco_image_path,
+    load_question_ids,
+    load_vqav2,
+    most_common_answer,
+    vqav2_paths,
+)
 
 
 class VQAv2DataModule(FileImagesDataModule):
@@ -68,10 +74,20 @@ class VQAv2DataModule(FileImagesDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-            image_size=image_size, normalize=normalize, text_prefix=text_prefix,
-            max_source_len=max_source_len, max_target_len=max_target_len, tokenizer_path=tokenizer_path,
-            augment=False, fraction=fraction, subset=subset, eval_subset=eval_subset, seed=seed,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            normalize=normalize,
+            text_prefix=text_prefix,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            tokenizer_path=tokenizer_path,
+            augment=False,
+            fraction=fraction,
+            subset=subset,
+            eval_subset=eval_subset,
+            seed=seed,
             skip_corrupt=skip_corrupt,
         )
         self.root, self.image_root = Path(root), Path(image_root)
@@ -105,10 +121,19 @@ class VQAv2DataModule(FileImagesDataModule):
         out = []
         for r in self._split_records(split):
             if not r["answers"]:
-                raise ValueError(f"VQA v2 question {r['question_id']} ({r['subset']}) has no answers: "
-                                 "the test2015 subset cannot be used for training or evaluation here")
-            out.append(Example(r["question_id"], str(coco_image_path(self.image_root, r["subset"], r["image_id"])),
-                               r["question"], most_common_answer(r["answers"]), tuple(r["answers"])))
+                raise ValueError(
+                    f"VQA v2 question {r['question_id']} ({r['subset']}) has no answers: "
+                    "the test2015 subset cannot be used for training or evaluation here"
+                )
+            out.append(
+                Example(
+                    r["question_id"],
+                    str(coco_image_path(self.image_root, r["subset"], r["image_id"])),
+                    r["question"],
+                    most_common_answer(r["answers"]),
+                    tuple(r["answers"]),
+                )
+            )
         return out
 
     def make_metric(self):

@@ -26,8 +26,11 @@ def _collect_rng_states() -> dict[str, Any]:
     import numpy as np
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -44,6 +47,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
 
 #: Task name -> (metric names logged as ``<stage>/<name>``, the one used for checkpoints / comparison).
 TASK_METRICS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -138,8 +142,10 @@ class TaskModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         preds = self.trainable.generate(batch, max_new_tokens=self.max_new_tokens)
-        return [{"id": i, "source": s, "prediction": p}
-                for i, s, p in zip(batch["ids"], batch["source_text"], preds, strict=True)]
+        return [
+            {"id": i, "source": s, "prediction": p}
+            for i, s, p in zip(batch["ids"], batch["source_text"], preds, strict=True)
+        ]
 
     def _eval_step(self, batch: dict[str, Any], stage: str, metric: nn.Module) -> None:
         out = self.trainable(batch, sites=())
@@ -171,8 +177,10 @@ class TaskModule(L.LightningModule):
                 scale = next((v for k, v in self.lr_scale.items() if name.startswith(k)), 1.0)
                 decays = not (p.ndim < 2 or "norm" in name.lower())
                 buckets.setdefault((scale, decays), []).append(p)
-        groups = [{"params": ps, "lr": self.lr * scale, "weight_decay": self.weight_decay if decays else 0.0}
-                  for (scale, decays), ps in buckets.items()]
+        groups = [
+            {"params": ps, "lr": self.lr * scale, "weight_decay": self.weight_decay if decays else 0.0}
+            for (scale, decays), ps in buckets.items()
+        ]
         extra = [p for p in self.extra_trainable_parameters() if p.requires_grad]
         if extra:
             groups.append({"params": extra, "weight_decay": 0.0})
@@ -197,7 +205,7 @@ def lr_schedule(total_steps: int, warmup_ratio: float, schedule: str):
     """Multiplier of the peak lr at step ``s``: linear warm-up, then linear/cosine decay or constant."""
     if schedule not in ("linear", "cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; expected linear, cosine or constant")
-    warmup = int(round(warmup_ratio * total_steps))
+    warmup = round(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:

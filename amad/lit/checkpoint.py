@@ -72,7 +72,7 @@ def adapter_from_checkpoint(path: str | Path) -> nn.Module:
     tokenizer = tokenizer_from_json(ckpt[TOKENIZER_KEY]) if TOKENIZER_KEY in ckpt else None
     model = build_model(**ckpt[MODEL_CONFIG_KEY], tokenizer=tokenizer)
     prefix = ckpt[MODEL_PREFIX_KEY]
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

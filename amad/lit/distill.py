@@ -87,12 +87,15 @@ class DistillationModule(TaskModule):
         self.student = self._resolve_student(student)
         self.alpha, self.beta, self.gamma, self.kd_temperature = alpha, beta, gamma, kd_temperature
         self.skip_nonfinite = skip_nonfinite
-        self.attn = AttentionDistiller(self.teacher.model, self.student, attn_method,
-                                       attn_options or {}, sites, layer_map)
+        self.attn = AttentionDistiller(
+            self.teacher.model, self.student, attn_method, attn_options or {}, sites, layer_map
+        )
         teacher_vocab = len(self.teacher.model.tokenizer) if self.teacher.model.tokenizer is not None else None
         if vocab_size is not None and teacher_vocab is not None and vocab_size != teacher_vocab:
-            raise ValueError(f"the teacher's vocabulary has {teacher_vocab} tokens but the data's has "
-                             f"{vocab_size}: the teacher was trained on other data or another tokenizer")
+            raise ValueError(
+                f"the teacher's vocabulary has {teacher_vocab} tokens but the data's has "
+                f"{vocab_size}: the teacher was trained on other data or another tokenizer"
+            )
         self.register_buffer("skipped_batches", torch.zeros((), dtype=torch.long), persistent=True)
 
     def _resolve_student(self, spec: dict[str, Any] | str | nn.Module | None) -> nn.Module:
@@ -103,7 +106,7 @@ class DistillationModule(TaskModule):
         return derive_student(self.teacher.model, **(spec or {}))
 
     # -- the frozen teacher stays frozen ---------------------------------------------------------
-    def train(self, mode: bool = True) -> "DistillationModule":
+    def train(self, mode: bool = True) -> DistillationModule:
         """Put the student (and criteria) in ``mode``; the teacher stays in eval (FrozenTeacher)."""
         super().train(mode)
         self.teacher.train(False)
@@ -119,9 +122,11 @@ class DistillationModule(TaskModule):
         dm = getattr(self.trainer, "datamodule", None)
         data_tok, teacher_tok = getattr(dm, "tokenizer", None), self.teacher.model.tokenizer
         if data_tok is not None and teacher_tok is not None and data_tok.get_vocab() != teacher_tok.get_vocab():
-            raise ValueError("the teacher's tokenizer differs from the DataModule's (different vocabulary or "
-                             "ids): distil with the data the teacher was trained on, or pass the teacher's "
-                             "tokenizer to the DataModule (tokenizer_path)")
+            raise ValueError(
+                "the teacher's tokenizer differs from the DataModule's (different vocabulary or "
+                "ids): distil with the data the teacher was trained on, or pass the teacher's "
+                "tokenizer to the DataModule (tokenizer_path)"
+            )
 
     def extra_trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.attn.parameters())
@@ -148,11 +153,11 @@ class DistillationModule(TaskModule):
         if use_kd or use_attn:
             # only the teacher layers the layer map uses are captured (a deeper teacher's other maps
             # are freed as its forward goes on)
-            t_out = self.teacher(batch, sites=map_sites, qkv_sites=qkv_sites,
-                                 layers=self.attn.teacher_layers() if use_attn else None)
+            t_out = self.teacher(
+                batch, sites=map_sites, qkv_sites=qkv_sites, layers=self.attn.teacher_layers() if use_attn else None
+            )
             if use_kd:
-                terms["loss_kd"] = output_kd_loss(s_out.logits, t_out.logits, s_out.target_mask,
-                                                  self.kd_temperature)
+                terms["loss_kd"] = output_kd_loss(s_out.logits, t_out.logits, s_out.target_mask, self.kd_temperature)
                 loss = loss + self.beta * terms["loss_kd"]
             if use_attn:
                 attn, per_site = self.attn(t_out, s_out)
@@ -227,16 +232,23 @@ class AttentionDistiller(nn.Module):
         layer_map: see :class:`DistillationModule`.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, method: str,
-                 options: dict[str, Any], sites: list[str] | None,
-                 layer_map: str | list[int] | dict[str, str | list[int]]) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        method: str,
+        options: dict[str, Any],
+        sites: list[str] | None,
+        layer_map: str | list[int] | dict[str, str | list[int]],
+    ) -> None:
         super().__init__()
         from amad.losses import ATTENTION_METHODS, build_attention_criterion, criterion_input_kind
         from amad.models import resolve_layer_map
 
         if method != "none" and method not in ATTENTION_METHODS:
-            raise ValueError(f"unknown attention method {method!r}; expected 'none' or one of "
-                             f"{sorted(ATTENTION_METHODS)}")
+            raise ValueError(
+                f"unknown attention method {method!r}; expected 'none' or one of {sorted(ATTENTION_METHODS)}"
+            )
         self.method = method
         self.enabled = method != "none"
         self.criteria = nn.ModuleDict()
@@ -251,11 +263,11 @@ class AttentionDistiller(nn.Module):
             sites = [s for s in all_sites if self.input_kind == "maps" or s.endswith(".self")]
         for site in sites:
             if site not in all_sites or site not in tuple(student.sites):
-                raise ValueError(f"unknown site {site!r} for family {teacher.family!r}; "
-                                 f"valid sites: {list(all_sites)}")
+                raise ValueError(f"unknown site {site!r} for family {teacher.family!r}; valid sites: {list(all_sites)}")
             if self.input_kind == "qkv" and not site.endswith(".self"):
-                raise ValueError(f"{method} distils self-attention relations; site {site!r} is not "
-                                 "a self-attention site")
+                raise ValueError(
+                    f"{method} distils self-attention relations; site {site!r} is not a self-attention site"
+                )
             spec = layer_map.get(site, "uniform") if isinstance(layer_map, dict) else layer_map
             lt, ls = teacher.num_layers(site), student.num_layers(site)
             try:
@@ -264,8 +276,12 @@ class AttentionDistiller(nn.Module):
                 raise ValueError(f"layer map for site {site!r}: {err}") from err
             for l_s in range(ls):
                 self.criteria[self.key(site, l_s)] = build_attention_criterion(
-                    method, teacher_heads=teacher.num_heads(site),
-                    student_heads=student.num_heads(site), num_layers=1, **options)
+                    method,
+                    teacher_heads=teacher.num_heads(site),
+                    student_heads=student.num_heads(site),
+                    num_layers=1,
+                    **options,
+                )
         self._stack_ok = self.input_kind == "maps" and all(type(c).stackable for c in self.criteria.values())
 
     #: The layer pairs of a site are stacked along the batch into one criterion call only while a
@@ -295,8 +311,11 @@ class AttentionDistiller(nn.Module):
             qm = None if unpadded else s_out.query_masks[site]
             # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
             # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
-            return (t_out.attentions[site], s_out.attentions[site],
-                    {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None})
+            return (
+                t_out.attentions[site],
+                s_out.attentions[site],
+                {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None},
+            )
         return t_out.qkv[site], s_out.qkv[site], {"key_mask": None if unpadded else s_out.key_masks[site]}
 
     def _pairs(self, t_out: Any, s_out: Any):
@@ -332,11 +351,14 @@ class AttentionDistiller(nn.Module):
             if self._stackable(t_maps, s_maps):
                 # pairs stacked along the batch: (L*B, H, Q, K); masks repeated to match
                 rep = {k: None if v is None else v.repeat(len(lmap), 1) for k, v in kwargs.items()}
-                means[site], _ = self._call(site, list(range(len(lmap))), list(lmap),
-                                            torch.cat(t_maps), torch.cat(s_maps), rep)
+                means[site], _ = self._call(
+                    site, list(range(len(lmap))), list(lmap), torch.cat(t_maps), torch.cat(s_maps), rep
+                )
             else:
-                losses = [self._call(site, l_s, l_t, t, s, kwargs)[0]
-                          for l_s, (l_t, t, s) in enumerate(zip(lmap, t_maps, s_maps))]
+                losses = [
+                    self._call(site, l_s, l_t, t, s, kwargs)[0]
+                    for l_s, (l_t, t, s) in enumerate(zip(lmap, t_maps, s_maps, strict=False))
+                ]
                 means[site] = torch.stack(losses).mean()
             weighted.append(means[site] * len(lmap))
             n_pairs += len(lmap)

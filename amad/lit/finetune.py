@@ -74,7 +74,7 @@ def resolve_model(spec: dict[str, Any] | str | nn.Module | None, vocab_size: int
         from amad.compare.run import make_datamodule
         from amad.compare.teacher_cache import ensure_teacher
 
-        path, _ = ensure_teacher(load_compare_config(spec[len(COMPARE_PREFIX):]), make_datamodule)
+        path, _ = ensure_teacher(load_compare_config(spec[len(COMPARE_PREFIX) :]), make_datamodule)
         return load_adapter(path)
     if isinstance(spec, str):
         return load_adapter(spec)

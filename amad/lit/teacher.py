@@ -38,7 +38,7 @@ class FrozenTeacher(nn.Module):
         super().train(False)
 
     @classmethod
-    def load(cls, path: str | Path) -> "FrozenTeacher":
+    def load(cls, path: str | Path) -> FrozenTeacher:
         """Load a teacher from a ``save_pretrained`` directory or a Lightning checkpoint.
 
         Args:
@@ -53,11 +53,11 @@ class FrozenTeacher(nn.Module):
         return cls(load_adapter(path))
 
     # -- frozen by construction -------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "FrozenTeacher":  # noqa: ARG002 - the point is to ignore it
+    def train(self, mode: bool = True) -> FrozenTeacher:
         """Ignore ``mode``: the teacher is always in eval mode (its dropout never runs)."""
         return super().train(False)
 
-    def requires_grad_(self, requires_grad: bool = True) -> "FrozenTeacher":  # noqa: ARG002
+    def requires_grad_(self, requires_grad: bool = True) -> FrozenTeacher:
         """Ignore ``requires_grad``: no parameter of the teacher ever needs a gradient."""
         return super().requires_grad_(False)
 

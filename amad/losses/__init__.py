@@ -29,9 +29,9 @@ from amad.losses.resize import resize_teacher_attention
 from amad.losses.shd import shd_groups, shd_loss, shd_merge
 
 __all__ = [
-    "A2DLoss",
     "AMAD_VARIANTS",
     "ATTENTION_METHODS",
+    "A2DLoss",
     "AMADProjectionLoss",
     "AttentionCriterion",
     "aggregate_heads",

@@ -95,9 +95,7 @@ def check_mask(
     if not isinstance(mask, Tensor):
         raise ValueError(f"{name} must be a tensor of shape {want}, got {type(mask).__name__}")
     if tuple(mask.shape) != want:
-        raise ValueError(
-            f"{name} {tuple(mask.shape)} does not match {ref_name} {tuple(ref.shape)}: expected {want}"
-        )
+        raise ValueError(f"{name} {tuple(mask.shape)} does not match {ref_name} {tuple(ref.shape)}: expected {want}")
     if mask.is_floating_point() or mask.is_complex():
         raise ValueError(f"{name} {tuple(mask.shape)} must be bool (True = real), got {mask.dtype}")
     if mask.device != ref.device:

@@ -99,8 +99,17 @@ class AMADKLFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, t: Tensor, s: Tensor, inv_rows: Tensor, temperature: float, detach_weights: bool,
-                eps: float, row_mask: Tensor | None = None, recompute: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        t: Tensor,
+        s: Tensor,
+        inv_rows: Tensor,
+        temperature: float,
+        detach_weights: bool,
+        eps: float,
+        row_mask: Tensor | None = None,
+        recompute: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         dtype = torch.float64 if torch.float64 in (t.dtype, s.dtype) else torch.float32
         tf, sf = _masked(t, row_mask, dtype), _masked(s, row_mask, dtype)
         nt = torch.linalg.vector_norm(tf, dim=-1).clamp_min(NORM_EPS)  # (B, Ht)

@@ -54,8 +54,13 @@ class A2DLoss(nn.Module):
         w, b = self.aligner.weight.to(student.dtype), self.aligner.bias.to(student.dtype)
         return F.conv2d(student, w, b)
 
-    def forward(self, teacher_attn: Tensor, student_attn: Tensor, query_mask: Tensor | None = None,
-                key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        teacher_attn: Tensor,
+        student_attn: Tensor,
+        query_mask: Tensor | None = None,
+        key_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         check_maps(teacher_attn, student_attn)
         Ht, Hs = self.aligner.out_channels, self.aligner.in_channels
         if teacher_attn.shape[1] != Ht or student_attn.shape[1] != Hs:

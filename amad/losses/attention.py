@@ -88,8 +88,7 @@ def amad_loss(
     mask = check_mask(query_mask, teacher_attn, (0, 2))
     with no_autocast(teacher_attn.device.type):
         if variant == "kl":  # the fused path masks and upcasts the raw maps itself
-            per_example, weights = _amad_kl(teacher_attn.detach(), student_attn, mask, temperature,
-                                            detach_weights, eps)
+            per_example, weights = _amad_kl(teacher_attn.detach(), student_attn, mask, temperature, detach_weights, eps)
         else:
             t, s = prepare_maps(teacher_attn, student_attn, mask)
             fn = _amad_token if variant == "token" else _amad_l2
@@ -144,8 +143,16 @@ def _amad_kl(
     B, Ht, Q, K = t.shape
     n_rows = mask.sum(-1) if mask is not None else torch.full((B,), Q, device=t.device)
     inv_rows = 1.0 / n_rows.clamp_min(1).to(compute_dtype(t))
-    return AMADKLFunction.apply(t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K), inv_rows,
-                                temperature, detach, eps, mask, _recompute(t))
+    return AMADKLFunction.apply(
+        t.reshape(B, Ht, Q * K),
+        s.reshape(B, s.shape[1], Q * K),
+        inv_rows,
+        temperature,
+        detach,
+        eps,
+        mask,
+        _recompute(t),
+    )
 
 
 def _recompute(t: Tensor) -> bool:

@@ -59,8 +59,10 @@ def loop_amad(teacher, student, query_mask=None, variant="kl", temperature=1.0, 
             total = total + (loss_b / len(rows) if rows else loss_b)
             continue
         if variant == "proj":
-            S = [torch.relu(projection.weight @ s.reshape(-1) + projection.bias).reshape(Q, K) * keep
-                 for s in S.unbind(0)]
+            S = [
+                torch.relu(projection.weight @ s.reshape(-1) + projection.bias).reshape(Q, K) * keep
+                for s in S.unbind(0)
+            ]
             S = torch.stack([torch.stack([r / r.sum().clamp_min(eps) for r in s.unbind(0)]) for s in S])
         tf = [x.reshape(-1) for x in T.unbind(0)]
         sf = [x.reshape(-1) for x in S.unbind(0)]
@@ -80,7 +82,7 @@ def loop_amad(teacher, student, query_mask=None, variant="kl", temperature=1.0, 
 
 
 def loop_one_to_one(teacher, student, query_mask=None, eps=1e-8):
-    B, Ht, Q, K = teacher.shape
+    B, _Ht, Q, _K = teacher.shape
     total = teacher.new_zeros(())
     for b in range(B):
         rows = _valid(query_mask, b, Q)
@@ -93,7 +95,7 @@ def loop_one_to_one(teacher, student, query_mask=None, eps=1e-8):
 
 def loop_head_mean(teacher, student, query_mask=None, eps=1e-8):
     """Head-mean KL: heads averaged by a loop, then row KL over valid rows."""
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     total = teacher.new_zeros(())
     for b in range(B):
@@ -115,7 +117,7 @@ def _soft_log(row: Tensor, temperature: float, eps: float) -> Tensor:
 
 def loop_shd(teacher, student, query_mask=None, temperature=1.0, eps=1e-8):
     """SHD (map-level alpha), tree merge over Python lists; no key mask."""
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     total = teacher.new_zeros(())
     for b in range(B):
@@ -150,7 +152,7 @@ def loop_shd(teacher, student, query_mask=None, temperature=1.0, eps=1e-8):
 
 def loop_a2d(teacher, student, a2d, query_mask=None):
     """A2D with an :class:`amad.losses.A2DLoss` ``a2d`` (teacher as logits); no key mask."""
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     W, bias = a2d.aligner.weight[:, :, 0, 0], a2d.aligner.bias
     total = teacher.new_zeros(())
@@ -175,7 +177,7 @@ def loop_a2d(teacher, student, a2d, query_mask=None):
 
 def loop_attn_distill(teacher, student, query_mask=None, temperature=20.0, prob_clamp=(1e-5, 0.996), eps=1e-8):
     """AttnDistill over every valid row; no key mask."""
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     total = teacher.new_zeros(())
 

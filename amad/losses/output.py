@@ -35,8 +35,14 @@ def output_kd_loss(
     if isinstance(student_logits, Tensor) and student_logits.dim() < 1:
         raise ValueError(f"student_logits {tuple(student_logits.shape)} must be (..., V)")
     rank = student_logits.dim() if isinstance(student_logits, Tensor) else -1
-    check_pair(teacher_logits, student_logits, rank=rank, match_dims=range(max(rank, 0)),
-               names=("teacher_logits", "student_logits"), layout="(B, T, V)")
+    check_pair(
+        teacher_logits,
+        student_logits,
+        rank=rank,
+        match_dims=range(max(rank, 0)),
+        names=("teacher_logits", "student_logits"),
+        layout="(B, T, V)",
+    )
     lead = tuple(range(student_logits.dim() - 1))
     m = check_mask(mask, student_logits, lead, name="mask", ref_name="student_logits")
     dtype = compute_dtype(student_logits)

@@ -96,7 +96,7 @@ class AttentionCriterion(nn.Module):
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} out of range for num_layers={self.num_layers}")
         if self.input_kind == "maps":
-            for name, x, h in (("teacher", teacher, self.teacher_heads), ("student", student, self.student_heads)):
+            for _name, x, h in (("teacher", teacher, self.teacher_heads), ("student", student, self.student_heads)):
                 if isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != h:
                     raise ValueError(
                         f"{type(self).__name__} was built for {self.teacher_heads} teacher / {self.student_heads} "
@@ -116,8 +116,18 @@ class AttentionCriterion(nn.Module):
 class AMADCriterion(AttentionCriterion):
     """``amad``: :func:`amad_loss`; weights = the AMAD weights a (B, Ht, Hs)."""
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, variant: str = "kl",
-                 temperature: float = 1.0, detach_weights: bool = False, eps: float = 1e-8, **common):
+    def __init__(
+        self,
+        teacher_heads,
+        student_heads,
+        num_layers=1,
+        *,
+        variant: str = "kl",
+        temperature: float = 1.0,
+        detach_weights: bool = False,
+        eps: float = 1e-8,
+        **common,
+    ):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         check_choice("variant", variant, AMAD_VARIANTS)
         self.options = dict(variant=variant, temperature=temperature, detach_weights=detach_weights, eps=eps)
@@ -131,14 +141,25 @@ class AMADProjectionCriterion(AttentionCriterion):
 
     stackable: ClassVar[bool] = False  # one parameter set per layer
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, map_size: tuple[int, int] | None = None,
-                 temperature: float = 1.0, detach_weights: bool = False, normalize_rows: bool = True,
-                 eps: float = 1e-8, **common):
+    def __init__(
+        self,
+        teacher_heads,
+        student_heads,
+        num_layers=1,
+        *,
+        map_size: tuple[int, int] | None = None,
+        temperature: float = 1.0,
+        detach_weights: bool = False,
+        normalize_rows: bool = True,
+        eps: float = 1e-8,
+        **common,
+    ):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         n = None if map_size is None else int(map_size[0]) * int(map_size[1])
         self.projections = nn.ModuleList(
-            AMADProjectionLoss(n, temperature=temperature, detach_weights=detach_weights,
-                               normalize_rows=normalize_rows, eps=eps)
+            AMADProjectionLoss(
+                n, temperature=temperature, detach_weights=detach_weights, normalize_rows=normalize_rows, eps=eps
+            )
             for _ in range(num_layers)
         )
 
@@ -149,14 +170,11 @@ class AMADProjectionCriterion(AttentionCriterion):
 class OneToOneCriterion(AttentionCriterion):
     """``one_to_one``: :func:`one_to_one_loss`; weights = the fixed identity assignment."""
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, kind: str = "kl", eps: float = 1e-8,
-                 **common):
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, kind: str = "kl", eps: float = 1e-8, **common):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         check_choice("kind", kind, ROW_LOSS_KINDS)
         if student_heads > teacher_heads:
-            raise ValueError(
-                f"one_to_one needs student_heads <= teacher_heads, got {student_heads} > {teacher_heads}"
-            )
+            raise ValueError(f"one_to_one needs student_heads <= teacher_heads, got {student_heads} > {teacher_heads}")
         self.kind, self.eps = kind, eps
         self.register_buffer("assignment", torch.eye(teacher_heads, student_heads), persistent=False)
 
@@ -169,8 +187,7 @@ class OneToOneCriterion(AttentionCriterion):
 class HeadMeanCriterion(AttentionCriterion):
     """``head_mean``: :func:`head_mean_loss`; no per-head assignment (weights None)."""
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, kind: str = "kl", eps: float = 1e-8,
-                 **common):
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, kind: str = "kl", eps: float = 1e-8, **common):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         check_choice("kind", kind, ROW_LOSS_KINDS)
         self.kind, self.eps = kind, eps
@@ -188,30 +205,38 @@ class MiniLMRelationCriterion(AttentionCriterion):
 
     input_kind: ClassVar[str] = "qkv"
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, num_relation_heads: int | None = None,
-                 **common):
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, num_relation_heads: int | None = None, **common):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         self.num_relation_heads = teacher_heads if num_relation_heads is None else int(num_relation_heads)
 
     def compute(self, teacher, student, *, query_mask, key_mask, layer):
-        loss = minilm_relation_loss(teacher, student, key_mask=key_mask, query_mask=query_mask,
-                                    num_relation_heads=self.num_relation_heads)
+        loss = minilm_relation_loss(
+            teacher, student, key_mask=key_mask, query_mask=query_mask, num_relation_heads=self.num_relation_heads
+        )
         return loss, None
 
 
 class SHDCriterion(AttentionCriterion):
     """``shd``: :func:`amad.losses.shd_loss`; weights = the merge coefficients (columns sum to 1)."""
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, temperature: float = 1.0,
-                 alpha_granularity: str = "map", eps: float = 1e-8, **common):
+    def __init__(
+        self,
+        teacher_heads,
+        student_heads,
+        num_layers=1,
+        *,
+        temperature: float = 1.0,
+        alpha_granularity: str = "map",
+        eps: float = 1e-8,
+        **common,
+    ):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         check_choice("alpha_granularity", alpha_granularity, ALPHA_GRANULARITY)
         shd_groups(teacher_heads, student_heads)  # raises for student_heads > teacher_heads
         self.options = dict(temperature=temperature, alpha_granularity=alpha_granularity, eps=eps)
 
     def compute(self, teacher, student, *, query_mask, key_mask, layer):
-        return shd_loss(teacher, student, query_mask=query_mask, key_mask=key_mask, return_weights=True,
-                        **self.options)
+        return shd_loss(teacher, student, query_mask=query_mask, key_mask=key_mask, return_weights=True, **self.options)
 
 
 class A2DCriterion(AttentionCriterion):
@@ -220,8 +245,7 @@ class A2DCriterion(AttentionCriterion):
 
     stackable: ClassVar[bool] = False  # one parameter set per layer
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, teacher_as_logits: bool = True,
-                 **common):
+    def __init__(self, teacher_heads, student_heads, num_layers=1, *, teacher_as_logits: bool = True, **common):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         self.aligners = nn.ModuleList(
             A2DLoss(teacher_heads, student_heads, teacher_as_logits=teacher_as_logits) for _ in range(num_layers)
@@ -234,9 +258,18 @@ class A2DCriterion(AttentionCriterion):
 class AttnDistillCriterion(AttentionCriterion):
     """``attn_distill``: :func:`amad.losses.attn_distill_loss`; no per-head assignment (weights None)."""
 
-    def __init__(self, teacher_heads, student_heads, num_layers=1, *, temperature: float = 20.0,
-                 query_index: int | None = None, prob_clamp: tuple[float, float] | None = (1e-5, 0.996),
-                 eps: float = 1e-8, **common):
+    def __init__(
+        self,
+        teacher_heads,
+        student_heads,
+        num_layers=1,
+        *,
+        temperature: float = 20.0,
+        query_index: int | None = None,
+        prob_clamp: tuple[float, float] | None = (1e-5, 0.996),
+        eps: float = 1e-8,
+        **common,
+    ):
         super().__init__(teacher_heads, student_heads, num_layers, **common)
         self.options = dict(temperature=temperature, query_index=query_index, prob_clamp=prob_clamp, eps=eps)
 

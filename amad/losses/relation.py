@@ -75,11 +75,9 @@ def minilm_relation_loss(
     if num_relation_heads < 1:
         raise ValueError(f"num_relation_heads must be >= 1, got {num_relation_heads}")
     ref = teacher_qkv[0]
-    for name, xt, xs in zip(QKV_NAMES, teacher_qkv, student_qkv):
-        check_pair(xt, xs, rank=3, match_dims=(0, 1), names=(f"teacher {name}", f"student {name}"),
-                   layout="(B, L, d)")
-        check_pair(ref, xt, rank=3, match_dims=(0, 1), names=("teacher q", f"teacher {name}"),
-                   layout="(B, L, d)")
+    for name, xt, xs in zip(QKV_NAMES, teacher_qkv, student_qkv, strict=False):
+        check_pair(xt, xs, rank=3, match_dims=(0, 1), names=(f"teacher {name}", f"student {name}"), layout="(B, L, d)")
+        check_pair(ref, xt, rank=3, match_dims=(0, 1), names=("teacher q", f"teacher {name}"), layout="(B, L, d)")
         for who, x in (("teacher", xt), ("student", xs)):
             if x.shape[-1] % num_relation_heads:
                 raise ValueError(
@@ -92,7 +90,7 @@ def minilm_relation_loss(
     dtype = compute_dtype(ref)
     with no_autocast(ref.device.type):
         per_example = 0
-        for xt, xs in zip(teacher_qkv, student_qkv):
+        for xt, xs in zip(teacher_qkv, student_qkv, strict=False):
             lt = relation_log_probs(xt.detach().to(dtype), num_relation_heads, kmask)
             ls = relation_log_probs(xs.to(dtype), num_relation_heads, kmask)
             kl = lt.exp() * (lt - ls)

@@ -75,7 +75,7 @@ def resize_teacher_attention(
     if not isinstance(teacher_attn, Tensor) or teacher_attn.dim() != 4:
         shape = tuple(teacher_attn.shape) if isinstance(teacher_attn, Tensor) else type(teacher_attn).__name__
         raise ValueError(f"teacher_attn {shape} must be (B, H, Q, K)")
-    B, H, Q, K = teacher_attn.shape
+    _B, _H, Q, K = teacher_attn.shape
     P = num_prefix_tokens
     if K != P + th * tw or (resize_queries and Q != P + th * tw):
         raise ValueError(

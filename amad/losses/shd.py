@@ -39,8 +39,9 @@ ALPHA_GRANULARITY = ("map", "row")
 def shd_groups(teacher_heads: int, student_heads: int) -> list[list[int]]:
     """Contiguous teacher-head groups, one per student head; sizes differ by <= 1, larger first."""
     if student_heads > teacher_heads:
-        raise ValueError(f"SHD merges teacher heads: needs student_heads <= teacher_heads, "
-                         f"got {student_heads} > {teacher_heads}")
+        raise ValueError(
+            f"SHD merges teacher heads: needs student_heads <= teacher_heads, got {student_heads} > {teacher_heads}"
+        )
     base, extra = divmod(teacher_heads, student_heads)
     groups, start = [], 0
     for j in range(student_heads):
@@ -90,7 +91,7 @@ def shd_merge(
         map j (summing to 1 over i), R = 1 for "map" and Q for "row".
     """
     check_choice("alpha_granularity", granularity, ALPHA_GRANULARITY)
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     shd_groups(Ht, Hs)  # validates Hs <= Ht
     base, extra = divmod(Ht, Hs)

@@ -19,8 +19,17 @@ from amad.metrics.captioning import CaptionMetrics, coco_caption_scores, java_av
 from amad.metrics.translation import TranslationBLEU, corpus_bleu
 from amad.metrics.vqa import VQAAccuracy, normalize_answer, vqa_score
 
-__all__ = ["CaptionMetrics", "TranslationBLEU", "VQAAccuracy", "coco_caption_scores", "corpus_bleu",
-           "java_available", "metric_dict", "normalize_answer", "vqa_score"]
+__all__ = [
+    "CaptionMetrics",
+    "TranslationBLEU",
+    "VQAAccuracy",
+    "coco_caption_scores",
+    "corpus_bleu",
+    "java_available",
+    "metric_dict",
+    "normalize_answer",
+    "vqa_score",
+]
 
 
 def metric_dict(metric: Metric) -> dict[str, float]:

@@ -31,8 +31,7 @@ from amad.metrics.records import RecordMetric
 
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider")
 # pycocoevalcap's PTBTokenizer drops exactly these tokens.
-_PTB_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
-              "-", "--", "...", ";"}
+_PTB_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 _WORD = re.compile(r"[\w']+|[^\w\s]", re.UNICODE)
 
 
@@ -72,8 +71,9 @@ def tokenize_captions(captions: dict[str, list[str]], tokenizer: str = "auto") -
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}, "simple"
 
 
-def coco_caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
-                        meteor: bool = False, tokenizer: str = "auto") -> tuple[dict[str, float], str]:
+def coco_caption_scores(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], *, meteor: bool = False, tokenizer: str = "auto"
+) -> tuple[dict[str, float], str]:
     """Corpus-level COCO caption scores of aligned predictions / reference lists.
 
     Returns:
@@ -87,8 +87,9 @@ def coco_caption_scores(predictions: Sequence[str], references: Sequence[Sequenc
     if len(predictions) == 0:
         return dict.fromkeys(names, 0.0), "none"
     keys = [str(i) for i in range(len(predictions))]
-    gts, used = tokenize_captions({k: list(r) for k, r in zip(keys, references)}, tokenizer)
-    res, _ = tokenize_captions({k: [p] for k, p in zip(keys, predictions)}, "ptb" if used == "ptb" else "simple")
+    gts, used = tokenize_captions({k: list(r) for k, r in zip(keys, references, strict=False)}, tokenizer)
+    preds = {k: [p] for k, p in zip(keys, predictions, strict=True)}
+    res, _ = tokenize_captions(preds, "ptb" if used == "ptb" else "simple")
     out: dict[str, float] = {}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     out.update({f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)})
@@ -134,5 +135,6 @@ class CaptionMetrics(RecordMetric):
 
     def _score(self, records: list[dict]) -> dict[str, torch.Tensor]:
         scores, self.tokenizer_used = coco_caption_scores(
-            [r["p"] for r in records], [r["r"] for r in records], meteor=self.meteor, tokenizer=self.tokenizer)
+            [r["p"] for r in records], [r["r"] for r in records], meteor=self.meteor, tokenizer=self.tokenizer
+        )
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in scores.items()}

@@ -79,8 +79,9 @@ class RecordMetric(Metric):
     def _record(self, prediction: str, references: Sequence[str]) -> dict:
         raise NotImplementedError
 
-    def update(self, predictions: Sequence[str], references: Sequence[Sequence[str] | str],
-               ids: Sequence[Any] | None = None) -> None:
+    def update(
+        self, predictions: Sequence[str], references: Sequence[Sequence[str] | str], ids: Sequence[Any] | None = None
+    ) -> None:
         """Add a batch.
 
         Args:
@@ -91,10 +92,12 @@ class RecordMetric(Metric):
         if isinstance(predictions, str):
             raise TypeError("predictions must be a sequence of strings, not one string")
         if len(predictions) != len(references) or (ids is not None and len(ids) != len(predictions)):
-            raise ValueError(f"batch sizes differ: {len(predictions)} predictions, {len(references)} "
-                             f"references, {None if ids is None else len(ids)} ids")
+            raise ValueError(
+                f"batch sizes differ: {len(predictions)} predictions, {len(references)} "
+                f"references, {None if ids is None else len(ids)} ids"
+            )
         recs = []
-        for j, (p, refs) in enumerate(zip(predictions, references)):
+        for j, (p, refs) in enumerate(zip(predictions, references, strict=False)):
             refs = [refs] if isinstance(refs, str) else list(refs)
             rec = self._record(str(p), [str(r) for r in refs])
             rec["id"] = None if ids is None else _plain_id(ids[j])

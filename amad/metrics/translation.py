@@ -16,8 +16,9 @@ import torch
 from amad.metrics.records import RecordMetric
 
 
-def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
-                lowercase: bool = False, tokenize: str = "13a") -> float:
+def corpus_bleu(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], *, lowercase: bool = False, tokenize: str = "13a"
+) -> float:
     """sacreBLEU corpus BLEU (0–100) of aligned predictions and reference lists."""
     import sacrebleu
 
@@ -25,8 +26,7 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
         return 0.0
     n_refs = max(len(r) for r in references)
     streams = [[r[k] if k < len(r) else None for r in references] for k in range(n_refs)]
-    return float(sacrebleu.corpus_bleu(list(predictions), streams, lowercase=lowercase,
-                                       tokenize=tokenize).score)
+    return float(sacrebleu.corpus_bleu(list(predictions), streams, lowercase=lowercase, tokenize=tokenize).score)
 
 
 class TranslationBLEU(RecordMetric):
@@ -52,6 +52,7 @@ class TranslationBLEU(RecordMetric):
         return {"p": prediction, "r": list(references)}
 
     def _score(self, records: list[dict]) -> torch.Tensor:
-        score = corpus_bleu([r["p"] for r in records], [r["r"] for r in records],
-                            lowercase=self.lowercase, tokenize=self.tokenize)
+        score = corpus_bleu(
+            [r["p"] for r in records], [r["r"] for r in records], lowercase=self.lowercase, tokenize=self.tokenize
+        )
         return torch.tensor(score, dtype=torch.float32)

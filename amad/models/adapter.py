@@ -49,8 +49,9 @@ def task_loss(logits: Tensor, labels: Tensor) -> Tensor:
         logits: (B, T, V); labels: (B, T) with -100 for padding.
     """
     n = (labels != IGNORE_INDEX).sum()
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return total / n.clamp(min=1)
 
 
@@ -128,9 +129,13 @@ class AttentionAdapter(nn.Module):
         return {}
 
     # ---------------------------------------------------------------- the contract
-    def forward(self, batch: dict[str, Any], sites: Iterable[str] | None = None,
-                qkv_sites: Iterable[str] = (), layers: Mapping[str, Iterable[int]] | None = None
-                ) -> AdapterOutput:
+    def forward(
+        self,
+        batch: dict[str, Any],
+        sites: Iterable[str] | None = None,
+        qkv_sites: Iterable[str] = (),
+        layers: Mapping[str, Iterable[int]] | None = None,
+    ) -> AdapterOutput:
         """Teacher-forced forward with attention capture.
 
         Args:
@@ -152,14 +157,21 @@ class AttentionAdapter(nn.Module):
         proj_sites = self._check_sites(qkv_sites)
         bad = [s for s in proj_sites if not s.endswith(".self")]
         if bad:
-            raise ValueError(f"qkv_sites must be self-attention sites of {self.family!r} "
-                             f"({[s for s in self.sites if s.endswith('.self')]}); got {bad}")
+            raise ValueError(
+                f"qkv_sites must be self-attention sites of {self.family!r} "
+                f"({[s for s in self.sites if s.endswith('.self')]}); got {bad}"
+            )
         with Capture(self.attention_points, map_sites, proj_sites, layers) as cap:
             logits, target_mask, query_masks, key_masks = self._run(batch)
         return AdapterOutput(
-            loss=task_loss(logits, batch["labels"]), logits=logits, target_mask=target_mask,
-            attentions=cap.attentions(), query_masks=query_masks, qkv=cap.projections(),
-            key_masks=key_masks)
+            loss=task_loss(logits, batch["labels"]),
+            logits=logits,
+            target_mask=target_mask,
+            attentions=cap.attentions(),
+            query_masks=query_masks,
+            qkv=cap.projections(),
+            key_masks=key_masks,
+        )
 
     @torch.no_grad()
     def generate_ids(self, batch: dict[str, Any], max_new_tokens: int = 10) -> Tensor:
@@ -189,8 +201,7 @@ class AttentionAdapter(nn.Module):
     def generate(self, batch: dict[str, Any], max_new_tokens: int = 10) -> list[str]:
         """Greedy decoding, decoded to strings (special tokens dropped, cut at EOS)."""
         if self.tokenizer is None:
-            raise RuntimeError(f"{type(self).__name__} has no tokenizer; pass tokenizer= when building "
-                               "or loading it")
+            raise RuntimeError(f"{type(self).__name__} has no tokenizer; pass tokenizer= when building or loading it")
         ids = self.generate_ids(batch, max_new_tokens).tolist()
         out = []
         for seq in ids:
@@ -202,8 +213,11 @@ class AttentionAdapter(nn.Module):
     # ---------------------------------------------------------------- configs and files
     def config_dict(self) -> dict[str, Any]:
         """A plain dict that rebuilds this architecture: ``build_model(**adapter.config_dict())``."""
-        return {"family": self.family, "hf_config": _clean_config(self.model.config.to_diff_dict()),
-                **self.extra_config()}
+        return {
+            "family": self.family,
+            "hf_config": _clean_config(self.model.config.to_diff_dict()),
+            **self.extra_config(),
+        }
 
     def _extra_state(self) -> dict[str, Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
@@ -220,21 +234,25 @@ class AttentionAdapter(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
-        meta = {"family": self.family, "extra_config": self.extra_config(),
-                "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
-                "pad_token_id": self.pad_token_id}
+        meta = {
+            "family": self.family,
+            "extra_config": self.extra_config(),
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
         (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         extra = self._extra_state()
         if extra:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()},
-                      str(path / EXTRA_WEIGHTS_FILE))
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(path / EXTRA_WEIGHTS_FILE))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(path))
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, family: str | None = None, tokenizer: Any = None,
-                        **kwargs: Any) -> AttentionAdapter:
+    def from_pretrained(
+        cls, path: str | Path, *, family: str | None = None, tokenizer: Any = None, **kwargs: Any
+    ) -> AttentionAdapter:
         """Load an adapter from a local directory or the user's HF cache (see :func:`amad.models.load_pretrained`)."""
         from amad.models.build import load_pretrained
 
@@ -245,8 +263,7 @@ class AttentionAdapter(nn.Module):
     # ---------------------------------------------------------------- helpers
     def _check_site(self, site: str) -> str:
         if site not in self.sites:
-            raise ValueError(f"site {site!r} is not a site of family {self.family!r}; "
-                             f"its sites are {list(self.sites)}")
+            raise ValueError(f"site {site!r} is not a site of family {self.family!r}; its sites are {list(self.sites)}")
         return site
 
     def _check_sites(self, sites: Iterable[str] | str) -> tuple[str, ...]:
@@ -263,4 +280,3 @@ class AttentionAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"family={self.family!r}, sites={self.sites}"
-

@@ -9,11 +9,21 @@ import torch
 CLS_ID, SEP_ID, EOS_ID, FIRST_WORD_ID = 2, 3, 6, 7
 
 
-def random_batch(family: str, batch_size: int = 4, *, model: Any = None, tokenizer: Any = None,
-                 image_size: int = 64,
-                 vocab_size: int = 100, source_len: int = 8, target_len: int = 4, num_regions: int = 8,
-                 visual_feat_dim: int | None = None, seed: int = 0,
-                 device: torch.device | str | None = None) -> dict[str, Any]:
+def random_batch(
+    family: str,
+    batch_size: int = 4,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    image_size: int = 64,
+    vocab_size: int = 100,
+    source_len: int = 8,
+    target_len: int = 4,
+    num_regions: int = 8,
+    visual_feat_dim: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """A padded batch with random images and token ids.
 
     Lengths vary over the batch: example 0 has the longest source and target (no padding), the last

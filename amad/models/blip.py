@@ -86,11 +86,16 @@ class _BlipAdapter(AttentionAdapter):
         pv = batch["pixel_values"].to(self.model.vision_model.embeddings.patch_embedding.weight.dtype)
         return self.model.vision_model(pixel_values=pv).last_hidden_state  # (B, 1 + N, Dv)
 
-    def _decode_logits(self, dec_ids: Tensor, dec_mask: Tensor | None, memory: Tensor,
-                       memory_mask: Tensor | None) -> Tensor:
+    def _decode_logits(
+        self, dec_ids: Tensor, dec_mask: Tensor | None, memory: Tensor, memory_mask: Tensor | None
+    ) -> Tensor:
         return self.model.text_decoder(
-            input_ids=dec_ids, attention_mask=dec_mask, encoder_hidden_states=memory,
-            encoder_attention_mask=memory_mask, use_cache=False).logits
+            input_ids=dec_ids,
+            attention_mask=dec_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            use_cache=False,
+        ).logits
 
 
 class BlipVQAAdapter(_BlipAdapter):
@@ -103,22 +108,23 @@ class BlipVQAAdapter(_BlipAdapter):
     def attention_points(self, site: str) -> list[AttentionPoint]:
         m = self.model
         if site == "vision.self":
-            return [_vision_point(l) for l in m.vision_model.encoder.layers]
+            return [_vision_point(layer) for layer in m.vision_model.encoder.layers]
         if site == "text.self":
-            return [_text_point(l.attention) for l in m.text_encoder.encoder.layer]
+            return [_text_point(layer.attention) for layer in m.text_encoder.encoder.layer]
         if site == "text.cross":
-            return [_text_point(l.crossattention) for l in m.text_encoder.encoder.layer]
+            return [_text_point(layer.crossattention) for layer in m.text_encoder.encoder.layer]
         if site == "decoder.self":
-            return [_text_point(l.attention) for l in m.text_decoder.bert.encoder.layer]
+            return [_text_point(layer.attention) for layer in m.text_decoder.bert.encoder.layer]
         if site == "decoder.cross":
-            return [_text_point(l.crossattention) for l in m.text_decoder.bert.encoder.layer]
+            return [_text_point(layer.crossattention) for layer in m.text_decoder.bert.encoder.layer]
         self._check_site(site)
         raise AssertionError(site)  # pragma: no cover
 
     def _question(self, batch: dict[str, Any], image: Tensor) -> Tensor:
         # images have no padding: no encoder mask for the question→image cross-attention
-        return self.model.text_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                       encoder_hidden_states=image).last_hidden_state
+        return self.model.text_encoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], encoder_hidden_states=image
+        ).last_hidden_state
 
     def _run(self, batch):
         image = self._vision(batch)
@@ -128,8 +134,13 @@ class BlipVQAAdapter(_BlipAdapter):
         logits = self._decode_logits(dec_ids, target_mask.long(), question, q_mask)
         q_bool = q_mask.bool()
         all_image = self._ones_mask(image.shape[0], image.shape[1], image.device)
-        query_masks = {"vision.self": all_image, "text.self": q_bool, "text.cross": q_bool,
-                       "decoder.self": target_mask, "decoder.cross": target_mask}
+        query_masks = {
+            "vision.self": all_image,
+            "text.self": q_bool,
+            "text.cross": q_bool,
+            "decoder.self": target_mask,
+            "decoder.cross": target_mask,
+        }
         key_masks = {"vision.self": all_image, "text.self": q_bool, "decoder.self": target_mask}
         return logits, target_mask, query_masks, key_masks
 
@@ -152,11 +163,11 @@ class BlipCaptionAdapter(_BlipAdapter):
     def attention_points(self, site: str) -> list[AttentionPoint]:
         m = self.model
         if site == "vision.self":
-            return [_vision_point(l) for l in m.vision_model.encoder.layers]
+            return [_vision_point(layer) for layer in m.vision_model.encoder.layers]
         if site == "decoder.self":
-            return [_text_point(l.attention) for l in m.text_decoder.bert.encoder.layer]
+            return [_text_point(layer.attention) for layer in m.text_decoder.bert.encoder.layer]
         if site == "decoder.cross":
-            return [_text_point(l.crossattention) for l in m.text_decoder.bert.encoder.layer]
+            return [_text_point(layer.crossattention) for layer in m.text_decoder.bert.encoder.layer]
         self._check_site(site)
         raise AssertionError(site)  # pragma: no cover
 

@@ -70,8 +70,10 @@ def apply_blip_cross_attention_fix() -> bool:
         return False
     params = inspect.signature(_mbt.BlipTextSelfAttention.forward).parameters
     if "encoder_attention_mask" not in params:
-        raise RuntimeError("BlipTextSelfAttention.forward has no encoder_attention_mask argument in this "
-                           "transformers version; amad's BLIP cross-attention fix targets 5.24")
+        raise RuntimeError(
+            "BlipTextSelfAttention.forward has no encoder_attention_mask argument in this "
+            "transformers version; amad's BLIP cross-attention fix targets 5.24"
+        )
     _mbt.BlipTextAttention.forward = _fixed_forward
     return True
 

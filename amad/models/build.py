@@ -21,8 +21,11 @@ FAMILIES: dict[str, type[AttentionAdapter]] = {
     "blip-caption": BlipCaptionAdapter,
     "vlt5": VLT5Adapter,
 }
-_ARCHITECTURES = {"BlipForQuestionAnswering": "blip-vqa", "BlipForConditionalGeneration": "blip-caption",
-                  "T5ForConditionalGeneration": "vlt5"}
+_ARCHITECTURES = {
+    "BlipForQuestionAnswering": "blip-vqa",
+    "BlipForConditionalGeneration": "blip-caption",
+    "T5ForConditionalGeneration": "vlt5",
+}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
 
 
@@ -34,8 +37,14 @@ def adapter_class(family: str) -> type[AttentionAdapter]:
         raise ValueError(f"unknown model family {family!r}; use one of {sorted(FAMILIES)}") from None
 
 
-def model_config(family: str, preset: str = "tiny", tokenizer: Any = None, *,
-                 hf_config: dict[str, Any] | None = None, **overrides: Any) -> tuple[Any, dict[str, Any]]:
+def model_config(
+    family: str,
+    preset: str = "tiny",
+    tokenizer: Any = None,
+    *,
+    hf_config: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> tuple[Any, dict[str, Any]]:
     """The ``(HF config, adapter settings)`` that :func:`build_model` would instantiate (cheap: no weights)."""
     adapter_class(family)
     if family == "vlt5":
@@ -43,9 +52,15 @@ def model_config(family: str, preset: str = "tiny", tokenizer: Any = None, *,
     return blip_config(preset, hf_config=hf_config, tokenizer=tokenizer, **overrides), {}
 
 
-def build_model(family: str, preset: str = "tiny", tokenizer: Any = None, *,
-                hf_config: dict[str, Any] | None = None, seed: int | None = None,
-                **overrides: Any) -> AttentionAdapter:
+def build_model(
+    family: str,
+    preset: str = "tiny",
+    tokenizer: Any = None,
+    *,
+    hf_config: dict[str, Any] | None = None,
+    seed: int | None = None,
+    **overrides: Any,
+) -> AttentionAdapter:
     """Build a randomly initialised adapter of ``family`` from a preset and overrides.
 
     Args:
@@ -97,11 +112,13 @@ def resolve_local_path(path: str | Path) -> Path:
     raise FileNotFoundError(
         f"{name!r} is neither a local directory nor a model in the local Hugging Face cache. Hub downloads "
         "are off (HF_HUB_OFFLINE=1): pass a local path to a folder written by save_pretrained "
-        "(e.g. a downloaded Salesforce/blip-vqa-base or t5-base).")
+        "(e.g. a downloaded Salesforce/blip-vqa-base or t5-base)."
+    )
 
 
-def load_pretrained(path: str | Path, *, family: str | None = None, tokenizer: Any = None,
-                    **extra: Any) -> AttentionAdapter:
+def load_pretrained(
+    path: str | Path, *, family: str | None = None, tokenizer: Any = None, **extra: Any
+) -> AttentionAdapter:
     """Load an adapter saved by ``save_pretrained``, or wrap a plain HF checkpoint directory.
 
     Args:
@@ -141,6 +158,8 @@ def load_pretrained(path: str | Path, *, family: str | None = None, tokenizer: A
             raise ValueError(f"{weights} does not match the adapter: missing {missing}, unexpected {unexpected}")
         adapter.load_state_dict(state, strict=False)
     elif expected:
-        adapter.init_report = {"random": sorted(expected), "note": f"{local} has no {EXTRA_WEIGHTS_FILE}: "
-                               "the adapter's own modules are freshly initialised"}
+        adapter.init_report = {
+            "random": sorted(expected),
+            "note": f"{local} has no {EXTRA_WEIGHTS_FILE}: the adapter's own modules are freshly initialised",
+        }
     return adapter

@@ -88,8 +88,13 @@ class Capture:
         ValueError: a layer index out of range (names the site and the valid range).
     """
 
-    def __init__(self, points: Callable[[str], Sequence[AttentionPoint]], sites: Iterable[str],
-                 qkv_sites: Iterable[str], layers: Mapping[str, Iterable[int]] | None = None) -> None:
+    def __init__(
+        self,
+        points: Callable[[str], Sequence[AttentionPoint]],
+        sites: Iterable[str],
+        qkv_sites: Iterable[str],
+        layers: Mapping[str, Iterable[int]] | None = None,
+    ) -> None:
         self._points = points
         self._layers = {site: tuple(ls) for site, ls in (layers or {}).items()}
         self._wanted: dict[str, set[int]] = {}
@@ -132,12 +137,16 @@ class Capture:
 
     def _attach_map(self, p: AttentionPoint, store: list, layer: int) -> None:
         if p.kind == "dropout":
+
             def hook(_mod, args, _out, store=store, layer=layer):
                 store[layer] = args[0]
+
             self._handles.append(p.probe.register_forward_hook(hook))
         elif p.kind == "sink":
+
             def sink(probs, store=store, layer=layer):
                 store[layer] = probs
+
             setattr(p.probe, SINK_ATTR, sink)
             self._sinks.append(p.probe)
         else:  # pragma: no cover - programming error in an adapter
@@ -145,8 +154,10 @@ class Capture:
 
     def _attach_qkv(self, p: AttentionPoint, slot: list) -> None:
         if p.qkv is not None:
+
             def fused(_mod, _args, out, slot=slot):
                 slot[0], slot[1], slot[2] = out.chunk(3, dim=-1)
+
             self._handles.append(p.qkv.register_forward_hook(fused))
             return
         for i, lin in enumerate((p.q, p.k, p.v)):
@@ -155,6 +166,7 @@ class Capture:
 
             def one(_mod, _args, out, slot=slot, i=i):
                 slot[i] = out
+
             self._handles.append(lin.register_forward_hook(one))
 
     def _detach(self) -> None:
@@ -177,7 +189,8 @@ class Capture:
                 raise RuntimeError(
                     f"attention site {site!r} produced no maps for layers {missing or 'all'}: the layers "
                     "did not run or their attention path bypassed the probe (e.g. an sdpa/flash attention "
-                    "implementation, which returns no probabilities). Use the eager implementation.")
+                    "implementation, which returns no probabilities). Use the eager implementation."
+                )
             out[site] = tuple(store)  # type: ignore[arg-type]
         return out
 
@@ -189,8 +202,9 @@ class Capture:
             wanted = self._wanted[site]
             missing = [i for i, s in enumerate(store) if i in wanted and any(t is None for t in s)]
             if missing or not store:
-                raise RuntimeError(f"qkv site {site!r} produced no q/k/v projections for layers "
-                                   f"{missing or 'all'}")
-            out[site] = tuple((s[0], s[1], s[2]) if i in wanted else None  # type: ignore[misc]
-                              for i, s in enumerate(store))
+                raise RuntimeError(f"qkv site {site!r} produced no q/k/v projections for layers {missing or 'all'}")
+            out[site] = tuple(
+                (s[0], s[1], s[2]) if i in wanted else None  # type: ignore[misc]
+                for i, s in enumerate(store)
+            )
         return out

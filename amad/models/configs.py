@@ -27,26 +27,70 @@ PRESET_NAMES = ("tiny", "small", "base")
 # ----------------------------------------------------------------------------------------- BLIP
 _BLIP_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "vision_config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=64, patch_size=16, initializer_range=0.02),
-        "text_config": dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=64,
-                            pad_token_id=0, bos_token_id=5, eos_token_id=6, sep_token_id=6),
+        "vision_config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=16,
+            initializer_range=0.02,
+        ),
+        "text_config": dict(
+            vocab_size=100,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=5,
+            eos_token_id=6,
+            sep_token_id=6,
+        ),
     },
     # the demo teacher: ~3 M parameters with a few hundred words
     "small": {
-        "vision_config": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                              num_attention_heads=8, image_size=64, patch_size=8, initializer_range=0.02),
-        "text_config": dict(vocab_size=300, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                            num_attention_heads=8, max_position_embeddings=64,
-                            pad_token_id=0, bos_token_id=5, eos_token_id=6, sep_token_id=6),
+        "vision_config": dict(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            image_size=64,
+            patch_size=8,
+            initializer_range=0.02,
+        ),
+        "text_config": dict(
+            vocab_size=300,
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=5,
+            eos_token_id=6,
+            sep_token_id=6,
+        ),
     },
     # Salesforce/blip-vqa-base shapes (ViT-B/16 at 384 px, BERT-base text); HF default token ids
     "base": {
-        "vision_config": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                              num_attention_heads=12, image_size=384, patch_size=16),
-        "text_config": dict(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                            num_attention_heads=12, max_position_embeddings=512),
+        "vision_config": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=384,
+            patch_size=16,
+        ),
+        "text_config": dict(
+            vocab_size=30524,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=512,
+        ),
     },
 }
 
@@ -56,8 +100,7 @@ BLIP_OVERRIDES: dict[str, list[tuple[str, str]]] = {
     "num_layers": [("vision_config", "num_hidden_layers"), ("text_config", "num_hidden_layers")],
     "hidden_size": [("vision_config", "hidden_size"), ("text_config", "hidden_size")],
     "intermediate_size": [("vision_config", "intermediate_size"), ("text_config", "intermediate_size")],
-    "attention_dropout": [("vision_config", "attention_dropout"),
-                          ("text_config", "attention_probs_dropout_prob")],
+    "attention_dropout": [("vision_config", "attention_dropout"), ("text_config", "attention_probs_dropout_prob")],
     "dropout": [("text_config", "hidden_dropout_prob")],
     "image_size": [("vision_config", "image_size")],
     "patch_size": [("vision_config", "patch_size")],
@@ -79,22 +122,52 @@ BLIP_OVERRIDES: dict[str, list[tuple[str, str]]] = {
 # ----------------------------------------------------------------------------------------- VL-T5
 _T5_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "t5_config": dict(vocab_size=100, d_model=64, d_kv=16, num_heads=4, num_layers=2,
-                          num_decoder_layers=2, d_ff=128, dropout_rate=0.1,
-                          pad_token_id=0, decoder_start_token_id=5, eos_token_id=6),
+        "t5_config": dict(
+            vocab_size=100,
+            d_model=64,
+            d_kv=16,
+            num_heads=4,
+            num_layers=2,
+            num_decoder_layers=2,
+            d_ff=128,
+            dropout_rate=0.1,
+            pad_token_id=0,
+            decoder_start_token_id=5,
+            eos_token_id=6,
+        ),
         "visual": dict(image_size=64, patch_size=16, visual_feat_dim=None, num_channels=3),
     },
     "small": {
-        "t5_config": dict(vocab_size=300, d_model=128, d_kv=16, num_heads=8, num_layers=4,
-                          num_decoder_layers=4, d_ff=512, dropout_rate=0.1,
-                          pad_token_id=0, decoder_start_token_id=5, eos_token_id=6),
+        "t5_config": dict(
+            vocab_size=300,
+            d_model=128,
+            d_kv=16,
+            num_heads=8,
+            num_layers=4,
+            num_decoder_layers=4,
+            d_ff=512,
+            dropout_rate=0.1,
+            pad_token_id=0,
+            decoder_start_token_id=5,
+            eos_token_id=6,
+        ),
         "visual": dict(image_size=64, patch_size=8, visual_feat_dim=None, num_channels=3),
     },
     # t5-base shapes; VL-T5's 36 × 2048-d Faster R-CNN region features (no patch embedding)
     "base": {
-        "t5_config": dict(vocab_size=32128, d_model=768, d_kv=64, num_heads=12, num_layers=12,
-                          num_decoder_layers=12, d_ff=3072, dropout_rate=0.1,
-                          pad_token_id=0, decoder_start_token_id=0, eos_token_id=1),
+        "t5_config": dict(
+            vocab_size=32128,
+            d_model=768,
+            d_kv=64,
+            num_heads=12,
+            num_layers=12,
+            num_decoder_layers=12,
+            d_ff=3072,
+            dropout_rate=0.1,
+            pad_token_id=0,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+        ),
         "visual": dict(image_size=224, patch_size=None, visual_feat_dim=2048, num_channels=3),
     },
 }
@@ -148,8 +221,9 @@ def _reject_unknown(overrides: dict[str, Any], known: set[str], family: str) -> 
         raise ValueError(f"unknown override(s) {unknown} for family {family!r}; valid: {sorted(known)}")
 
 
-def blip_config(preset: str = "tiny", *, hf_config: dict[str, Any] | None = None, tokenizer: Any = None,
-                **overrides: Any) -> BlipConfig:
+def blip_config(
+    preset: str = "tiny", *, hf_config: dict[str, Any] | None = None, tokenizer: Any = None, **overrides: Any
+) -> BlipConfig:
     """Build a ``BlipConfig`` from a preset (or ``hf_config``), a tokenizer and flat overrides."""
     _reject_unknown(overrides, set(BLIP_OVERRIDES) | {"vision_config", "text_config"}, "blip")
     if hf_config is not None:
@@ -179,13 +253,16 @@ def blip_config(preset: str = "tiny", *, hf_config: dict[str, Any] | None = None
     for sub in ("vision_config", "text_config"):
         full = {**(base_vision if sub == "vision_config" else base_text), **d[sub]}
         if full["hidden_size"] % full["num_attention_heads"]:
-            raise ValueError(f"{sub}: hidden_size {full['hidden_size']} is not a multiple of "
-                             f"num_attention_heads {full['num_attention_heads']}")
+            raise ValueError(
+                f"{sub}: hidden_size {full['hidden_size']} is not a multiple of "
+                f"num_attention_heads {full['num_attention_heads']}"
+            )
     return BlipConfig.from_dict(d)
 
 
-def vlt5_config(preset: str = "tiny", *, hf_config: dict[str, Any] | None = None, tokenizer: Any = None,
-                **overrides: Any) -> tuple[T5Config, dict[str, Any]]:
+def vlt5_config(
+    preset: str = "tiny", *, hf_config: dict[str, Any] | None = None, tokenizer: Any = None, **overrides: Any
+) -> tuple[T5Config, dict[str, Any]]:
     """Build ``(T5Config, visual settings)`` from a preset (or ``hf_config``), a tokenizer and overrides.
 
     When ``hidden_size`` or ``num_heads`` is overridden and ``d_kv`` is not, ``d_kv = d_model / num_heads``.
@@ -193,8 +270,9 @@ def vlt5_config(preset: str = "tiny", *, hf_config: dict[str, Any] | None = None
     _reject_unknown(overrides, set(VLT5_OVERRIDES) | set(VISUAL_OVERRIDES) | {"t5_config"}, "vlt5")
     if hf_config is not None:
         t5 = copy.deepcopy(dict(hf_config))
-        visual = dict(_T5_PRESETS["tiny"]["visual"]) if preset not in PRESET_NAMES else \
-            dict(_T5_PRESETS[preset]["visual"])
+        visual = (
+            dict(_T5_PRESETS["tiny"]["visual"]) if preset not in PRESET_NAMES else dict(_T5_PRESETS[preset]["visual"])
+        )
     else:
         _check_preset(preset)
         t5 = copy.deepcopy(_T5_PRESETS[preset]["t5_config"])
@@ -216,11 +294,11 @@ def vlt5_config(preset: str = "tiny", *, hf_config: dict[str, Any] | None = None
     if tokenizer is not None and "vocab_size" in overrides:
         _check_vocab(len(tokenizer), overrides["vocab_size"], {})
     full = {**base, **t5}
-    if ("hidden_size" in overrides or "num_heads" in overrides) and "d_kv" not in overrides \
-            and "d_kv" not in raw:
+    if ("hidden_size" in overrides or "num_heads" in overrides) and "d_kv" not in overrides and "d_kv" not in raw:
         if full["d_model"] % full["num_heads"]:
-            raise ValueError(f"d_model {full['d_model']} is not a multiple of num_heads {full['num_heads']}; "
-                             "pass d_kv explicitly")
+            raise ValueError(
+                f"d_model {full['d_model']} is not a multiple of num_heads {full['num_heads']}; pass d_kv explicitly"
+            )
         t5["d_kv"] = full["d_model"] // full["num_heads"]
     for key in VISUAL_OVERRIDES:
         if key in overrides:

@@ -34,31 +34,40 @@ def resolve_layer_map(spec: str | Sequence[int], teacher_layers: int, student_la
             list of the wrong length, with a non-integer entry or an index outside ``[-Lt, Lt)``.
     """
     if teacher_layers < 1 or student_layers < 1:
-        raise ValueError(f"layer counts must be >= 1, got teacher_layers={teacher_layers}, "
-                         f"student_layers={student_layers}")
+        raise ValueError(
+            f"layer counts must be >= 1, got teacher_layers={teacher_layers}, student_layers={student_layers}"
+        )
     if isinstance(spec, str):
         if spec not in LAYER_MAP_SPECS:
-            raise ValueError(f"unknown layer map {spec!r}; use one of {LAYER_MAP_SPECS} or a list of "
-                             f"{student_layers} teacher layer indices")
+            raise ValueError(
+                f"unknown layer map {spec!r}; use one of {LAYER_MAP_SPECS} or a list of "
+                f"{student_layers} teacher layer indices"
+            )
         if student_layers > teacher_layers:
-            raise ValueError(f"layer map {spec!r} needs student_layers <= teacher_layers, got "
-                             f"{student_layers} > {teacher_layers}; pass an explicit list instead")
+            raise ValueError(
+                f"layer map {spec!r} needs student_layers <= teacher_layers, got "
+                f"{student_layers} > {teacher_layers}; pass an explicit list instead"
+            )
         if spec == "uniform":
             # ceil((l+1)·Lt/Ls) − 1 with integer arithmetic: ceil(a/b) = -(-a // b)
-            return [-(-(l + 1) * teacher_layers // student_layers) - 1 for l in range(student_layers)]
+            return [-(-(ls + 1) * teacher_layers // student_layers) - 1 for ls in range(student_layers)]
         if spec == "last":
-            return [teacher_layers - student_layers + l for l in range(student_layers)]
+            return [teacher_layers - student_layers + ls for ls in range(student_layers)]
         return list(range(student_layers))
     layers = list(spec)
     if len(layers) != student_layers:
-        raise ValueError(f"explicit layer map {layers} has {len(layers)} entries; the student has "
-                         f"{student_layers} layers (one teacher index per student layer)")
+        raise ValueError(
+            f"explicit layer map {layers} has {len(layers)} entries; the student has "
+            f"{student_layers} layers (one teacher index per student layer)"
+        )
     out = []
-    for l, t in enumerate(layers):
+    for ls, t in enumerate(layers):
         if isinstance(t, bool) or not isinstance(t, int):
-            raise ValueError(f"layer map entry {l} is {t!r}; expected an int teacher layer index")
+            raise ValueError(f"layer map entry {ls} is {t!r}; expected an int teacher layer index")
         if not -teacher_layers <= t < teacher_layers:
-            raise ValueError(f"layer map entry {l} is {t}, out of range for a teacher with "
-                             f"{teacher_layers} layers (valid: 0..{teacher_layers - 1}, or negative from the end)")
+            raise ValueError(
+                f"layer map entry {ls} is {t}, out of range for a teacher with "
+                f"{teacher_layers} layers (valid: 0..{teacher_layers - 1}, or negative from the end)"
+            )
         out.append(t % teacher_layers)
     return out

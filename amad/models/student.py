@@ -19,11 +19,18 @@ from amad.models.layer_map import resolve_layer_map
 _LAYER_KEY = re.compile(r"^(.*?\.(?:layers|layer|block))\.(\d+)\.(.*)$")
 
 
-def derive_student(teacher: AttentionAdapter, *, num_heads: int | None = None, num_layers: int | None = None,
-                   hidden_size: int | None = None, intermediate_size: int | None = None,
-                   init: Literal["teacher", "random"] = "teacher",
-                   layer_map: str | Sequence[int] = "uniform", seed: int | None = None,
-                   **overrides: Any) -> AttentionAdapter:
+def derive_student(
+    teacher: AttentionAdapter,
+    *,
+    num_heads: int | None = None,
+    num_layers: int | None = None,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    init: Literal["teacher", "random"] = "teacher",
+    layer_map: str | Sequence[int] = "uniform",
+    seed: int | None = None,
+    **overrides: Any,
+) -> AttentionAdapter:
     """A student of the teacher's family, smaller where asked, same vocabulary and tokenizer.
 
     Args:
@@ -48,12 +55,18 @@ def derive_student(teacher: AttentionAdapter, *, num_heads: int | None = None, n
         raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
     cfg = teacher.config_dict()
     family, hf_config = cfg.pop("family"), cfg.pop("hf_config")
-    sizes = {k: v for k, v in dict(num_heads=num_heads, num_layers=num_layers, hidden_size=hidden_size,
-                                   intermediate_size=intermediate_size).items() if v is not None}
+    sizes = {
+        k: v
+        for k, v in dict(
+            num_heads=num_heads, num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size
+        ).items()
+        if v is not None
+    }
     if hidden_size is not None and intermediate_size is None and not any("intermediate" in k for k in overrides):
         sizes.update(_scaled_intermediate(teacher, hidden_size))
-    student = build_model(family, tokenizer=teacher.tokenizer, hf_config=hf_config, seed=seed,
-                          **{**cfg, **sizes, **overrides})
+    student = build_model(
+        family, tokenizer=teacher.tokenizer, hf_config=hf_config, seed=seed, **{**cfg, **sizes, **overrides}
+    )
     if init == "random":
         student.init_report = {"init": "random"}
     else:
@@ -66,8 +79,10 @@ def _scaled_intermediate(teacher: AttentionAdapter, hidden: int) -> dict[str, in
     if teacher.family == "vlt5":
         return {"intermediate_size": max(1, round(c.d_ff * hidden / c.d_model))}
     v, t = c.vision_config, c.text_config
-    return {"vision_intermediate_size": max(1, round(v.intermediate_size * hidden / v.hidden_size)),
-            "text_intermediate_size": max(1, round(t.intermediate_size * hidden / t.hidden_size))}
+    return {
+        "vision_intermediate_size": max(1, round(v.intermediate_size * hidden / v.hidden_size)),
+        "text_intermediate_size": max(1, round(t.intermediate_size * hidden / t.hidden_size)),
+    }
 
 
 def _tower_depths(state: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -80,8 +95,9 @@ def _tower_depths(state: dict[str, torch.Tensor]) -> dict[str, int]:
 
 
 @torch.no_grad()
-def copy_from_teacher(teacher: AttentionAdapter, student: AttentionAdapter,
-                      layer_map: str | Sequence[int] = "uniform") -> dict[str, Any]:
+def copy_from_teacher(
+    teacher: AttentionAdapter, student: AttentionAdapter, layer_map: str | Sequence[int] = "uniform"
+) -> dict[str, Any]:
     """Copy teacher tensors into the student wherever names (after the layer map) and shapes match.
 
     A layer parameter that the mapped teacher layer lacks (T5's relative position bias lives in block 0
@@ -89,8 +105,7 @@ def copy_from_teacher(teacher: AttentionAdapter, student: AttentionAdapter,
     """
     t_state, s_state = teacher.state_dict(), student.state_dict()
     t_depth, s_depth = _tower_depths(t_state), _tower_depths(s_state)
-    maps = {tower: resolve_layer_map(layer_map, t_depth[tower], n) for tower, n in s_depth.items()
-            if tower in t_depth}
+    maps = {tower: resolve_layer_map(layer_map, t_depth[tower], n) for tower, n in s_depth.items() if tower in t_depth}
     copied, skipped = [], {}
     n_copied = n_total = 0
     seen: set[int] = set()
@@ -113,5 +128,10 @@ def copy_from_teacher(teacher: AttentionAdapter, student: AttentionAdapter,
             dst.copy_(src)
             copied.append(key if src_key == key else f"{key} <- {src_key}")
             n_copied += dst.numel() if count else 0
-    return {"init": "teacher", "layer_maps": maps, "copied": copied, "skipped": skipped,
-            "copied_fraction": n_copied / max(n_total, 1)}
+    return {
+        "init": "teacher",
+        "layer_maps": maps,
+        "copied": copied,
+        "skipped": skipped,
+        "copied_fraction": n_copied / max(n_total, 1),
+    }

@@ -46,8 +46,9 @@ def build_word_tokenizer(
         Word ids are sorted by frequency then alphabetically, so the same corpus gives the same ids.
     """
     counts = Counter(w for t in texts for w in split_words(t))
-    words = sorted((w for w, c in counts.items() if c >= min_freq and w not in SPECIAL_TOKENS),
-                   key=lambda w: (-counts[w], w))
+    words = sorted(
+        (w for w, c in counts.items() if c >= min_freq and w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w)
+    )
     if max_size is not None:
         words = words[:max_size]
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
@@ -70,8 +71,13 @@ def word_tokenizer_from_vocab(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins with spaces, tidies punctuation
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", bos_token="[BOS]", eos_token="[EOS]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
         model_max_length=512,
     )
 
@@ -118,4 +124,5 @@ def is_placeholder_tokenizer(tokenizer: Any) -> bool:
         return False
     vocab = tokenizer.get_vocab()
     return len(vocab) > len(SPECIAL_TOKENS) and all(
-        vocab.get(f"tok{i}") == i for i in (len(SPECIAL_TOKENS), len(vocab) - 1))
+        vocab.get(f"tok{i}") == i for i in (len(SPECIAL_TOKENS), len(vocab) - 1)
+    )

@@ -36,9 +36,17 @@ from amad.models.capture import SINK_ATTR, AttentionPoint
 ATTN_IMPLEMENTATION = "amad_eager"
 
 
-def amad_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                         attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                         position_bias: Tensor | None = None, **kwargs: Any) -> tuple[Tensor, Tensor]:
+def amad_eager_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
     """T5's ``eager_attention_forward`` (5.24), handing the pre-dropout probabilities to a sink.
 
     Args:
@@ -79,12 +87,20 @@ class VisualEmbedding(nn.Module):
         eps: norm epsilon.
     """
 
-    def __init__(self, d_model: int, image_size: int = 64, patch_size: int | None = 16,
-                 visual_feat_dim: int | None = None, num_channels: int = 3, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        image_size: int = 64,
+        patch_size: int | None = 16,
+        visual_feat_dim: int | None = None,
+        num_channels: int = 3,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.image_size, self.patch_size, self.visual_feat_dim = image_size, patch_size, visual_feat_dim
-        self.patch_embed = (nn.Conv2d(num_channels, d_model, kernel_size=patch_size, stride=patch_size)
-                            if patch_size else None)
+        self.patch_embed = (
+            nn.Conv2d(num_channels, d_model, kernel_size=patch_size, stride=patch_size) if patch_size else None
+        )
         self.feat_proj = nn.Linear(visual_feat_dim, d_model) if visual_feat_dim else None
         self.feat_norm = T5LayerNorm(d_model, eps=eps)
         self.box_proj = nn.Linear(5, d_model)
@@ -98,21 +114,26 @@ class VisualEmbedding(nn.Module):
         y, x = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([x / cols, y / rows, (x + 1) / cols, (y + 1) / rows], dim=-1).reshape(-1, 4)
 
-    def forward(self, pixel_values: Tensor | None = None, visual_feats: Tensor | None = None,
-                visual_boxes: Tensor | None = None) -> Tensor:
+    def forward(
+        self, pixel_values: Tensor | None = None, visual_feats: Tensor | None = None, visual_boxes: Tensor | None = None
+    ) -> Tensor:
         """Region features (B, N, F) + boxes (B, N, 4) when given, else patches of (B, C, H, W) → (B, N, d)."""
         if visual_feats is not None:
             if self.feat_proj is None:
-                raise ValueError("this VL-T5 has no region-feature projection (visual_feat_dim=None); "
-                                 "build it with visual_feat_dim=F to use visual_feats")
+                raise ValueError(
+                    "this VL-T5 has no region-feature projection (visual_feat_dim=None); "
+                    "build it with visual_feat_dim=F to use visual_feats"
+                )
             if visual_boxes is None:
                 raise ValueError("visual_feats need visual_boxes (B, N, 4)")
             feats = self.feat_proj(visual_feats.to(self.feat_proj.weight.dtype))
             boxes = visual_boxes.to(feats.dtype)
         else:
             if self.patch_embed is None:
-                raise ValueError("this VL-T5 takes region features only (patch_size=None): the batch "
-                                 "needs visual_feats and visual_boxes")
+                raise ValueError(
+                    "this VL-T5 takes region features only (patch_size=None): the batch "
+                    "needs visual_feats and visual_boxes"
+                )
             if pixel_values is None:
                 raise ValueError("the batch has neither pixel_values nor visual_feats")
             grid = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (B, d, h, w)
@@ -135,16 +156,30 @@ class VLT5Adapter(AttentionAdapter):
     sites = ("encoder.self", "decoder.self", "decoder.cross")
     hf_class = T5ForConditionalGeneration
 
-    def __init__(self, model: T5ForConditionalGeneration, tokenizer: Any = None, *, image_size: int = 64,
-                 patch_size: int | None = 16, visual_feat_dim: int | None = None, num_channels: int = 3) -> None:
+    def __init__(
+        self,
+        model: T5ForConditionalGeneration,
+        tokenizer: Any = None,
+        *,
+        image_size: int = 64,
+        patch_size: int | None = 16,
+        visual_feat_dim: int | None = None,
+        num_channels: int = 3,
+    ) -> None:
         super().__init__(model, tokenizer)
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:
             model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        self.visual = VisualEmbedding(model.config.d_model, image_size=image_size, patch_size=patch_size,
-                                      visual_feat_dim=visual_feat_dim, num_channels=num_channels,
-                                      eps=model.config.layer_norm_epsilon)
-        self._visual_cfg = dict(image_size=image_size, patch_size=patch_size,
-                                visual_feat_dim=visual_feat_dim, num_channels=num_channels)
+        self.visual = VisualEmbedding(
+            model.config.d_model,
+            image_size=image_size,
+            patch_size=patch_size,
+            visual_feat_dim=visual_feat_dim,
+            num_channels=num_channels,
+            eps=model.config.layer_norm_epsilon,
+        )
+        self._visual_cfg = dict(
+            image_size=image_size, patch_size=patch_size, visual_feat_dim=visual_feat_dim, num_channels=num_channels
+        )
 
     @classmethod
     def from_config(cls, config: T5Config, tokenizer: Any = None, **visual: Any) -> VLT5Adapter:
@@ -153,8 +188,7 @@ class VLT5Adapter(AttentionAdapter):
 
     @classmethod
     def load_hf(cls, path: str, **kwargs: Any):
-        return T5ForConditionalGeneration.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION,
-                                                          **kwargs)
+        return T5ForConditionalGeneration.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
 
     def extra_config(self) -> dict[str, Any]:
         return dict(self._visual_cfg)
@@ -195,8 +229,13 @@ class VLT5Adapter(AttentionAdapter):
     def _run(self, batch):
         embeds, enc_mask = self._encoder_inputs(batch)
         dec_ids, target_mask = decoder_inputs(batch["labels"], self.bos_token_id, self.pad_token_id)
-        logits = self.model(inputs_embeds=embeds, attention_mask=enc_mask, decoder_input_ids=dec_ids,
-                            decoder_attention_mask=target_mask.long(), use_cache=False).logits
+        logits = self.model(
+            inputs_embeds=embeds,
+            attention_mask=enc_mask,
+            decoder_input_ids=dec_ids,
+            decoder_attention_mask=target_mask.long(),
+            use_cache=False,
+        ).logits
         enc_bool = enc_mask.bool()
         query_masks = {"encoder.self": enc_bool, "decoder.self": target_mask, "decoder.cross": target_mask}
         key_masks = {"encoder.self": enc_bool, "decoder.self": target_mask}
@@ -209,5 +248,6 @@ class VLT5Adapter(AttentionAdapter):
 
     def _next_logits(self, state, decoder_ids):
         enc, enc_mask = state
-        return self.model(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=decoder_ids,
-                          use_cache=False).logits[:, -1]
+        return self.model(
+            encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=decoder_ids, use_cache=False
+        ).logits[:, -1]

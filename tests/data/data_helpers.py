@@ -6,15 +6,14 @@ import torch
 def assert_batch_contract(batch: dict, tokenizer, *, image_size: int) -> None:
     """The batch dict of docs/architecture.md: keys, dtypes, shapes, special tokens, padding."""
     b = len(batch["ids"])
-    assert {"pixel_values", "input_ids", "attention_mask", "labels", "ids", "references",
-            "source_text"} <= set(batch)
+    assert {"pixel_values", "input_ids", "attention_mask", "labels", "ids", "references", "source_text"} <= set(batch)
     pv = batch["pixel_values"]
     assert pv.dtype == torch.float32 and tuple(pv.shape) == (b, 3, image_size, image_size)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     assert ids.dtype == mask.dtype == labels.dtype == torch.long
     assert ids.shape == mask.shape and ids.shape[0] == labels.shape[0] == b
     pad = tokenizer.pad_token_id
-    for row, m, lab in zip(ids.tolist(), mask.tolist(), labels.tolist()):
+    for row, m, lab in zip(ids.tolist(), mask.tolist(), labels.tolist(), strict=False):
         n = sum(m)
         assert m == [1] * n + [0] * (len(m) - n)  # right padding
         assert row[n:] == [pad] * (len(row) - n)

@@ -21,16 +21,32 @@ def _wordlevel(specials: list[str], **roles) -> PreTrainedTokenizerFast:
 
 def _items(n=3):
     texts = [("what color is the shape ?", "red"), ("what is the shape ?", "a red circle"), ("", "blue")]
-    return [{"image": torch.full((3, 8, 8), 10 * i, dtype=torch.uint8), "id": i, "source": s, "target": t,
-             "references": [t]} for i, (s, t) in enumerate(texts[:n])]
+    return [
+        {
+            "image": torch.full((3, 8, 8), 10 * i, dtype=torch.uint8),
+            "id": i,
+            "source": s,
+            "target": t,
+            "references": [t],
+        }
+        for i, (s, t) in enumerate(texts[:n])
+    ]
 
 
 def test_word_tokenizer_cls_sep_eos_and_padding():
     tok = build_word_tokenizer([" ".join(WORDS)])
     batch = VisionTextCollator(tok, image_size=8)(_items())
     assert_batch_contract(batch, tok, image_size=8)
-    assert tok.convert_ids_to_tokens(batch["input_ids"][0].tolist()) == \
-        ["[CLS]", "what", "color", "is", "the", "shape", "?", "[SEP]"]
+    assert tok.convert_ids_to_tokens(batch["input_ids"][0].tolist()) == [
+        "[CLS]",
+        "what",
+        "color",
+        "is",
+        "the",
+        "shape",
+        "?",
+        "[SEP]",
+    ]
     assert batch["input_ids"][2].tolist()[:2] == [tok.cls_token_id, tok.sep_token_id]  # empty source
     red = tok.convert_tokens_to_ids("red")
     assert batch["labels"][0].tolist() == [red, tok.eos_token_id, IGNORE_INDEX, IGNORE_INDEX]
@@ -38,8 +54,14 @@ def test_word_tokenizer_cls_sep_eos_and_padding():
 
 
 def test_bert_style_tokenizer_ends_targets_with_sep():
-    tok = _wordlevel(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], pad_token="[PAD]", unk_token="[UNK]",
-                     cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tok = _wordlevel(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     assert tok.eos_token_id is None
     batch = VisionTextCollator(tok)(_items())
     assert_batch_contract(batch, tok, image_size=8)

@@ -56,8 +56,9 @@ def test_vocab_before_setup_and_tokenizer_roundtrip(tmp_path):
 def test_batch_contract_and_content(dm):
     batch = next(iter(dm.val_dataloader()))
     assert_batch_contract(batch, dm.tokenizer, image_size=64)
-    assert batch["references"] == [[a] for a in dm.tokenizer.batch_decode(
-        [[t for t in lab if t >= 0][:-1] for lab in batch["labels"].tolist()])]
+    assert batch["references"] == [
+        [a] for a in dm.tokenizer.batch_decode([[t for t in lab if t >= 0][:-1] for lab in batch["labels"].tolist()])
+    ]
     ex = dm.datasets["val"].examples[0]
     q = src.load_questions("train")[ex.id]
     assert (ex.source, ex.target, ex.image) == (q.question, q.answer, q.image_id)
@@ -94,10 +95,27 @@ def test_fraction_subset_deterministic():
 
 
 def test_no_question_depends_on_position_so_rot_flip_keeps_answers():
-    words = {w for split in ("train", "test") for q in src.load_questions(split)
-             for w in re.findall(r"[a-z]+", q.question)}
-    assert not words & {"left", "right", "top", "bottom", "above", "below", "upper", "lower", "corner",
-                        "center", "middle", "side", "up", "down", "rotated", "pointing"}
+    words = {
+        w for split in ("train", "test") for q in src.load_questions(split) for w in re.findall(r"[a-z]+", q.question)
+    }
+    assert not words & {
+        "left",
+        "right",
+        "top",
+        "bottom",
+        "above",
+        "below",
+        "upper",
+        "lower",
+        "corner",
+        "center",
+        "middle",
+        "side",
+        "up",
+        "down",
+        "rotated",
+        "pointing",
+    }
 
 
 def test_augment_rotates_and_flips_train_only():

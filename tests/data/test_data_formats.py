@@ -6,8 +6,16 @@ import shutil
 
 import pytest
 
-from amad.data.formats import (DataFormatError, coco_image_path, load_karpathy, load_multi30k,
-                               load_question_ids, load_vqav2, most_common_answer, vqav2_paths)
+from amad.data.formats import (
+    DataFormatError,
+    coco_image_path,
+    load_karpathy,
+    load_multi30k,
+    load_question_ids,
+    load_vqav2,
+    most_common_answer,
+    vqav2_paths,
+)
 
 
 def test_load_vqav2(fixtures):
@@ -30,7 +38,7 @@ def test_vqav2_errors(fixtures, tmp_path):
         load_vqav2(*vqav2_paths(tmp_path, "test9"))
     bad = tmp_path / "q.json"
     bad.write_text("{not json")
-    with pytest.raises(DataFormatError, match="q.json"):
+    with pytest.raises(DataFormatError, match=r"q\.json"):
         load_vqav2(bad)
     bad.write_text(json.dumps({"data_subtype": "x", "questions": []}))
     with pytest.raises(DataFormatError, match="no questions"):
@@ -67,8 +75,12 @@ def test_load_karpathy(fixtures):
 def test_load_multi30k_plain_and_gz(fixtures):
     train = load_multi30k(fixtures / "multi30k", "train")  # .gz files
     assert len(train) == 4
-    assert train[0] == {"index": 0, "image": "1000092795.jpg", "source": "Two young guys are outside.",
-                        "target": "Zwei junge Männer sind im Freien."}
+    assert train[0] == {
+        "index": 0,
+        "image": "1000092795.jpg",
+        "source": "Two young guys are outside.",
+        "target": "Zwei junge Männer sind im Freien.",
+    }
     test = load_multi30k(fixtures / "multi30k", "test_2016_flickr")  # plain files
     assert [r["image"] for r in test] == ["1007129816.jpg", "1009434119.jpg"]
 

@@ -11,8 +11,14 @@ from amad.metrics import CaptionMetrics, TranslationBLEU, VQAAccuracy
 
 
 def _vqa(fixtures, **kw):
-    return VQAv2DataModule(root=str(fixtures / "vqav2"), image_root=str(fixtures / "coco"), batch_size=4,
-                           num_workers=0, image_size=32, **kw)
+    return VQAv2DataModule(
+        root=str(fixtures / "vqav2"),
+        image_root=str(fixtures / "coco"),
+        batch_size=4,
+        num_workers=0,
+        image_size=32,
+        **kw,
+    )
 
 
 def test_vqav2_datamodule(fixtures):
@@ -47,7 +53,7 @@ def test_missing_image_folder_and_files(fixtures, tmp_path):
     shutil.copytree(fixtures / "coco", coco)
     (coco / "val2014" / "COCO_val2014_000000000073.jpg").unlink()
     dm = VQAv2DataModule(root=str(fixtures / "vqav2"), image_root=str(coco))
-    with pytest.raises(FileNotFoundError, match="COCO_val2014_000000000073.jpg does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"COCO_val2014_000000000073\.jpg does not exist"):
         dm.setup("validate")
     with pytest.raises(FileNotFoundError, match=r"(?s)v2_OpenEnded_mscoco_train2014_questions\.json.*visualqa"):
         VQAv2DataModule(root=str(tmp_path), image_root=str(coco))
@@ -60,10 +66,11 @@ def test_corrupt_image_error_names_file_or_is_skipped(fixtures, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     dm = VQAv2DataModule(root=str(fixtures / "vqav2"), image_root=str(coco), image_size=16, num_workers=0)
     dm.setup("validate")
-    with pytest.raises(CorruptImageError, match="COCO_val2014_000000000042.jpg"):
+    with pytest.raises(CorruptImageError, match=r"COCO_val2014_000000000042\.jpg"):
         dm.datasets["val"][0]
-    dm = VQAv2DataModule(root=str(fixtures / "vqav2"), image_root=str(coco), image_size=16, num_workers=0,
-                         skip_corrupt=True)
+    dm = VQAv2DataModule(
+        root=str(fixtures / "vqav2"), image_root=str(coco), image_size=16, num_workers=0, skip_corrupt=True
+    )
     with pytest.warns(UserWarning, match=r"skipped 1 missing/corrupt"):
         dm.setup("validate")
     assert dm.skipped == {"val": 1} and len(dm.datasets["val"]) == 3  # both questions on image 42 dropped
@@ -71,9 +78,14 @@ def test_corrupt_image_error_names_file_or_is_skipped(fixtures, tmp_path):
 
 
 def test_coco_karpathy_datamodule(fixtures):
-    dm = COCOKarpathyDataModule(dataset_json=str(fixtures / "karpathy" / "dataset_coco.json"),
-                                image_root=str(fixtures / "coco"), batch_size=4, num_workers=0, image_size=24,
-                                text_prefix="caption:")
+    dm = COCOKarpathyDataModule(
+        dataset_json=str(fixtures / "karpathy" / "dataset_coco.json"),
+        image_root=str(fixtures / "coco"),
+        batch_size=4,
+        num_workers=0,
+        image_size=24,
+        text_prefix="caption:",
+    )
     dm.setup("fit")
     dm.setup("test")
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 15, "val": 1, "test": 2}
@@ -87,8 +99,14 @@ def test_coco_karpathy_datamodule(fixtures):
 
 
 def test_multi30k_datamodule(fixtures):
-    dm = Multi30KDataModule(root=str(fixtures / "multi30k"), image_root=str(fixtures / "flickr30k-images"),
-                            batch_size=2, num_workers=0, image_size=16, lowercase_bleu=True)
+    dm = Multi30KDataModule(
+        root=str(fixtures / "multi30k"),
+        image_root=str(fixtures / "flickr30k-images"),
+        batch_size=2,
+        num_workers=0,
+        image_size=16,
+        lowercase_bleu=True,
+    )
     dm.setup("fit")
     dm.setup("test")
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 4, "val": 2, "test": 2}

@@ -12,8 +12,7 @@ from amad.data import ShapesCaptionDataModule, ShapesTranslationDataModule
 from amad.data import easyvqa_source as src
 from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes, read_attributes
 from amad.data.shapes import image_attributes
-from amad.data.shapes_text import (CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions,
-                                   german_noun_phrase, render)
+from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, german_noun_phrase, render
 from amad.metrics import CaptionMetrics, TranslationBLEU
 
 
@@ -82,21 +81,24 @@ def test_captions_mention_the_attributes():
     assert sum("bottom left" in c for c in caps) >= 2 and sum("small" in c for c in caps) >= 2
 
 
-@pytest.mark.parametrize("shape, adjs, kind, case, expected", [
-    ("circle", ["groß", "rot"], "indef", "nom", "ein großer roter Kreis"),
-    ("triangle", ["klein", "blau"], "indef", "nom", "ein kleines blaues Dreieck"),
-    ("rectangle", ["mittelgroß", "grün"], "indef", "nom", "ein mittelgroßes grünes Rechteck"),
-    ("shape", ["klein", "rot"], "indef", "nom", "eine kleine rote Form"),
-    ("circle", ["rot"], "indef", "acc", "einen roten Kreis"),
-    ("triangle", ["rot"], "indef", "acc", "ein rotes Dreieck"),
-    ("shape", ["gelb"], "indef", "acc", "eine gelbe Form"),
-    ("circle", ["grau"], "def", "nom", "der graue Kreis"),
-    ("rectangle", ["schwarz"], "def", "nom", "das schwarze Rechteck"),
-    ("shape", ["braun"], "def", "nom", "die braune Form"),
-    ("circle", ["grau"], "def", "acc", "den grauen Kreis"),
-    ("background", ["hell"], "indef", "dat", "einem hellen Hintergrund"),
-    ("shape", ["hell"], "indef", "dat", "einer hellen Form"),
-])
+@pytest.mark.parametrize(
+    "shape, adjs, kind, case, expected",
+    [
+        ("circle", ["groß", "rot"], "indef", "nom", "ein großer roter Kreis"),
+        ("triangle", ["klein", "blau"], "indef", "nom", "ein kleines blaues Dreieck"),
+        ("rectangle", ["mittelgroß", "grün"], "indef", "nom", "ein mittelgroßes grünes Rechteck"),
+        ("shape", ["klein", "rot"], "indef", "nom", "eine kleine rote Form"),
+        ("circle", ["rot"], "indef", "acc", "einen roten Kreis"),
+        ("triangle", ["rot"], "indef", "acc", "ein rotes Dreieck"),
+        ("shape", ["gelb"], "indef", "acc", "eine gelbe Form"),
+        ("circle", ["grau"], "def", "nom", "der graue Kreis"),
+        ("rectangle", ["schwarz"], "def", "nom", "das schwarze Rechteck"),
+        ("shape", ["braun"], "def", "nom", "die braune Form"),
+        ("circle", ["grau"], "def", "acc", "den grauen Kreis"),
+        ("background", ["hell"], "indef", "dat", "einem hellen Hintergrund"),
+        ("shape", ["hell"], "indef", "dat", "einer hellen Form"),
+    ],
+)
 def test_german_agreement(shape, adjs, kind, case, expected):
     assert german_noun_phrase(shape, adjs, kind=kind, case=case) == expected
 
@@ -104,8 +106,10 @@ def test_german_agreement(shape, adjs, kind, case, expected):
 def test_german_sentences():
     big_red_circle = ShapeAttributes("circle", "red", "large", 0, 0)
     small_blue_tri = ShapeAttributes("triangle", "blue", "small", 1, 1)
-    assert render(big_red_circle, 0) == ("A large red circle in the top left corner.",
-                                         "Ein großer roter Kreis oben links.")
+    assert render(big_red_circle, 0) == (
+        "A large red circle in the top left corner.",
+        "Ein großer roter Kreis oben links.",
+    )
     assert render(small_blue_tri, 0)[1] == "Ein kleines blaues Dreieck in der Mitte."
     assert render(big_red_circle, 1)[1] == "Es gibt einen roten Kreis oben links."
     assert render(small_blue_tri, 2)[1] == "Das Bild zeigt ein kleines blaues Dreieck."
@@ -144,6 +148,7 @@ def test_caption_datamodule(cap_dm):
     # same images as EasyVQADataModule's val split
     val_images = sorted({ex.image for ex in cap_dm.datasets["val"].examples})
     from amad.data.easyvqa import split_train_images
+
     assert val_images == split_train_images(4000, 0.1, 0)[1]
     tok = cap_dm.tokenizer
     assert all(tok.unk_token_id not in tok(c)["input_ids"] for r in batch["references"] for c in r)
@@ -181,7 +186,7 @@ def test_translation_datamodule():
     toks = d.tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
     assert toks[:6] == ["[CLS]", "translate", "english", "to", "german", ":"]
     attrs = image_attributes("test")
-    for i, src_text, refs in zip(batch["ids"], batch["source_text"], batch["references"]):
+    for i, src_text, refs in zip(batch["ids"], batch["source_text"], batch["references"], strict=False):
         img, t = divmod(i, 10)
         assert (src_text, refs[0]) == render(attrs[img], t) and len(refs) == 1
     full_test = d._build_examples("test")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from amad.models import build_model, random_batch
+from amad.models import random_batch
 
 TASK_OF = {"blip-vqa": "vqa", "blip-caption": "caption", "vlt5": "vqa"}
 
@@ -39,8 +38,18 @@ class RandomBatchDataModule(L.LightningDataModule):
 
 
 def fit_trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(max_steps=2, limit_val_batches=1, limit_test_batches=1, logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                    default_root_dir=str(tmp_path), accelerator="cpu", devices=1, num_sanity_val_steps=0)
+    defaults = dict(
+        max_steps=2,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+    )
     defaults.update(kwargs)
     return L.Trainer(**defaults)

@@ -6,22 +6,23 @@ import copy
 
 import pytest
 import torch
+from lit_helpers import TASK_OF, RandomBatchDataModule, fit_trainer
 
 from amad.lit import DistillationModule, FineTuneModule, FrozenTeacher
-
-from lit_helpers import TASK_OF, RandomBatchDataModule, fit_trainer
 
 STUDENT = {"num_heads": 2, "num_layers": 1, "init": "random"}
 
 
 def _module(teacher, family, method="amad", **kw):
-    return DistillationModule(teacher=copy.deepcopy(teacher), student=STUDENT, task=TASK_OF[family],
-                              attn_method=method, **kw)
+    return DistillationModule(
+        teacher=copy.deepcopy(teacher), student=STUDENT, task=TASK_OF[family], attn_method=method, **kw
+    )
 
 
 @pytest.mark.parametrize("family", ["blip-vqa", "blip-caption", "vlt5"])
-@pytest.mark.parametrize("method", ["amad", "one_to_one", "head_mean", "minilm_relation", "shd", "a2d",
-                                    "attn_distill", "none"])
+@pytest.mark.parametrize(
+    "method", ["amad", "one_to_one", "head_mean", "minilm_relation", "shd", "a2d", "attn_distill", "none"]
+)
 def test_every_family_and_method_trains_with_finite_logged_terms(tmp_path, tiny_teacher_factory, family, method):
     teacher = tiny_teacher_factory(family)
     module = _module(teacher, family, method)
@@ -98,8 +99,12 @@ def test_checkpoint_holds_student_only_resumes_and_exports(tmp_path, tiny_teache
     assert [k for k in ckpt["state_dict"] if k.startswith("student.")]
 
     resumed = _module(teacher, "blip-vqa")
-    trainer2 = fit_trainer(tmp_path, max_steps=4, enable_checkpointing=True,
-                           callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)])
+    trainer2 = fit_trainer(
+        tmp_path,
+        max_steps=4,
+        enable_checkpointing=True,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)],
+    )
     trainer2.fit(resumed, datamodule=dm, ckpt_path=str(last))
     assert trainer2.global_step == 4
 

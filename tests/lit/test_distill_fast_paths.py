@@ -24,8 +24,7 @@ def _terms_and_grads(module, batch):
 def test_stacked_layer_pairs_equal_one_call_per_pair(monkeypatch, family, method):
     torch.manual_seed(0)
     teacher = build_model(family, preset="tiny")
-    module = DistillationModule(teacher=teacher, student={"num_heads": 2},
-                                attn_method=method)
+    module = DistillationModule(teacher=teacher, student={"num_heads": 2}, attn_method=method)
     module.student.eval()  # no dropout: both passes see the same maps
     batch = random_batch(family, 4, seed=3, tokenizer=teacher.tokenizer)
     assert not batch["attention_mask"].all(), "the batch must have padded text rows"
@@ -62,8 +61,7 @@ def test_parameterised_methods_are_never_stacked(monkeypatch):
     monkeypatch.setattr(AttentionDistiller, "STACK_MAX_NUMEL", 1 << 40)
     calls = []
     real = AttentionDistiller._call
-    monkeypatch.setattr(AttentionDistiller, "_call",
-                        lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
+    monkeypatch.setattr(AttentionDistiller, "_call", lambda self, *a, **k: calls.append(a[1]) or real(self, *a, **k))
     module.distillation_losses(random_batch("blip-vqa", 2, seed=0, tokenizer=teacher.tokenizer))
     assert all(isinstance(l_s, int) for l_s in calls)  # one call per layer pair, each its own aligner
 

@@ -21,5 +21,5 @@ def make_masks(B=3, Q=5, K=6):
     key_pad = torch.zeros(B, K, dtype=torch.bool)
     for b, n in enumerate(lengths):
         query_mask[b, :n] = True
-        key_pad[b, max(n, 1):] = True  # keep at least one key so every row is a distribution
+        key_pad[b, max(n, 1) :] = True  # keep at least one key so every row is a distribution
     return query_mask, key_pad

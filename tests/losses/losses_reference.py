@@ -53,7 +53,7 @@ def _softmax(values, tau):
 
 def amad(teacher, student, mask=None, variant="kl", tau=1.0, eps=1e-8, detach_weights=False):
     """Returns (loss, weights (B, Ht, Hs))."""
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     teacher = teacher.detach()
     total = teacher.new_zeros(())
@@ -96,7 +96,7 @@ def amad(teacher, student, mask=None, variant="kl", tau=1.0, eps=1e-8, detach_we
 
 
 def one_to_one(teacher, student, mask=None, kind="kl", eps=1e-8):
-    B, Ht, Q, K = teacher.shape
+    B, _Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     total = teacher.new_zeros(())
     for b in range(B):
@@ -112,7 +112,7 @@ def one_to_one(teacher, student, mask=None, kind="kl", eps=1e-8):
 
 
 def head_mean(teacher, student, mask=None, kind="kl", eps=1e-8):
-    B, Ht, Q, K = teacher.shape
+    B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     total = teacher.new_zeros(())
     for b in range(B):
@@ -157,16 +157,20 @@ def minilm_relation(teacher_qkv, student_qkv, key_mask=None, num_relation_heads=
     total = teacher_qkv[0].new_zeros(())
     for b in range(B):
         keys = _valid_rows(key_mask, b, L)
-        for xt, xs in zip(teacher_qkv, student_qkv):
+        for xt, xs in zip(teacher_qkv, student_qkv, strict=False):
             dt, ds = xt.shape[-1] // R, xs.shape[-1] // R
             heads = teacher_qkv[0].new_zeros(())
             for r in range(R):
                 per_row = []
                 for q in keys:
+
                     def rel(x, d):
-                        scores = [(x[b, q, r * d:(r + 1) * d] * x[b, k, r * d:(r + 1) * d]).sum() / math.sqrt(d)
-                                  for k in keys]
+                        scores = [
+                            (x[b, q, r * d : (r + 1) * d] * x[b, k, r * d : (r + 1) * d]).sum() / math.sqrt(d)
+                            for k in keys
+                        ]
                         return _softmax(scores, 1.0)
+
                     pt, ps = rel(xt.detach(), dt), rel(xs, ds)
                     per_row.append(sum(pt[k] * (torch.log(pt[k]) - torch.log(ps[k])) for k in range(len(keys))))
                 if per_row:
@@ -276,8 +280,9 @@ def a2d(teacher, student, weight, bias, qmask=None, kmask=None, teacher_as_logit
     return total / B
 
 
-def attn_distill(teacher, student, qmask=None, kmask=None, tau=20.0, query_index=None,
-                 prob_clamp=(1e-5, 0.996), eps=1e-8):
+def attn_distill(
+    teacher, student, qmask=None, kmask=None, tau=20.0, query_index=None, prob_clamp=(1e-5, 0.996), eps=1e-8
+):
     B, Ht, Q, K = teacher.shape
     Hs = student.shape[1]
     total = teacher.new_zeros(())

@@ -26,8 +26,9 @@ def _grad(loss, x):
 @pytest.mark.parametrize("tau,detach", [(1.0, False), (0.5, True)])
 def test_amad_matches_loop_reference(maps, variant, tau, detach):
     teacher, student, qmask = maps
-    loss, w = amad_loss(teacher, student, query_mask=qmask, variant=variant, temperature=tau,
-                        detach_weights=detach, return_weights=True)
+    loss, w = amad_loss(
+        teacher, student, query_mask=qmask, variant=variant, temperature=tau, detach_weights=detach, return_weights=True
+    )
     want, want_w = ref.amad(teacher, student, qmask, variant, tau, detach_weights=detach)
     torch.testing.assert_close(loss, want, **TOL)
     torch.testing.assert_close(w.detach(), want_w, **TOL)
@@ -75,7 +76,7 @@ def test_weights_rows_sum_to_one(maps, variant):
 
 def test_mixture_rows_sum_to_one_over_keys(maps):
     teacher, student, qmask = maps
-    mix, a = amad_mixture(teacher, student, query_mask=qmask)
+    mix, _a = amad_mixture(teacher, student, query_mask=qmask)
     sums = mix.sum(-1)  # (B, Ht, Q)
     valid = qmask[:, None, :].expand_as(sums)
     torch.testing.assert_close(sums[valid], torch.ones_like(sums[valid]))
@@ -143,9 +144,12 @@ def test_degenerate_maps_give_finite_loss_and_grads(variant, case):
     for dtype in (torch.float32, torch.float64):
         s = student.to(dtype).requires_grad_(True)
         t = teacher.to(dtype)
-        losses = [amad_loss(t, s, query_mask=mask, variant=variant),
-                  one_to_one_loss(t, s, query_mask=mask), head_mean_loss(t, s, query_mask=mask),
-                  one_to_one_loss(t, s, query_mask=mask, kind="mse")]
+        losses = [
+            amad_loss(t, s, query_mask=mask, variant=variant),
+            one_to_one_loss(t, s, query_mask=mask),
+            head_mean_loss(t, s, query_mask=mask),
+            one_to_one_loss(t, s, query_mask=mask, kind="mse"),
+        ]
         for loss in losses:
             assert torch.isfinite(loss), (case, loss)
             assert torch.isfinite(_grad(loss, s)).all(), case
@@ -161,7 +165,7 @@ def test_one_student_head_mix_is_that_head(maps):
     mix, _ = amad_mixture(teacher, one, query_mask=qmask)
     torch.testing.assert_close(mix, (one * qmask[:, None, :, None]).expand_as(mix).detach(), **TOL)
     # ... so the KL variant is the sum over teacher heads of KL against that single head
-    want = sum(one_to_one_loss(teacher[:, i:i + 1], one, query_mask=qmask) for i in range(teacher.shape[1]))
+    want = sum(one_to_one_loss(teacher[:, i : i + 1], one, query_mask=qmask) for i in range(teacher.shape[1]))
     torch.testing.assert_close(loss, want, **TOL)
 
 
@@ -186,8 +190,11 @@ def test_detach_weights_stops_gradient_through_weights_only(maps):
 def test_teacher_gets_no_gradient(maps):
     teacher, student, qmask = maps
     teacher = teacher.clone().requires_grad_(True)
-    for loss in (amad_loss(teacher, student, query_mask=qmask), one_to_one_loss(teacher, student),
-                 head_mean_loss(teacher, student)):
+    for loss in (
+        amad_loss(teacher, student, query_mask=qmask),
+        one_to_one_loss(teacher, student),
+        head_mean_loss(teacher, student),
+    ):
         loss.backward()
     assert teacher.grad is None
 
@@ -220,8 +227,13 @@ def _names_both(t, s):
 @pytest.mark.parametrize("bad", ["Q", "K", "B", "rank", "dtype"])
 def test_mismatch_errors_name_both_shapes(fn, bad):
     t = random_maps(2, 4, 5, 6)
-    s = {"Q": random_maps(2, 3, 4, 6), "K": random_maps(2, 3, 5, 7), "B": random_maps(3, 3, 5, 6),
-         "rank": random_maps(2, 3, 5, 6)[0], "dtype": random_maps(2, 3, 5, 6).float()}[bad]
+    s = {
+        "Q": random_maps(2, 3, 4, 6),
+        "K": random_maps(2, 3, 5, 7),
+        "B": random_maps(3, 3, 5, 6),
+        "rank": random_maps(2, 3, 5, 6)[0],
+        "dtype": random_maps(2, 3, 5, 6).float(),
+    }[bad]
     with pytest.raises(ValueError, match=_names_both(t, s)):
         fn(t, s)
 
@@ -238,8 +250,9 @@ def test_mask_shape_error_names_both_shapes(fn):
 
 def test_integer_mask_is_accepted(maps):
     teacher, student, qmask = maps
-    torch.testing.assert_close(amad_loss(teacher, student, query_mask=qmask.long()),
-                               amad_loss(teacher, student, query_mask=qmask))
+    torch.testing.assert_close(
+        amad_loss(teacher, student, query_mask=qmask.long()), amad_loss(teacher, student, query_mask=qmask)
+    )
 
 
 def test_one_to_one_refuses_more_student_heads():
@@ -282,9 +295,9 @@ def test_kl_keeps_the_dtype_of_low_precision_maps():
     teacher = random_maps(B=2, H=3, seed=3).to(torch.bfloat16)
     student = random_maps(B=2, H=2, seed=4).to(torch.bfloat16).requires_grad_(True)
     loss = amad_loss(teacher, student, query_mask=torch.tensor([[1, 1, 1, 0, 0], [1] * 5]).bool())
-    want, _ = ref.amad(teacher.double(), student.detach().double(),
-                       torch.tensor([[1, 1, 1, 0, 0], [1] * 5]).bool(), "kl")
+    want, _ = ref.amad(
+        teacher.double(), student.detach().double(), torch.tensor([[1, 1, 1, 0, 0], [1] * 5]).bool(), "kl"
+    )
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
     assert _grad(loss, student).dtype == torch.bfloat16
-

@@ -48,8 +48,9 @@ def test_shd_groups():
 @pytest.mark.parametrize("granularity,tau,with_kmask", [("map", 1.0, True), ("row", 2.0, True), ("map", 0.5, False)])
 def test_shd_matches_loop_reference(Ht, Hs, granularity, tau, with_kmask):
     t, s, qmask, kmask = _inputs(Ht, Hs, with_kmask=with_kmask)
-    loss, w = shd_loss(t, s, query_mask=qmask, key_mask=kmask, temperature=tau, alpha_granularity=granularity,
-                       return_weights=True)
+    loss, w = shd_loss(
+        t, s, query_mask=qmask, key_mask=kmask, temperature=tau, alpha_granularity=granularity, return_weights=True
+    )
     want, want_w = ref.shd(t, s, qmask, kmask, tau, granularity)
     torch.testing.assert_close(loss, want, **TOL)
     torch.testing.assert_close(w, want_w, **TOL)
@@ -59,8 +60,9 @@ def test_shd_matches_loop_reference(Ht, Hs, granularity, tau, with_kmask):
 
 def test_shd_with_equal_heads_is_one_to_one_kl():
     t, s, qmask, _ = _inputs(3, 3)
-    torch.testing.assert_close(shd_loss(t, s, query_mask=qmask), one_to_one_loss(t, s, query_mask=qmask),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        shd_loss(t, s, query_mask=qmask), one_to_one_loss(t, s, query_mask=qmask), rtol=1e-6, atol=1e-6
+    )
 
 
 # -- A2D -----------------------------------------------------------------------------------------------
@@ -77,8 +79,11 @@ def test_a2d_matches_loop_reference(teacher_as_logits, with_kmask):
     want = ref.a2d(t, s, W, b, qmask, kmask, teacher_as_logits)
     torch.testing.assert_close(loss, want, **TOL)
     torch.testing.assert_close(w.detach(), W.detach().expand(3, 4, 3), **TOL)
-    for got, exp in zip(_grad(loss, s, a2d.aligner.weight, a2d.aligner.bias),
-                        _grad(want, s, a2d.aligner.weight, a2d.aligner.bias)):
+    for got, exp in zip(
+        _grad(loss, s, a2d.aligner.weight, a2d.aligner.bias),
+        _grad(want, s, a2d.aligner.weight, a2d.aligner.bias),
+        strict=True,
+    ):
         torch.testing.assert_close(got, exp, **TOL)
 
 
@@ -91,13 +96,20 @@ def test_a2d_head_count_error_names_both_shapes():
 # -- AttnDistill ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("query_index,prob_clamp,tau,with_kmask", [
-    (None, (1e-5, 0.996), 20.0, True), (0, (1e-5, 0.996), 20.0, False), (None, None, 2.0, True),
-    (-1, None, 5.0, False)])
+@pytest.mark.parametrize(
+    "query_index,prob_clamp,tau,with_kmask",
+    [
+        (None, (1e-5, 0.996), 20.0, True),
+        (0, (1e-5, 0.996), 20.0, False),
+        (None, None, 2.0, True),
+        (-1, None, 5.0, False),
+    ],
+)
 def test_attn_distill_matches_loop_reference(query_index, prob_clamp, tau, with_kmask):
     t, s, qmask, kmask = _inputs(4, 2, with_kmask=with_kmask)
-    loss = attn_distill_loss(t, s, query_mask=qmask, key_mask=kmask, temperature=tau, query_index=query_index,
-                             prob_clamp=prob_clamp)
+    loss = attn_distill_loss(
+        t, s, query_mask=qmask, key_mask=kmask, temperature=tau, query_index=query_index, prob_clamp=prob_clamp
+    )
     want = ref.attn_distill(t, s, qmask, kmask, tau, query_index, prob_clamp)
     torch.testing.assert_close(loss, want, **TOL)
     torch.testing.assert_close(_grad(loss, s), _grad(want, s), **TOL)
@@ -173,8 +185,9 @@ def test_resize_keys_keeps_cls_mass_and_uniform_stays_uniform():
     assert out.shape == (2, 3, 17, 5)
     torch.testing.assert_close(out[..., 0], a[..., 0])  # [CLS] key mass unchanged
     uniform = torch.full((1, 1, 17, 17), 1 / 17, dtype=torch.float64)
-    torch.testing.assert_close(resize_teacher_attention(uniform, 4, 2)[..., 1:],
-                               torch.full((1, 1, 5, 4), (16 / 17) / 4, dtype=torch.float64))
+    torch.testing.assert_close(
+        resize_teacher_attention(uniform, 4, 2)[..., 1:], torch.full((1, 1, 5, 4), (16 / 17) / 4, dtype=torch.float64)
+    )
 
 
 def test_resize_errors():

@@ -23,8 +23,7 @@ def test_cuda_kl_matches_loop_reference(dtype, detach):
     want, _ = ref.amad(teacher, student, qmask, "kl", 0.7, detach_weights=detach)
     (want_grad,) = torch.autograd.grad(want, student)
     s = student.detach().to("cuda", dtype).requires_grad_(True)
-    loss = amad_loss(teacher.to("cuda", dtype), s, query_mask=qmask.cuda(), temperature=0.7,
-                     detach_weights=detach)
+    loss = amad_loss(teacher.to("cuda", dtype), s, query_mask=qmask.cuda(), temperature=0.7, detach_weights=detach)
     (grad,) = torch.autograd.grad(loss, s)
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
     torch.testing.assert_close(loss.double().cpu(), want, **tol)

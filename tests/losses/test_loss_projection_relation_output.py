@@ -41,7 +41,8 @@ def test_projection_matches_loop_reference(normalize_rows):
     want = ref.amad_proj(teacher, student, proj.weight, proj.bias, qmask, normalize_rows=normalize_rows)
     torch.testing.assert_close(loss, want, **TOL)
     assert w.shape == (3, 3, 2)
-    for got, exp in zip(_grads(loss, student, proj.weight, proj.bias), _grads(want, student, proj.weight, proj.bias)):
+    got_grads = _grads(loss, student, proj.weight, proj.bias)
+    for got, exp in zip(got_grads, _grads(want, student, proj.weight, proj.bias), strict=True):
         torch.testing.assert_close(got, exp, **TOL)
 
 
@@ -85,7 +86,7 @@ def test_relation_matches_loop_reference(R):
     loss = minilm_relation_loss(teacher, student, key_mask=key_mask, num_relation_heads=R)
     want = ref.minilm_relation(teacher, student, key_mask, R)
     torch.testing.assert_close(loss, want, **TOL)
-    for got, exp in zip(_grads(loss, *student), _grads(want, *student)):
+    for got, exp in zip(_grads(loss, *student), _grads(want, *student), strict=False):
         torch.testing.assert_close(got, exp, **TOL)
 
 
@@ -95,15 +96,18 @@ def test_relation_padding_and_degenerate_inputs():
     base = minilm_relation_loss(teacher, student, key_mask=key_mask, num_relation_heads=2)
     pad = ~key_mask[:, :, None]
     junk = [torch.where(pad, torch.full_like(x, 1e3), x) for x in teacher]
-    other = minilm_relation_loss(junk, [torch.where(pad, 7.0, x) for x in student], key_mask=key_mask,
-                                 num_relation_heads=2)
+    other = minilm_relation_loss(
+        junk, [torch.where(pad, 7.0, x) for x in student], key_mask=key_mask, num_relation_heads=2
+    )
     torch.testing.assert_close(other, base, **TOL)
-    two = minilm_relation_loss([x[:2] for x in teacher], [x[:2] for x in student], key_mask=key_mask[:2],
-                               num_relation_heads=2)
+    two = minilm_relation_loss(
+        [x[:2] for x in teacher], [x[:2] for x in student], key_mask=key_mask[:2], num_relation_heads=2
+    )
     torch.testing.assert_close(base, two * 2 / 3, **TOL)  # the fully padded example adds 0, counts 1
     zeros = [torch.zeros(2, 4, 6, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    loss = minilm_relation_loss(_qkv(2, 4, 6, 3), zeros, key_mask=torch.zeros(2, 4, dtype=torch.bool),
-                                num_relation_heads=3)
+    loss = minilm_relation_loss(
+        _qkv(2, 4, 6, 3), zeros, key_mask=torch.zeros(2, 4, dtype=torch.bool), num_relation_heads=3
+    )
     loss.backward()
     assert float(loss.detach()) == 0 and all(torch.isfinite(z.grad).all() for z in zeros)
 
@@ -117,8 +121,9 @@ def test_relation_errors_and_bf16():
     with pytest.raises(ValueError, match=r"\(q, k, v\)"):
         minilm_relation_loss(t[:2], s, num_relation_heads=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = minilm_relation_loss([x.bfloat16() for x in t], [x.bfloat16() for x in _qkv(2, 5, 4, 3)],
-                                   num_relation_heads=2)
+        out = minilm_relation_loss(
+            [x.bfloat16() for x in t], [x.bfloat16() for x in _qkv(2, 5, 4, 3)], num_relation_heads=2
+        )
     assert out.dtype == torch.float32
 
 

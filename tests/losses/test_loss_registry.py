@@ -54,29 +54,31 @@ def test_every_method_builds_runs_and_backpropagates(method):
 def test_criteria_equal_the_functions():
     t, s, qmask = _inputs("maps")
     for variant in ("kl", "l2", "token"):
-        loss, w = build_attention_criterion("amad", teacher_heads=4, student_heads=3, variant=variant,
-                                            temperature=0.7)(t, s, query_mask=qmask)
+        loss, w = build_attention_criterion("amad", teacher_heads=4, student_heads=3, variant=variant, temperature=0.7)(
+            t, s, query_mask=qmask
+        )
         want, want_w = amad_loss(t, s, query_mask=qmask, variant=variant, temperature=0.7, return_weights=True)
         torch.testing.assert_close(loss, want)
         torch.testing.assert_close(w, want_w.detach())
     loss, w = build_attention_criterion("one_to_one", teacher_heads=4, student_heads=3, kind="mse")(
-        t, s, query_mask=qmask)
+        t, s, query_mask=qmask
+    )
     torch.testing.assert_close(loss, one_to_one_loss(t, s, query_mask=qmask, kind="mse"))
     torch.testing.assert_close(w, torch.eye(4, 3).expand(3, 4, 3))
     loss, w = build_attention_criterion("head_mean", teacher_heads=4, student_heads=3)(t, s, query_mask=qmask)
     torch.testing.assert_close(loss, head_mean_loss(t, s, query_mask=qmask))
     assert w is None
     tq, sq, kmask = _inputs("qkv")
-    loss, w = build_attention_criterion("minilm_relation", teacher_heads=4, student_heads=3,
-                                        num_relation_heads=2)(tq, sq, key_mask=kmask)
+    loss, w = build_attention_criterion("minilm_relation", teacher_heads=4, student_heads=3, num_relation_heads=2)(
+        tq, sq, key_mask=kmask
+    )
     torch.testing.assert_close(loss, minilm_relation_loss(tq, sq, key_mask=kmask, num_relation_heads=2))
     assert w is None
 
 
 def test_amad_proj_is_sized_per_layer_from_map_size_or_lazily():
     t, s, qmask = _inputs("maps")
-    sized = build_attention_criterion("amad_proj", teacher_heads=4, student_heads=3, num_layers=2,
-                                      map_size=(5, 5))
+    sized = build_attention_criterion("amad_proj", teacher_heads=4, student_heads=3, num_layers=2, map_size=(5, 5))
     assert sum(p.numel() for p in sized.parameters()) == 2 * (25 * 25 + 25)
     lazy = build_attention_criterion("amad_proj", teacher_heads=4, student_heads=3)
     loss, _ = lazy(t, s, query_mask=qmask)
@@ -94,7 +96,7 @@ def test_errors_list_valid_choices():
     with pytest.raises(ValueError, match="student_heads <= teacher_heads"):
         build_attention_criterion("one_to_one", teacher_heads=2, student_heads=3)
     crit = build_attention_criterion("amad", teacher_heads=4, student_heads=3, num_layers=2)
-    t, s, qmask = _inputs("maps")
+    t, s, _qmask = _inputs("maps")
     with pytest.raises(ValueError, match="layer 2 out of range"):
         crit(t, s, layer=2)
     with pytest.raises(ValueError, match=re.escape("(3, 3, 5, 5)") + ".*" + re.escape("(3, 3, 5, 5)")):
@@ -104,9 +106,8 @@ def test_errors_list_valid_choices():
 
 def test_grid_option_resizes_the_teacher():
     teacher = random_maps(2, 4, 1 + 16, 1 + 16, seed=3, dtype=torch.float32)  # [CLS] + 4x4 patches
-    student = random_maps(2, 3, 1 + 4, 1 + 4, seed=4, dtype=torch.float32)     # [CLS] + 2x2 patches
-    crit = build_attention_criterion("amad", teacher_heads=4, student_heads=3, teacher_grid=(4, 4),
-                                     student_grid=(2, 2))
+    student = random_maps(2, 3, 1 + 4, 1 + 4, seed=4, dtype=torch.float32)  # [CLS] + 2x2 patches
+    crit = build_attention_criterion("amad", teacher_heads=4, student_heads=3, teacher_grid=(4, 4), student_grid=(2, 2))
     loss, w = crit(teacher, student)
     assert torch.isfinite(loss) and w.shape == (2, 4, 3)
     with pytest.raises(ValueError, match="both teacher_grid and student_grid"):

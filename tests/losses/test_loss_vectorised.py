@@ -48,11 +48,13 @@ def test_loop_references_of_the_bench_agree():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
     a2d = A2DLoss(5, 2).double()
     pairs = [(loop_amad(t, s, mask, v), amad_loss(t, s, query_mask=mask, variant=v)) for v in ("kl", "l2", "token")]
-    pairs += [(loop_one_to_one(t, s, mask), one_to_one_loss(t, s, query_mask=mask)),
-              (loop_head_mean(t, s, mask), head_mean_loss(t, s, query_mask=mask)),
-              (loop_shd(t, s, mask, temperature=2.0), shd_loss(t, s, query_mask=mask, temperature=2.0)),
-              (loop_a2d(t, s, a2d, mask), a2d(t, s, mask)[0]),
-              (loop_attn_distill(t, s, mask), attn_distill_loss(t, s, query_mask=mask))]
+    pairs += [
+        (loop_one_to_one(t, s, mask), one_to_one_loss(t, s, query_mask=mask)),
+        (loop_head_mean(t, s, mask), head_mean_loss(t, s, query_mask=mask)),
+        (loop_shd(t, s, mask, temperature=2.0), shd_loss(t, s, query_mask=mask, temperature=2.0)),
+        (loop_a2d(t, s, a2d, mask), a2d(t, s, mask)[0]),
+        (loop_attn_distill(t, s, mask), attn_distill_loss(t, s, query_mask=mask)),
+    ]
     for loop, vec in pairs:
         torch.testing.assert_close(loop, vec)
         torch.testing.assert_close(*(torch.autograd.grad(x, s)[0] for x in (loop, vec)))
@@ -64,11 +66,25 @@ def test_quick_bench_writes_records(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     records = result["losses"]
     assert {(r["method"], r["variant"]) for r in records} == {
-        ("amad", "kl"), ("amad", "l2"), ("amad", "token"), ("amad_proj", "proj"), ("head_mean", "kl"), ("shd", "map"),
-        ("a2d", "conv1x1"), ("attn_distill", "all_rows")}
+        ("amad", "kl"),
+        ("amad", "l2"),
+        ("amad", "token"),
+        ("amad_proj", "proj"),
+        ("head_mean", "kl"),
+        ("shd", "map"),
+        ("a2d", "conv1x1"),
+        ("attn_distill", "all_rows"),
+    }
     for r in records:
-        for key in ("shape", "variant", "vectorised_s", "loop_s", "speedup_vs_loop", "over_one_to_one",
-                    "peak_over_inputs"):
+        for key in (
+            "shape",
+            "variant",
+            "vectorised_s",
+            "loop_s",
+            "speedup_vs_loop",
+            "over_one_to_one",
+            "peak_over_inputs",
+        ):
             assert key in r
         assert ("amad_over_one_to_one" in r) == r["method"].startswith("amad")
         assert r["max_abs_diff"] < 1e-4

@@ -15,8 +15,13 @@ import torch.multiprocessing as mp
 from amad.metrics import CaptionMetrics, TranslationBLEU, VQAAccuracy, metric_dict
 
 PREDS = ["red", "a blue circle", "two dogs in the snow", "Ein roter Kreis.", "yes"]
-REFS = [["red"], ["a blue circle", "the circle is blue"], ["two dogs play in snow", "dogs in snow"],
-        ["Ein roter Kreis oben."], ["no", "yes", "yes"]]
+REFS = [
+    ["red"],
+    ["a blue circle", "the circle is blue"],
+    ["two dogs play in snow", "dogs in snow"],
+    ["Ein roter Kreis oben."],
+    ["no", "yes", "yes"],
+]
 IDS = [10, "b", 12, 13, 14]
 
 
@@ -29,8 +34,11 @@ def shards(world: int, n: int) -> list[list[int]]:
 
 
 def make_metrics(**kwargs):
-    return {"vqa": VQAAccuracy(**kwargs), "caption": CaptionMetrics(tokenizer="simple", **kwargs),
-            "bleu": TranslationBLEU(**kwargs)}
+    return {
+        "vqa": VQAAccuracy(**kwargs),
+        "caption": CaptionMetrics(tokenizer="simple", **kwargs),
+        "bleu": TranslationBLEU(**kwargs),
+    }
 
 
 def run(rank: int, world: int, out: str, port: int) -> None:
@@ -39,7 +47,7 @@ def run(rank: int, world: int, out: str, port: int) -> None:
     mine = shards(world, len(PREDS))[rank]
     for name, m in make_metrics().items():
         for j in range(0, len(mine), 2):  # batches of 2
-            b = mine[j:j + 2]
+            b = mine[j : j + 2]
             m.update([PREDS[i] for i in b], [REFS[i] for i in b], ids=[IDS[i] for i in b])
         result[name] = metric_dict(m)
     # A rank that saw nothing: rank 1 adds no batch at all.

@@ -24,8 +24,11 @@ def test_records_roundtrip_unicode_and_concatenation():
     a = encode_records([{"id": 1, "p": "Größe \n ü", "r": ["x|||y"]}])
     b = encode_records([{"id": "z", "p": "", "r": []}, {"id": None, "p": "q", "r": ["q"]}])
     recs = decode_records([a, b])
-    assert recs == [{"id": 1, "p": "Größe \n ü", "r": ["x|||y"]}, {"id": "z", "p": "", "r": []},
-                    {"id": None, "p": "q", "r": ["q"]}]
+    assert recs == [
+        {"id": 1, "p": "Größe \n ü", "r": ["x|||y"]},
+        {"id": "z", "p": "", "r": []},
+        {"id": None, "p": "q", "r": ["q"]},
+    ]
     assert decode_records(torch.cat([a, torch.zeros(0), b])) == recs  # an empty rank's padding
     assert decode_records([]) == []
 
@@ -50,7 +53,7 @@ def test_sync_path_with_fake_gather_dedups_sampler_padding():
             return [t.to(tensor.dtype) for t in local]
 
         ranks = [make_metrics(dist_sync_fn=gather, distributed_available_fn=lambda: True)[name] for _ in world]
-        for m, mine in zip(ranks, world):
+        for m, mine in zip(ranks, world, strict=False):
             m.update([PREDS[i] for i in mine], [REFS[i] for i in mine], ids=[IDS[i] for i in mine])
         local.extend(torch.cat(m.records) for m in ranks)
         for m in ranks:
@@ -66,8 +69,12 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_real_ddp_gloo_two_processes(tmp_path):
-    proc = subprocess.run([sys.executable, str(HERE / "metrics_ddp_run.py"), str(tmp_path), str(_free_port())],
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "metrics_ddp_run.py"), str(tmp_path), str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = _single_process_reference()
     vqa_all = VQAAccuracy()
@@ -78,7 +85,7 @@ def test_real_ddp_gloo_two_processes(tmp_path):
             assert got[name] == pytest.approx(want[name]), (rank, name)
         assert got["vqa_one_rank"] == pytest.approx(metric_dict(vqa_all))
         vqa_all2 = VQAAccuracy()
-        vqa_all2.update(PREDS + ["red"], REFS + [["red"]], ids=IDS + [99])
+        vqa_all2.update([*PREDS, "red"], [*REFS, ["red"]], ids=[*IDS, 99])
         assert got["vqa_again"] == pytest.approx(metric_dict(vqa_all2))
 
 

@@ -27,8 +27,14 @@ def _direct(preds, refs):
     tok = PTBTokenizer()
     gts, res = tok.tokenize(gts), tok.tokenize(res)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    return {"bleu1": bleu[0], "bleu2": bleu[1], "bleu3": bleu[2], "bleu4": bleu[3],
-            "rouge_l": Rouge().compute_score(gts, res)[0], "cider": Cider().compute_score(gts, res)[0]}
+    return {
+        "bleu1": bleu[0],
+        "bleu2": bleu[1],
+        "bleu3": bleu[2],
+        "bleu4": bleu[3],
+        "rouge_l": Rouge().compute_score(gts, res)[0],
+        "cider": Cider().compute_score(gts, res)[0],
+    }
 
 
 @needs_java
@@ -73,8 +79,11 @@ def test_caption_metrics_empty_and_validation():
 
 def test_translation_bleu_equals_sacrebleu_and_dedups():
     hyps = ["Ein kleiner roter Kreis oben links.", "das bild zeigt ein blaues Dreieck.", "Der Hund läuft schnell."]
-    refs = [["Ein kleiner roter Kreis oben links."], ["Das Bild zeigt ein kleines blaues Dreieck."],
-            ["Der Hund rennt schnell über die Wiese."]]
+    refs = [
+        ["Ein kleiner roter Kreis oben links."],
+        ["Das Bild zeigt ein kleines blaues Dreieck."],
+        ["Der Hund rennt schnell über die Wiese."],
+    ]
     m = TranslationBLEU()
     m.update(hyps, refs, ids=[0, 1, 2])
     m.update(hyps[:1], refs[:1], ids=[0])

@@ -7,19 +7,22 @@ from amad.metrics import VQAAccuracy, metric_dict, normalize_answer, vqa_score
 from amad.metrics.vqa import process_digit_article, process_punctuation
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Two", "2"),                     # number words -> digits, lower-case
-    ("a dog", "dog"),                 # articles dropped
-    ("the  Red   ball", "red ball"),  # whitespace collapsed
-    ("dont", "don't"),                # contractions get their apostrophe back
-    ("isnt it", "isn't it"),
-    ("yes.", "yes"),                  # a period not before a digit is removed
-    ("3.5", "3.5"),                   # ...but kept inside a number
-    ("1,000", "1000"),                # digit-comma-digit: punctuation removed, not spaced
-    ("black/white", "black white"),   # a mark between words becomes a space
-    ("black / white", "black white"),  # ...or is dropped when next to a space
-    ("\tnone\n", "0"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Two", "2"),  # number words -> digits, lower-case
+        ("a dog", "dog"),  # articles dropped
+        ("the  Red   ball", "red ball"),  # whitespace collapsed
+        ("dont", "don't"),  # contractions get their apostrophe back
+        ("isnt it", "isn't it"),
+        ("yes.", "yes"),  # a period not before a digit is removed
+        ("3.5", "3.5"),  # ...but kept inside a number
+        ("1,000", "1000"),  # digit-comma-digit: punctuation removed, not spaced
+        ("black/white", "black white"),  # a mark between words becomes a space
+        ("black / white", "black white"),  # ...or is dropped when next to a space
+        ("\tnone\n", "0"),
+    ],
+)
 def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 

@@ -14,26 +14,51 @@ def test_small_preset_is_the_demo_teacher_size():
     n = sum(p.numel() for p in model.parameters())
     assert 2.5e6 < n < 3.5e6
     vc, tc = model.model.config.vision_config, model.model.config.text_config
-    assert (vc.num_hidden_layers, vc.num_attention_heads, vc.hidden_size, vc.patch_size, vc.image_size) == \
-        (4, 8, 128, 8, 64)
+    assert (vc.num_hidden_layers, vc.num_attention_heads, vc.hidden_size, vc.patch_size, vc.image_size) == (
+        4,
+        8,
+        128,
+        8,
+        64,
+    )
     assert (tc.num_hidden_layers, tc.num_attention_heads, tc.hidden_size) == (4, 8, 128)
     assert model.num_heads("vision.self") == 8 and model.num_layers("decoder.cross") == 4
 
 
 def test_base_presets_have_real_shapes_without_instantiating():
     blip, _ = model_config("blip-vqa", "base")
-    assert (blip.vision_config.hidden_size, blip.vision_config.num_hidden_layers, blip.vision_config.image_size,
-            blip.text_config.vocab_size, blip.text_config.num_attention_heads) == (768, 12, 384, 30524, 12)
+    assert (
+        blip.vision_config.hidden_size,
+        blip.vision_config.num_hidden_layers,
+        blip.vision_config.image_size,
+        blip.text_config.vocab_size,
+        blip.text_config.num_attention_heads,
+    ) == (768, 12, 384, 30524, 12)
     t5, visual = model_config("vlt5", "base")
-    assert (t5.d_model, t5.num_heads, t5.d_kv, t5.num_layers, t5.num_decoder_layers, t5.vocab_size) == \
-        (768, 12, 64, 12, 12, 32128)
+    assert (t5.d_model, t5.num_heads, t5.d_kv, t5.num_layers, t5.num_decoder_layers, t5.vocab_size) == (
+        768,
+        12,
+        64,
+        12,
+        12,
+        32128,
+    )
     assert visual["visual_feat_dim"] == 2048 and visual["patch_size"] is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_overrides(family):
-    model = build_model(family, "tiny", num_heads=2, num_layers=3, hidden_size=32, intermediate_size=48,
-                        image_size=32, patch_size=8, vocab_size=50)
+    model = build_model(
+        family,
+        "tiny",
+        num_heads=2,
+        num_layers=3,
+        hidden_size=32,
+        intermediate_size=48,
+        image_size=32,
+        patch_size=8,
+        vocab_size=50,
+    )
     for site in model.sites:
         assert model.num_heads(site) == 2 and model.num_layers(site) == 3
     batch = random_batch(family, 2, model=model)
@@ -47,8 +72,7 @@ def test_overrides(family):
 
 
 def test_tower_specific_and_raw_overrides():
-    model = build_model("blip-vqa", "tiny", vision_num_layers=1, text_num_heads=2,
-                        text_config={"layer_norm_eps": 1e-6})
+    model = build_model("blip-vqa", "tiny", vision_num_layers=1, text_num_heads=2, text_config={"layer_norm_eps": 1e-6})
     assert model.num_layers("vision.self") == 1 and model.num_layers("text.self") == 2
     assert model.num_heads("decoder.cross") == 2 and model.num_heads("vision.self") == 4
     assert model.model.config.text_config.layer_norm_eps == 1e-6
@@ -57,16 +81,19 @@ def test_tower_specific_and_raw_overrides():
     assert t5.model.config.d_kv == 64 // 8
 
 
-@pytest.mark.parametrize(("family", "kwargs", "match"), [
-    ("blip-vqa", {"num_head": 2}, "unknown override"),
-    ("vlt5", {"vision_num_layers": 2}, "unknown override"),
-    ("blip-vqa", {"text_config": {"no_such_field": 1}}, "unknown text_config fields"),
-    ("blip-vqa", {"num_heads": 3}, "not a multiple"),
-    ("vlt5", {"hidden_size": 30, "num_heads": 4}, "not a multiple"),
-    ("vlt5", {"patch_size": None}, "patch embedding"),
-    ("blip-vqa", {"preset": "huge"}, "unknown preset"),
-    ("bert", {}, "unknown model family"),
-])
+@pytest.mark.parametrize(
+    ("family", "kwargs", "match"),
+    [
+        ("blip-vqa", {"num_head": 2}, "unknown override"),
+        ("vlt5", {"vision_num_layers": 2}, "unknown override"),
+        ("blip-vqa", {"text_config": {"no_such_field": 1}}, "unknown text_config fields"),
+        ("blip-vqa", {"num_heads": 3}, "not a multiple"),
+        ("vlt5", {"hidden_size": 30, "num_heads": 4}, "not a multiple"),
+        ("vlt5", {"patch_size": None}, "patch embedding"),
+        ("blip-vqa", {"preset": "huge"}, "unknown preset"),
+        ("bert", {}, "unknown model family"),
+    ],
+)
 def test_config_errors(family, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(family, **kwargs)

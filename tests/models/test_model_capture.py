@@ -116,8 +116,11 @@ def test_no_hooks_or_sinks_left_behind(tiny):
 
 def test_maps_are_pre_dropout_in_train_mode(family):
     """With attention dropout on, training-mode maps are still probabilities (read before dropout)."""
-    model = build_model(family, "tiny", seed=0, attention_dropout=0.5) if family != "vlt5" else \
-        build_model(family, "tiny", seed=0, dropout=0.5)
+    model = (
+        build_model(family, "tiny", seed=0, attention_dropout=0.5)
+        if family != "vlt5"
+        else build_model(family, "tiny", seed=0, dropout=0.5)
+    )
     model.train()
     batch = random_batch(family, 2, model=model)
     out = model(batch)
@@ -128,9 +131,9 @@ def test_maps_are_pre_dropout_in_train_mode(family):
 
 def test_unknown_site_is_an_error_naming_it(tiny):
     model, batch = tiny
-    with pytest.raises(ValueError, match="'text.nope'"):
+    with pytest.raises(ValueError, match=r"'text\.nope'"):
         model(batch, sites=("text.nope",))
-    with pytest.raises(ValueError, match="'decoder.cross'"):
+    with pytest.raises(ValueError, match=r"'decoder\.cross'"):
         model(batch, sites=(), qkv_sites=("decoder.cross",))
     with pytest.raises(ValueError, match="not a site"):
         model.num_heads("nope")
@@ -156,7 +159,7 @@ def test_site_without_maps_raises_naming_it(tiny, monkeypatch):
 def test_vlt5_sdpa_returns_no_maps_and_raises():
     model = build_model("vlt5", "tiny", seed=0).eval()
     model.model.set_attn_implementation("sdpa")
-    with pytest.raises(RuntimeError, match="'encoder.self'"):
+    with pytest.raises(RuntimeError, match=r"'encoder\.self'"):
         model(random_batch("vlt5", 2, model=model), sites=("encoder.self",))
 
 

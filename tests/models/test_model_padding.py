@@ -75,7 +75,7 @@ def test_blip_vqa_padded_batch_equals_single_examples():
         for i in range(4):
             n = int(batch["attention_mask"][i].sum())
             t = int(batch["labels"][i].ne(-100).sum())
-            one = {k: v[i:i + 1] for k, v in batch.items()}
+            one = {k: v[i : i + 1] for k, v in batch.items()}
             one["input_ids"], one["attention_mask"] = one["input_ids"][:, :n], one["attention_mask"][:, :n]
             one["labels"] = one["labels"][:, :t]
             out = model(one, sites=())

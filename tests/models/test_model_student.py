@@ -38,8 +38,10 @@ def test_attention_loss_reaches_student_not_teacher(tiny, family):
     with torch.no_grad():
         t_out = teacher(batch)
     s_out = student(batch)
-    loss = sum(((s[0].mean(1) - t[-1].mean(1)) ** 2).sum()
-               for s, t in ((s_out.attentions[k], t_out.attentions[k]) for k in student.sites))
+    loss = sum(
+        ((s[0].mean(1) - t[-1].mean(1)) ** 2).sum()
+        for s, t in ((s_out.attentions[k], t_out.attentions[k]) for k in student.sites)
+    )
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     for site in student.sites:

@@ -52,14 +52,21 @@ def test_nonfinite_loss_stops_naming_step_and_term_or_is_skipped_and_counted(tea
     loader = DataLoader(batches, batch_size=None)
 
     def poisoned(skip: bool) -> DistillationModule:
-        m = DistillationModule(teacher=copy.deepcopy(teacher), student={"num_heads": 2, "num_layers": 1},
-                               skip_nonfinite=skip)
+        m = DistillationModule(
+            teacher=copy.deepcopy(teacher), student={"num_heads": 2, "num_layers": 1}, skip_nonfinite=skip
+        )
         with torch.no_grad():
             next(m.student.parameters()).fill_(float("nan"))
         return m
 
-    kw = dict(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, accelerator="cpu")
+    kw = dict(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     with pytest.raises(FloatingPointError, match=r"global step 0 .*loss_task"):
         L.Trainer(**kw).fit(poisoned(False), train_dataloaders=loader)
     m = poisoned(True)
@@ -73,17 +80,23 @@ def test_teacher_checkpoint_that_does_not_match_its_config(tmp_path, teacher):
 
     module = DistillationModule(teacher=copy.deepcopy(teacher), student={"num_heads": 2, "num_layers": 1})
     loader = DataLoader([random_batch("blip-vqa", 2, tokenizer=teacher.tokenizer)], batch_size=None)
-    L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-              callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], accelerator="cpu").fit(module, loader)
+    L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+        accelerator="cpu",
+    ).fit(module, loader)
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     ckpt["amad_model_config"]["hf_config"]["text_config"]["hidden_size"] = 32  # config says 32, weights 64
     torch.save(ckpt, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="does not match its own model config"):
         adapter_from_checkpoint(tmp_path / "bad.ckpt")
     (tmp_path / "trunc.ckpt").write_bytes((tmp_path / "last.ckpt").read_bytes()[:1000])
-    with pytest.raises(ValueError, match="trunc.ckpt"):
+    with pytest.raises(ValueError, match=r"trunc\.ckpt"):
         adapter_from_checkpoint(tmp_path / "trunc.ckpt")
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt"):
         DistillationModule(teacher=str(tmp_path / "missing.ckpt"))
 
 
@@ -92,12 +105,15 @@ def test_teacher_with_another_vocabulary_is_rejected(teacher):
         DistillationModule(teacher=copy.deepcopy(teacher), vocab_size=len(teacher.tokenizer) + 5)
 
 
-@pytest.mark.parametrize("override,match", [
-    ("--model.init_args.sites=[nope.self]", "unknown site"),
-    ("--model.init_args.attn_method=nope", "unknown attention method"),
-    ("--model.init_args.attn_options={variant: nope}", "variant"),
-    ("--model.init_args.layer_map=[7, 9]", "layer map"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("--model.init_args.sites=[nope.self]", "unknown site"),
+        ("--model.init_args.attn_method=nope", "unknown attention method"),
+        ("--model.init_args.attn_options={variant: nope}", "variant"),
+        ("--model.init_args.layer_map=[7, 9]", "layer map"),
+    ],
+)
 def test_bad_yaml_values_fail_clearly(tmp_path, override, match, monkeypatch):
     from amad.data import EasyVQADataModule
     from amad.lightning_cli import build_cli
@@ -105,8 +121,13 @@ def test_bad_yaml_values_fail_clearly(tmp_path, override, match, monkeypatch):
     dm = EasyVQADataModule()
     t = build_model("blip-vqa", preset="tiny", tokenizer=dm.tokenizer)
     t.save_pretrained(tmp_path / "t")
-    args = ["--config", str(ROOT / "experiments/easyvqa/blip/amad.yaml"), f"--model.init_args.teacher={tmp_path / 't'}",
-            "--trainer.logger=false", override]
+    args = [
+        "--config",
+        str(ROOT / "experiments/easyvqa/blip/amad.yaml"),
+        f"--model.init_args.teacher={tmp_path / 't'}",
+        "--trainer.logger=false",
+        override,
+    ]
     with pytest.raises((ValueError, SystemExit)) as err:
         build_cli(args, run=False)
     text = str(err.value) + str(getattr(err.value, "__context__", ""))
@@ -162,7 +183,8 @@ def test_run_starts_offline_with_a_wandb_key_and_no_network(tmp_path):
         "from lightning.pytorch.loggers import WandbLogger\n"
         "t=time.time(); lg=WandbLogger(project='amad', save_dir=os.environ['OUT']); lg.experiment\n"
         "lg.log_metrics({'x': 1.0}); lg.experiment.finish()\n"
-        "print('mode', os.environ['WANDB_MODE'], 'init_s', round(time.time()-t, 1))\n")
+        "print('mode', os.environ['WANDB_MODE'], 'init_s', round(time.time()-t, 1))\n"
+    )
     env["OUT"] = str(tmp_path)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90)

@@ -29,8 +29,14 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
     module = DistillationModule(teacher=teacher, student={"num_heads": 2, "num_layers": 1})
     loader = torch.utils.data.DataLoader(Batches(teacher.tokenizer), batch_size=None)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
-    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ckpt], accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ckpt],
+        accelerator="cpu",
+    )
     trainer.fit(module, train_dataloaders=loader)
     last = tmp_path / "last.ckpt"
     good = adapter_from_checkpoint(last).state_dict()
@@ -42,9 +48,14 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
         raise OSError("disk full (simulated) halfway through the checkpoint")
 
     monkeypatch.setattr(LocalFileOpener, "write", write_half_then_die)
-    trainer2 = L.Trainer(max_steps=4, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0,
-                                                    every_n_train_steps=1)], accelerator="cpu")
+    trainer2 = L.Trainer(
+        max_steps=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)],
+        accelerator="cpu",
+    )
     with pytest.raises(OSError, match="disk full"):
         trainer2.fit(module, train_dataloaders=loader, ckpt_path=str(last))
     monkeypatch.undo()

@@ -48,14 +48,23 @@ def setup():
 def _run(tmp_path, setup, crash: bool, resume: str | None = None):
     dm_kwargs, teacher = setup
     L.seed_everything(3, verbose=False)
-    module = DistillationModule(teacher=teacher, student={"num_heads": 2, "num_layers": 1, "init": "random"},
-                                attn_method="amad", lr=3e-3)
+    module = DistillationModule(
+        teacher=teacher, student={"num_heads": 2, "num_layers": 1, "init": "random"}, attn_method="amad", lr=3e-3
+    )
     rec = LossRecorder()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1,
-                           filename="{step}")
-    trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False, deterministic=True,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[rec, ckpt] + ([Crash()] if crash else []))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    trainer = L.Trainer(
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        deterministic=True,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[rec, ckpt] + ([Crash()] if crash else []),
+    )
     RUNS.append(rec)
     trainer.fit(module, datamodule=EasyVQADataModule(**dm_kwargs), ckpt_path=resume)
     return module, rec.losses, trainer
@@ -66,8 +75,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path, setu
     with pytest.raises(SimulatedCrash):
         _run(tmp_path / "b", setup, crash=True)
     first = RUNS[-1].losses
-    resumed, second, _ = _run(tmp_path / "b", setup, crash=False,
-                              resume=str(tmp_path / "b" / "ckpt" / f"step={CRASH_AT}.ckpt"))
+    resumed, second, _ = _run(
+        tmp_path / "b", setup, crash=False, resume=str(tmp_path / "b" / "ckpt" / f"step={CRASH_AT}.ckpt")
+    )
     curve = {**first, **second}
     assert sorted(curve) == sorted(full_losses) == list(range(1, STEPS + 1))
     assert curve == full_losses  # exact float equality: same batches, same dropout masks

@@ -65,25 +65,49 @@ class DM(L.LightningDataModule):
 def main(out: str, devices: int) -> None:
     torch.manual_seed(0)
     teacher = build_model("blip-vqa", preset="tiny", dropout=0.0, attention_dropout=0.0)
-    module = DistillationModule(teacher=teacher, student={"num_heads": 2, "num_layers": 1, "init": "teacher"},
-                                task="vqa", attn_method="amad", lr=1e-3, warmup_ratio=0.0, schedule="constant")
+    module = DistillationModule(
+        teacher=teacher,
+        student={"num_heads": 2, "num_layers": 1, "init": "teacher"},
+        task="vqa",
+        attn_method="amad",
+        lr=1e-3,
+        warmup_ratio=0.0,
+        schedule="constant",
+    )
     dm = DM(teacher, GLOBAL_BATCH // devices)
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        max_steps=STEPS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=dm)
     module.eval()
     with torch.no_grad():  # the objective on the whole training set, with the final weights
         loss = float(module.distillation_losses(dm.train_ds.batch)["loss"])
     from amad.lit import FineTuneModule
 
-    res = trainer.test(FineTuneModule(model=module.teacher.model, task="vqa", max_new_tokens=4),
-                       datamodule=dm, verbose=False)[0]
+    res = trainer.test(
+        FineTuneModule(model=module.teacher.model, task="vqa", max_new_tokens=4), datamodule=dm, verbose=False
+    )[0]
     checksum = float(sum(p.double().sum() for p in module.student.parameters()))
     if trainer.global_rank == 0:
         with open(out, "w") as fh:
-            json.dump({"loss": loss, "checksum": checksum, "test": {k: float(v) for k, v in res.items()},
-                       "world_size": trainer.world_size}, fh)
+            json.dump(
+                {
+                    "loss": loss,
+                    "checksum": checksum,
+                    "test": {k: float(v) for k, v in res.items()},
+                    "world_size": trainer.world_size,
+                },
+                fh,
+            )
 
 
 if __name__ == "__main__":

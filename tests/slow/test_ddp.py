@@ -16,8 +16,9 @@ SCRIPT = Path(__file__).with_name("ddp_run.py")
 def _run(tmp_path: Path, devices: int) -> dict:
     out = tmp_path / f"ddp{devices}.json"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(devices)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

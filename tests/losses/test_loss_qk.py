@@ -1,0 +1,323 @@
+"""qk_attention_loss: every map method rebuilt from queries and keys in chunks of query rows.
+
+The reference is the map path itself: ``build_attention_criterion(method, ...)`` on the maps
+``softmax(q kᵀ·scale + mask + bias)`` built here from the same q/k. Value, weights and gradients (w.r.t.
+the student's q, k, position bias and A2D's aligner) must agree within 1e-10 in float64, for chunk sizes
+that do and do not divide Q and one chunk larger than Q. A second part checks the memory bound: no
+operator ever returns a tensor larger than one chunk's maps of both models, nothing map-sized is saved
+for the backward outside the checkpoints, and the live peak stays a few chunks.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from amad.losses import attention_method, build_attention_criterion
+from amad.losses.a2d import A2DLoss
+from amad.losses.qk import QK_METHODS, AttentionInputs, qk_attention_loss
+
+F64 = torch.float64
+MIN = torch.finfo(F64).min
+
+
+def _case(name: str, seed: int = 0):
+    """Teacher/student AttentionInputs, query_mask, key_mask, and the list of student tensors with grad.
+
+    * ``cross``: cross-attention (Q = 7 != K = 9), padded keys through an additive (B, 1, 1, K) mask,
+      padded query rows, one example without any valid row.
+    * ``t5``: self-attention with T5-like position biases (1, H, Q, K) (the student's trainable), a bool
+      (B, 1, Q, K) causal + key-padding mask, Ht = 5 -> Hs = 2 (SHD groups of 3 and 2: two merge levels).
+    * ``plain``: no mask at all, more student than teacher heads (for the methods that allow it).
+    """
+    g = torch.Generator().manual_seed(seed)
+    B, Ht, Hs, Q, K, d = {"cross": (3, 4, 3, 7, 9, 5), "t5": (2, 5, 2, 8, 8, 4), "plain": (2, 2, 3, 6, 6, 4)}[name]
+
+    def rnd(*shape, grad=False):
+        return (torch.randn(*shape, generator=g, dtype=F64) * 1.5).requires_grad_(grad)
+
+    qt, kt = rnd(B, Ht, Q, d), rnd(B, Ht, K, d)
+    qs, ks = rnd(B, Hs, Q, d, grad=True), rnd(B, Hs, K, d, grad=True)
+    scale = d**-0.5
+    if name == "cross":
+        qmask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [0] * 7], dtype=torch.bool)
+        kmask = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] + [0] * 8], dtype=torch.bool)
+        add = torch.zeros(B, 1, 1, K, dtype=F64).masked_fill(~kmask[:, None, None, :], MIN)
+        t, s = AttentionInputs(qt, kt, scale, mask=add), AttentionInputs(qs, ks, scale, mask=add)
+        grads = [qs, ks]
+    elif name == "t5":
+        qmask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3], dtype=torch.bool)
+        kmask = qmask.clone()
+        causal = torch.ones(Q, K, dtype=torch.bool).tril()
+        allowed = causal[None, None] & kmask[:, None, None, :]  # (B, 1, Q, K), True = attend
+        bt, bs = rnd(1, Ht, Q, K), rnd(1, Hs, Q, K, grad=True)
+        t = AttentionInputs(qt, kt, 1.0, mask=allowed, bias=bt)
+        s = AttentionInputs(qs, ks, 1.0, mask=allowed, bias=bs)
+        grads = [qs, ks, bs]
+    else:
+        qmask = kmask = None
+        t, s = AttentionInputs(qt, kt, scale), AttentionInputs(qs, ks, scale)
+        grads = [qs, ks]
+    return t, s, qmask, kmask, grads
+
+
+def _reference_maps(x: AttentionInputs) -> torch.Tensor:
+    """The map path's maps, built independently of AttentionInputs.maps."""
+    z = x.q @ x.k.transpose(-1, -2) * x.scale
+    if x.mask is not None:
+        z = z.masked_fill(~x.mask, MIN) if x.mask.dtype == torch.bool else z + x.mask
+    if x.bias is not None:
+        z = z + x.bias
+    return torch.softmax(z, dim=-1)
+
+
+CONFIGS = [
+    ("amad", {}),
+    ("amad", {"weight_temperature": 0.5, "eps": 1e-6}),
+    ("amad", {"detach_weights": True}),
+    ("amad", {"variant": "l2"}),
+    ("amad", {"variant": "l2", "weight_temperature": 0.7, "detach_weights": True}),
+    ("amad", {"variant": "token"}),
+    ("amad", {"variant": "token", "weight_temperature": 2.0, "detach_weights": True}),
+    ("one_to_one", {}),
+    ("one_to_one", {"row_loss": "mse", "eps": 1e-6}),
+    ("head_mean", {}),
+    ("head_mean", {"row_loss": "mse"}),
+    ("shd", {}),
+    ("shd", {"softening_temperature": 0.5, "eps": 1e-6}),
+    ("shd", {"merge_granularity": "row", "softening_temperature": 2.0}),
+    ("a2d", {}),
+    ("a2d", {"teacher_as_logits": False}),
+    ("attn_distill", {}),
+    ("attn_distill", {"query_index": 0}),
+    ("attn_distill", {"query_index": -1, "prob_clamp": None, "aggregation_temperature": 3.0}),
+]
+
+
+def _id(config):
+    method, opts = config
+    return method + "".join(f"-{k}={v}" for k, v in opts.items())
+
+
+def _allowed(method: str, Ht: int, Hs: int) -> bool:
+    return not (method in ("one_to_one", "shd") and Hs > Ht)
+
+
+@pytest.mark.parametrize("case", ["cross", "t5", "plain"])
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
+def test_equals_the_map_path(config, case):
+    method, opts = config
+    t, s, qmask, kmask, grads = _case(case)
+    if not _allowed(method, t.num_heads, s.num_heads):
+        pytest.skip("the method needs Hs <= Ht")
+    crit = build_attention_criterion(method, teacher_heads=t.num_heads, student_heads=s.num_heads, **opts).double()
+    extra = {}
+    if method == "a2d":
+        module = crit.aligners[0]
+        with torch.no_grad():  # a non-trivial aligner: random kernel and bias
+            module.aligner.weight.normal_(generator=torch.Generator().manual_seed(3))
+            module.aligner.bias.normal_(generator=torch.Generator().manual_seed(4))
+        extra["module"] = module
+        grads = grads + list(module.parameters())
+    want, want_w = crit(_reference_maps(t), _reference_maps(s), query_mask=qmask, key_mask=kmask)
+    want_g = torch.autograd.grad(want, grads)
+    Q = t.shape[2]
+    for chunk in (3, Q + 5):
+        loss, weights = qk_attention_loss(
+            method, t, s, query_mask=qmask, key_mask=kmask, chunk_size=chunk, **extra, **opts
+        )
+        assert loss.dtype == F64 and loss.dim() == 0
+        torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
+        if want_w is None:
+            assert weights is None
+        else:
+            assert not weights.requires_grad
+            torch.testing.assert_close(weights, want_w.to(F64), atol=1e-10, rtol=0)
+        got_g = torch.autograd.grad(loss, grads)
+        for g_got, g_want in zip(got_g, want_g, strict=True):
+            torch.testing.assert_close(g_got, g_want, atol=1e-10, rtol=0)
+
+
+def test_default_chunk_size_and_no_grad():
+    t, s, qmask, _, _ = _case("cross")
+    want, _ = build_attention_criterion("amad", teacher_heads=4, student_heads=3)(
+        _reference_maps(t), _reference_maps(s), query_mask=qmask
+    )
+    loss, _ = qk_attention_loss("amad", t, s, query_mask=qmask)  # chunk_size=None
+    torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
+    with torch.no_grad():
+        loss, _ = qk_attention_loss("amad", t, s, query_mask=qmask, chunk_size=2)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, want.detach(), atol=1e-10, rtol=0)
+
+
+def test_a_method_object_gives_its_options():
+    t, s, qmask, kmask, _ = _case("cross")
+    method = attention_method("shd", softening_temperature=0.5, merge_granularity="row")
+    want, want_w = qk_attention_loss("shd", t, s, query_mask=qmask, key_mask=kmask, **method.options())
+    loss, weights = qk_attention_loss(method, t, s, query_mask=qmask, key_mask=kmask)
+    assert torch.equal(loss, want) and torch.equal(weights, want_w)
+    with pytest.raises(ValueError, match="not also as keywords"):
+        qk_attention_loss(method, t, s, eps=1e-3)
+
+
+def test_maps_equal_the_softmax_and_rows_slice():
+    t, *_ = _case("t5")
+    torch.testing.assert_close(t.maps(), _reference_maps(t), atol=1e-12, rtol=0)
+    torch.testing.assert_close(t.maps(slice(2, 5)), _reference_maps(t)[:, :, 2:5], atol=1e-12, rtol=0)
+    assert t.num_heads == 5 and t.shape == (2, 5, 8, 8)
+
+
+def test_fully_masked_rows_give_no_nan():
+    """A padded query row whose keys are all -inf: the map path's softmax is NaN there; here the row's
+    scores are zeroed first, so loss and gradients stay finite (and 0 on that row)."""
+    t, s, qmask, kmask, grads = _case("cross")
+    qmask = qmask.clone()
+    qmask[0, 6] = False
+    m = torch.zeros(3, 1, 7, 9, dtype=F64)
+    m[0, :, 6] = float("-inf")
+    t2 = AttentionInputs(t.q, t.k, t.scale, mask=t.mask + m)
+    s2 = AttentionInputs(s.q, s.k, s.scale, mask=s.mask + m)
+    for method in QK_METHODS:
+        module = A2DLoss(4, 3).double() if method == "a2d" else None
+        loss, _ = qk_attention_loss(method, t2, s2, query_mask=qmask, key_mask=kmask, chunk_size=4, module=module)
+        g = torch.autograd.grad(loss, grads)
+        assert torch.isfinite(loss) and all(torch.isfinite(x).all() for x in g), method
+        assert (g[0][0, :, 6] == 0).all()
+
+
+def test_bf16_inputs_under_autocast_give_float32():
+    t, s, qmask, *_ = _case("cross")
+    tb = AttentionInputs(t.q.to(torch.bfloat16), t.k.to(torch.bfloat16), t.scale, mask=t.mask.float())
+    qs = s.q.detach().to(torch.bfloat16).requires_grad_(True)
+    sb = AttentionInputs(qs, s.k.detach().to(torch.bfloat16), s.scale, mask=s.mask.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, w = qk_attention_loss("amad", tb, sb, query_mask=qmask, chunk_size=3)
+    assert loss.dtype == torch.float32 and w.dtype == torch.float32
+    loss.backward()
+    assert qs.grad.dtype == torch.bfloat16 and torch.isfinite(qs.grad.float()).all()
+
+
+def test_errors_name_shapes_and_choices():
+    t, s, qmask, _, _ = _case("cross")
+    with pytest.raises(ValueError, match=r"q \(3, 4, 7, 5\) and k \(3, 4, 9, 4\)"):
+        AttentionInputs(t.q, t.k[..., :4], 1.0)
+    with pytest.raises(ValueError, match=r"bias \(1, 2, 7, 9\) does not broadcast .* \(3, 4, 7, 9\)"):
+        AttentionInputs(t.q, t.k, 1.0, bias=torch.zeros(1, 2, 7, 9, dtype=F64))
+    with pytest.raises(ValueError, match=r"mask .* must be bool"):
+        AttentionInputs(t.q, t.k, 1.0, mask=torch.zeros(3, 1, 1, 9, dtype=torch.int64))
+    short = AttentionInputs(s.q[:, :, :5], s.k, s.scale)
+    with pytest.raises(ValueError, match=r"\(3, 4, 7, 9\) and student maps .* \(3, 3, 5, 9\)"):
+        qk_attention_loss("amad", t, short)
+    with pytest.raises(ValueError, match=r"query_mask \(3, 6\) does not match"):
+        qk_attention_loss("amad", t, s, query_mask=qmask[:, :6])
+    with pytest.raises(ValueError, match="valid choices: 'amad'"):
+        qk_attention_loss("nope", t, s)
+    with pytest.raises(ValueError, match="needs the maps"):
+        qk_attention_loss("amad_proj", t, s)
+    with pytest.raises(ValueError, match="not attention maps"):
+        qk_attention_loss("minilm_relation", t, s)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kind'\]"):
+        qk_attention_loss("amad", t, s, kind="kl")
+    with pytest.raises(ValueError, match="weight_temperature must be > 0"):
+        qk_attention_loss("amad", t, s, weight_temperature=0.0)
+    with pytest.raises(ValueError, match="unknown variant"):
+        qk_attention_loss("amad", t, s, variant="proj")
+    with pytest.raises(ValueError, match="pass module="):
+        qk_attention_loss("a2d", t, s)
+    with pytest.raises(ValueError, match="disagrees"):
+        qk_attention_loss("a2d", t, s, module=A2DLoss(4, 3), teacher_as_logits=False)
+    with pytest.raises(ValueError, match="chunk_size"):
+        qk_attention_loss("amad", t, s, chunk_size=0)
+    with pytest.raises(ValueError, match="resizing"):
+        qk_attention_loss("amad", t, s, teacher_grid=(4, 4), student_grid=(2, 2))
+    with pytest.raises(ValueError, match="Hs <= Ht"):
+        qk_attention_loss("one_to_one", s, t)
+
+
+# ------------------------------------------------------------------------------------------- memory
+
+
+class _Tracker(TorchDispatchMode):
+    """Largest tensor any operator returns, and the peak of live bytes of the storages operators create
+    (storages that existed before, e.g. the inputs seen through views, are not counted)."""
+
+    def __init__(self, existing: set[int]) -> None:
+        super().__init__()
+        self.existing, self.live = existing, {}
+        self.current = self.peak = self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor) and x.layout == torch.strided:
+                storage = x.untyped_storage()
+                key = storage.data_ptr()
+                if not key or key in self.existing or key in self.live:
+                    continue
+                self.max_numel = max(self.max_numel, x.numel())
+                self.live[key] = storage.nbytes()
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._free, key)
+        return out
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+
+MEMORY_CONFIGS = [
+    ("amad", {}),
+    ("amad", {"detach_weights": True}),
+    ("amad", {"variant": "l2"}),
+    ("amad", {"variant": "token"}),
+    ("one_to_one", {}),
+    ("head_mean", {}),
+    ("shd", {}),
+    ("shd", {"merge_granularity": "row"}),
+    ("a2d", {}),
+    ("attn_distill", {}),
+]
+
+
+@pytest.mark.parametrize("config", MEMORY_CONFIGS, ids=_id)
+def test_no_map_sized_tensor_is_ever_alive(config):
+    method, opts = config
+    B, Ht, Hs, Q, K, d, chunk = 2, 4, 2, 128, 128, 4, 4
+    g = torch.Generator().manual_seed(0)
+    qt, kt = torch.randn(B, Ht, Q, d, generator=g, dtype=F64), torch.randn(B, Ht, K, d, generator=g, dtype=F64)
+    qs = torch.randn(B, Hs, Q, d, generator=g, dtype=F64, requires_grad=True)
+    ks = torch.randn(B, Hs, K, d, generator=g, dtype=F64, requires_grad=True)
+    qmask = torch.ones(B, Q, dtype=torch.bool)
+    qmask[1, 100:] = False
+    add = torch.zeros(B, 1, 1, K, dtype=F64).masked_fill(~qmask[:, None, None, :], MIN)
+    t, s = AttentionInputs(qt, kt, d**-0.5, mask=add), AttentionInputs(qs, ks, d**-0.5, mask=add)
+    module = A2DLoss(Ht, Hs).double() if method == "a2d" else None
+    chunk_numel = B * (Ht + Hs) * chunk * K  # one chunk's maps of both models
+    maps_bytes = B * (Ht + Hs) * Q * K * 8  # the whole maps of both models: 32 chunks
+
+    saved: list[int] = []
+
+    def pack(x):
+        saved.append(x.numel())
+        return x
+
+    existing = {x.untyped_storage().data_ptr() for x in (qt, kt, qs, ks, add)}
+    if module is not None:
+        existing |= {x.untyped_storage().data_ptr() for x in module.parameters()}
+    kw = {} if module is None else {"module": module}
+    with _Tracker(existing) as tracker, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        loss, _ = qk_attention_loss(method, t, s, query_mask=qmask, key_mask=qmask, chunk_size=chunk, **kw, **opts)
+        loss.backward()
+    assert torch.isfinite(loss)
+    # no operator output is larger than one chunk's maps (q/k-sized gradients are B*H*Q*d, smaller)
+    assert tracker.max_numel <= chunk_numel, (tracker.max_numel, chunk_numel)
+    # outside the checkpoints autograd keeps only small tensors (weights, norms, per-example sums)
+    assert max(saved, default=0) <= B * max(Ht, Hs) ** 2, saved
+    # live bytes at their peak (forward and backward): a few chunks, far below one whole student map
+    # (measured 2-6 chunks, the q/k gradients and per-chunk slice gradients included)
+    assert tracker.peak <= 8 * chunk_numel * 8 <= maps_bytes / 4, tracker.peak / (chunk_numel * 8)

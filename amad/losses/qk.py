@@ -42,8 +42,8 @@ Which losses are sums over query rows (equation numbers: ``docs/method.md`` sect
 
 Masks: ``query_mask`` (B, Q) bool as in the map path: padded rows of both maps are zeroed before
 anything (so they take no part in cosines, merges or losses) and each example's loss is the mean over
-its valid rows; their scores are zeroed before the softmax too, so a fully masked (``-inf``) row cannot
-make a NaN (for finite scores this changes nothing: the gradient there is 0 either way). ``key_mask``
+its valid rows (the gradient on padded rows is 0, as in the map path). Additive masks should use the dtype's
+min, as transformers' do, not ``-inf``: a row masked to all ``-inf`` is NaN before it is zeroed. ``key_mask``
 (B, K) bool as each method uses it (SHD, A2D and AttnDistill exclude padded keys from their own
 softmaxes; the AMAD losses, one-to-one and head-mean ignore it: padded keys carry ~0 probability
 through the additive mask already).
@@ -64,10 +64,12 @@ from torch.utils.checkpoint import checkpoint
 
 from amad.losses._common import (
     NORM_EPS,
+    _RowCrossEntropy,
     check_choice,
     check_mask,
     check_positive,
     no_autocast,
+    row_entropy_term,
     row_kl,
 )
 from amad.losses._fused import AMADKLFunction
@@ -177,16 +179,16 @@ class AttentionInputs:
         """``q kᵀ·scale + mask + bias`` of the given query rows and heads: (B, h, rows, K), in ``dtype``
         (default float32, float64 for float64 q)."""
         dtype = dtype or _compute_dtype(self.q)
-        s = torch.matmul(self.q[:, heads, rows].to(dtype), self.k[:, heads].to(dtype).transpose(-1, -2))
-        s = s * self.scale
-        for term in (self.mask, self.bias):
+        q = self.q[:, heads, rows].to(dtype) * self.scale  # scale the (rows, d) queries, not the (rows, K) scores
+        s = torch.matmul(q, self.k[:, heads].to(dtype).transpose(-1, -2))
+        for term in (self.mask, self.bias):  # in place: the product's backward needs its inputs only
             if term is None:
                 continue
             term = term[:, heads if term.shape[1] > 1 else slice(None), rows if term.shape[2] > 1 else slice(None)]
             if term.dtype == torch.bool:
-                s = s.masked_fill(~term, torch.finfo(dtype).min)
+                s.masked_fill_(~term, torch.finfo(dtype).min)
             else:
-                s = s + term.to(dtype)
+                s.add_(term.to(dtype))
         return s
 
     def maps(self, rows: slice = slice(None), heads: slice = slice(None), dtype: torch.dtype | None = None) -> Tensor:
@@ -237,6 +239,7 @@ class _Pair:
         self.chunk_size = min(max(int(chunk_size), 1), max(Q, 1))
         n_valid = self.qmask.sum(-1) if self.qmask is not None else torch.full((B,), Q, device=self.device)
         self.has_valid = n_valid > 0
+        self.row_keep = None if self.qmask is None else self.qmask.to(self.dtype)  # (B, Q) 0/1
         self.inv_rows = 1.0 / n_valid.clamp_min(1).to(self.dtype)  # (B,)
 
     def slices(self) -> list[slice]:
@@ -246,14 +249,17 @@ class _Pair:
         return None if self.qmask is None else self.qmask[:, rows]
 
     def probs(self, x: AttentionInputs, rows: slice, heads: slice = slice(None)) -> Tensor:
-        """(B, h, rows, K) maps of ``x``, padded query rows zeroed (their scores too, before the softmax)."""
-        s = x.scores(rows, heads, self.dtype)
-        m = self.row_mask(rows)
-        if m is None:
-            return torch.softmax(s, dim=-1)
-        keep = m[:, None, :, None]
-        zero = torch.zeros((), dtype=self.dtype, device=s.device)
-        return torch.where(keep, torch.softmax(torch.where(keep, s, zero), dim=-1), zero)
+        """(B, h, rows, K) maps of ``x``, padded query rows zeroed.
+
+        Zeroed by a product with the 0/1 row mask (a broadcast ``where`` costs 3-4x more on CPU); its
+        gradient is 0 on those rows, as the map path's ``where``. (A row whose mask and bias are all
+        ``-inf`` would be NaN times 0: masks use the dtype's min, as transformers' do.)
+        """
+        p = torch.softmax(x.scores(rows, heads, self.dtype), dim=-1)
+        if self.row_keep is None:
+            return p
+        keep = self.row_keep[:, None, rows, None]
+        return p * keep if p.requires_grad else p.mul_(keep)  # softmax's backward needs its output
 
     def masked_row_sum(self, x: Tensor, rows: slice) -> Tensor:
         """(B, H, r) per-row values -> (B, H): the sum over the chunk's valid rows."""
@@ -290,23 +296,27 @@ def _sqrt_clamped(sq: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------- AMAD
 
 
-def _amad_stats(p: _Pair, grad: bool, gram: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Pass 1: ``D = Σ T Sᵀ`` (B, Ht, Hs), ``|t|²`` (B, Ht), and ``|s|²`` (B, Hs) or ``S Sᵀ`` (B, Hs, Hs)."""
+def _amad_stats(p: _Pair, grad: bool, gram: bool) -> list[Tensor]:
+    """Pass 1: ``D = Σ T Sᵀ`` (B, Ht, Hs), ``|t|²`` (B, Ht), ``|s|²`` (B, Hs) or ``S Sᵀ`` (B, Hs, Hs),
+    and for "kl" (``gram=False``) the teacher's entropy term ``Σ t log t`` (B,), so the KL pass needs only
+    the cross-entropy."""
     B = p.B
 
-    def fn(rows: slice) -> tuple[Tensor, Tensor, Tensor]:
+    def fn(rows: slice) -> tuple[Tensor, ...]:
         t = p.probs(p.t, rows).reshape(B, p.Ht, -1)
         s = p.probs(p.s, rows).reshape(B, p.Hs, -1)
         d = torch.bmm(t, s.transpose(1, 2))
         ss = torch.bmm(s, s.transpose(1, 2)) if gram else s.square().sum(-1)
-        return d, t.detach().square().sum(-1), ss
+        # after the last op that saves a tensor: the backward's recomputation stops before these
+        tt = t.square().sum(-1)
+        return (d, tt, ss) if gram else (d, tt, ss, row_entropy_term(t).sum(-1))
 
-    return tuple(p.accumulate(fn, grad))
+    return p.accumulate(fn, grad)
 
 
 def _amad_kl(p: _Pair, temperature: float, detach: bool, eps: float) -> tuple[Tensor, Tensor]:
     grad = p.needs_grad()
-    d, tt, ss = _amad_stats(p, grad and not detach, gram=False)
+    d, tt, ss, entropy = _amad_stats(p, grad and not detach, gram=False)
     w = d / (_sqrt_clamped(tt).unsqueeze(-1) * _sqrt_clamped(ss).unsqueeze(-2))  # Eq. 2
     a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
     aw = a.detach() if detach else a
@@ -317,10 +327,10 @@ def _amad_kl(p: _Pair, temperature: float, detach: bool, eps: float) -> tuple[Te
         s = p.probs(p.s, rows)
         r = t.shape[2]
         mix = torch.bmm(aw, s.reshape(B, p.Hs, -1)).view(B, p.Ht, r, p.K)  # Eq. 9, this chunk's rows
-        return (row_kl(t, mix, eps).sum(dim=(1, 2)),)  # padded rows: t = mix = 0, row KL 0
+        return (_RowCrossEntropy.apply(t, mix, eps).sum(dim=(1, 2)),)  # Σ t log max(mix, eps); 0 on padded rows
 
-    (per_example,) = p.accumulate(fn, grad)
-    return (per_example * p.inv_rows).mean(), a.detach()
+    (cross,) = p.accumulate(fn, grad)
+    return ((entropy.detach() - cross) * p.inv_rows).mean(), a.detach()
 
 
 def _amad_l2(p: _Pair, temperature: float, detach: bool) -> tuple[Tensor, Tensor]:
@@ -403,6 +413,7 @@ def _attn_distill(
         rows = torch.zeros(p.B, p.Q, dtype=torch.bool, device=p.device)
         rows[:, i] = True
         p.qmask = rows if p.qmask is None else rows & p.qmask
+        p.row_keep = p.qmask.to(p.dtype)
         n_valid = p.qmask.sum(-1)
         p.has_valid, p.inv_rows = n_valid > 0, 1.0 / n_valid.clamp_min(1).to(p.dtype)
         slices = [slice(i, i + 1)]  # every other row is masked out: only this one is built

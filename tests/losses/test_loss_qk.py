@@ -172,16 +172,16 @@ def test_maps_equal_the_softmax_and_rows_slice():
     assert t.num_heads == 5 and t.shape == (2, 5, 8, 8)
 
 
-def test_fully_masked_rows_give_no_nan():
-    """A padded query row whose keys are all -inf: the map path's softmax is NaN there; here the row's
-    scores are zeroed first, so loss and gradients stay finite (and 0 on that row)."""
+def test_fully_masked_padded_rows_give_no_nan():
+    """A padded query row whose keys are all masked (to the dtype's min, as transformers' masks): finite
+    loss and gradients, and no gradient on that row."""
     t, s, qmask, kmask, grads = _case("cross")
     qmask = qmask.clone()
     qmask[0, 6] = False
     m = torch.zeros(3, 1, 7, 9, dtype=F64)
-    m[0, :, 6] = float("-inf")
-    t2 = AttentionInputs(t.q, t.k, t.scale, mask=t.mask + m)
-    s2 = AttentionInputs(s.q, s.k, s.scale, mask=s.mask + m)
+    m[0, :, 6] = MIN
+    t2 = AttentionInputs(t.q, t.k, t.scale, mask=torch.maximum(t.mask + m, torch.tensor(MIN, dtype=F64)))
+    s2 = AttentionInputs(s.q, s.k, s.scale, mask=torch.maximum(s.mask + m, torch.tensor(MIN, dtype=F64)))
     for method in QK_METHODS:
         module = A2DLoss(4, 3).double() if method == "a2d" else None
         loss, _ = qk_attention_loss(method, t2, s2, query_mask=qmask, key_mask=kmask, chunk_size=4, module=module)

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 
 from amad.losses import attention_method, build_attention_criterion
 from amad.losses.a2d import A2DLoss
-from amad.losses.qk import QK_METHODS, AttentionInputs, qk_attention_loss
+from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, QK_METHODS, AttentionInputs, default_chunk_size, qk_attention_loss
 
 F64 = torch.float64
 MIN = torch.finfo(F64).min
@@ -153,6 +153,14 @@ def test_default_chunk_size_and_no_grad():
         loss, _ = qk_attention_loss("amad", t, s, query_mask=qmask, chunk_size=2)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, want.detach(), atol=1e-10, rtol=0)
+
+
+def test_default_chunks_are_balanced_and_bounded():
+    assert default_chunk_size(8, 12, 6, 577, 577) == 97  # 6 chunks of <= 2**23 map elements
+    assert default_chunk_size(8, 12, 6, 256, 256) == 128
+    assert default_chunk_size(2, 4, 3, 7, 9) == 7  # small maps: one chunk
+    assert default_chunk_size(64, 12, 6, 4, 10**6) == 1  # at least one row
+    assert 8 * 18 * 97 * 577 <= DEFAULT_CHUNK_ELEMENTS
 
 
 def test_a_method_object_gives_its_options():

@@ -64,7 +64,6 @@ from torch.utils.checkpoint import checkpoint
 
 from amad.losses._common import (
     NORM_EPS,
-    _RowCrossEntropy,
     check_choice,
     check_mask,
     check_positive,
@@ -257,14 +256,14 @@ class _Pair:
     def row_mask(self, rows: slice) -> Tensor | None:
         return None if self.qmask is None else self.qmask[:, rows]
 
-    def probs(self, x: AttentionInputs, rows: slice, heads: slice = slice(None)) -> Tensor:
-        """(B, h, rows, K) maps of ``x``, padded query rows zeroed.
+    def probs(self, x: AttentionInputs, rows: slice, heads: slice = slice(None), sub_rows: bool = False) -> Tensor:
+        """(B, h, rows, K) maps of ``x``, padded query rows zeroed (``sub_rows``: ``x`` holds only those rows).
 
         Zeroed by a product with the 0/1 row mask (a broadcast ``where`` costs 3-4x more on CPU); its
         gradient is 0 on those rows, as the map path's ``where``. (A row whose mask and bias are all
         ``-inf`` would be NaN times 0: masks use the dtype's min, as transformers' do.)
         """
-        p = torch.softmax(x.scores(rows, heads, self.dtype), dim=-1)
+        p = torch.softmax(x.scores(slice(None) if sub_rows else rows, heads, self.dtype), dim=-1)
         if self.row_keep is None:
             return p
         keep = self.row_keep[:, None, rows, None]
@@ -305,45 +304,137 @@ def _sqrt_clamped(sq: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------- AMAD
 
 
-def _amad_stats(p: _Pair, grad: bool, gram: bool) -> list[Tensor]:
-    """Pass 1: ``D = Σ T Sᵀ`` (B, Ht, Hs), ``|t|²`` (B, Ht), ``|s|²`` (B, Hs) or ``S Sᵀ`` (B, Hs, Hs),
-    and for "kl" (``gram=False``) the teacher's entropy term ``Σ t log t`` (B,), so the KL pass needs only
-    the cross-entropy."""
+def _amad_stats(p: _Pair) -> list[Tensor]:
+    """Pass 1 of "l2": ``D = Σ T Sᵀ`` (B, Ht, Hs), ``|t|²`` (B, Ht) and ``S Sᵀ`` (B, Hs, Hs)."""
     B = p.B
 
     def fn(rows: slice) -> tuple[Tensor, ...]:
         t = p.probs(p.t, rows).reshape(B, p.Ht, -1)
         s = p.probs(p.s, rows).reshape(B, p.Hs, -1)
         d = torch.bmm(t, s.transpose(1, 2))
-        ss = torch.bmm(s, s.transpose(1, 2)) if gram else s.square().sum(-1)
-        # after the last op that saves a tensor: the backward's recomputation stops before these
-        tt = t.square().sum(-1)
-        return (d, tt, ss) if gram else (d, tt, ss, row_entropy_term(t).sum(-1))
+        sst = torch.bmm(s, s.transpose(1, 2))
+        return d, t.square().sum(-1), sst  # |t|² last: the recomputation stops before it
 
-    return p.accumulate(fn, grad)
+    return p.accumulate(fn, p.needs_grad())
+
+
+def _mix_grad(t: Tensor, mix: Tensor, eps: float) -> Tensor:
+    """``d/dmix Σ t log max(mix, eps)`` = ``t / mix`` where ``mix >= eps``, else 0; in ``mix``'s buffer."""
+    below = mix < eps
+    return torch.div(t, mix.clamp_min_(eps), out=mix).masked_fill_(below, 0)
+
+
+class _AMADKLChunked(torch.autograd.Function):
+    """AMAD "kl" (Eq. 2, 3, 9) over chunks of query rows, with the chunk loop in forward and backward.
+
+    ``apply(pair, temperature, detach_weights, eps, q, k, mask, bias) -> (per_example (B,), a)``, with q, k,
+    mask, bias the student's tensors (mask None unless float with gradient); the maps come from ``pair``.
+    Checkpointing each pass separately would build every chunk's maps four times (two passes forward, each
+    recomputed backward); here three:
+
+    * forward pass 1: ``D = Σ_c T_c S_cᵀ``, ``|t|²``, ``|s|²``, ``Σ t log t`` -> w (Eq. 2), a (Eq. 3);
+    * forward pass 2: ``CE = Σ_c Σ T_c log max(a S_c, eps)`` and, since the loss is linear in its upstream
+      gradient, the whole ``dCE/da = Σ_c G_c S_cᵀ`` with ``G = T / mix`` (0 where ``mix < eps``);
+    * backward, one pass: per chunk ``dL/dS_c = r aᵀ G_c + (dL/dD)ᵀ T_c + (dL/d|s| / |s|) S_c`` (r = -upstream),
+      ``dL/dD``, ``dL/d|s|`` from ``dL/da = r dCE/da`` through the softmax and the cosine, then through the
+      chunk's softmax and ``q kᵀ`` by autograd on the chunk alone.
+
+    Saved for the backward: only (B, Ht, Hs)-sized tensors, plus the inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, p: _Pair, temperature: float, detach: bool, eps: float, q, k, mask, bias):
+        B, Ht, Hs, dtype = p.B, p.Ht, p.Hs, p.dtype
+        zeros = {"device": p.device, "dtype": dtype}
+        D, tt, ss, entropy = (torch.zeros(*shape, **zeros) for shape in ((B, Ht, Hs), (B, Ht), (B, Hs), (B,)))
+        for rows in p.slices():
+            t = p.probs(p.t, rows).reshape(B, Ht, -1)
+            s = p.probs(p.s, rows).reshape(B, Hs, -1)
+            D.baddbmm_(t, s.transpose(1, 2))
+            tt += t.square().sum(-1)
+            ss += s.square().sum(-1)
+            entropy += row_entropy_term(t).sum(-1)
+        nt, c = _sqrt_clamped(tt), _sqrt_clamped(ss)
+        w = D / (nt.unsqueeze(-1) * c.unsqueeze(-2))  # Eq. 2
+        a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
+        cross, dA = torch.zeros(B, **zeros), torch.zeros(B, Ht, Hs, **zeros)
+        for rows in p.slices():
+            t = p.probs(p.t, rows).reshape(B, Ht, -1)
+            s = p.probs(p.s, rows).reshape(B, Hs, -1)
+            mix = torch.bmm(a, s)  # Eq. 9, this chunk's rows
+            cross += mix.clamp_min(eps).log_().mul_(t).sum(dim=(1, 2))
+            if not detach:
+                dA.baddbmm_(_mix_grad(t, mix, eps), s.transpose(1, 2))
+        ctx.p, ctx.temperature, ctx.detach, ctx.eps = p, temperature, detach, eps
+        ctx.save_for_backward(a, w, nt, c, ss, dA)
+        ctx.mark_non_differentiable(a)
+        return entropy - cross, a
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
+        p: _Pair = ctx.p
+        a, w, nt, c, ss, dA = ctx.saved_tensors
+        B, Ht, Hs, dtype = p.B, p.Ht, p.Hs, p.dtype
+        r = -grad.to(dtype)[:, None, None]  # dL/dCE per example
+        a_r = (a * r).transpose(1, 2)  # (B, Hs, Ht): the mixture's share, scaled
+        if not ctx.detach:
+            ga = r * dA  # dL/da
+            gw = a * (ga - (a * ga).sum(-1, keepdim=True)) / ctx.temperature  # softmax over student heads
+            gD = (gw / (nt.unsqueeze(-1) * c.unsqueeze(-2))).transpose(1, 2)  # (B, Hs, Ht)
+            gc = -(gw * w).sum(1) / c  # dL/dc, c = max(|s|, 1e-12)
+            coef = torch.where(ss >= NORM_EPS * NORM_EPS, gc / c, torch.zeros_like(gc))  # dL/ds = coef s
+        s_in = p.s
+        needs = ctx.needs_input_grad[4:8]
+        grads: list[Tensor | None] = [None] * 4
+        for rows in p.slices():
+            leaves = _chunk_leaves(s_in, rows, needs)
+            with torch.enable_grad():
+                sub = AttentionInputs(*(x for x in leaves[:2]), s_in.scale, mask=leaves[2], bias=leaves[3])
+                s = p.probs(sub, rows, sub_rows=True)
+            sd = s.detach().reshape(B, Hs, -1)
+            t = p.probs(p.t, rows).reshape(B, Ht, -1)
+            G = _mix_grad(t, torch.bmm(a, sd), ctx.eps)
+            dS = torch.bmm(a_r, G)
+            if not ctx.detach:
+                dS.baddbmm_(gD, t).addcmul_(sd, coef.unsqueeze(-1))
+            wanted = [x for x, n in zip(leaves, needs, strict=True) if n]
+            got = iter(torch.autograd.grad(s, wanted, dS.view_as(s)))
+            for i, n in enumerate(needs):
+                if n:
+                    grads[i] = _place(grads[i], next(got), [s_in.q, s_in.k, s_in.mask, s_in.bias][i], rows, i)
+        return (None, None, None, None, *grads)
+
+
+def _chunk_leaves(x: AttentionInputs, rows: slice, needs) -> list[Tensor | None]:
+    """q, k, mask, bias of a chunk's rows, detached (leaves requiring grad where ``needs``)."""
+    out = []
+    for i, (v, n) in enumerate(zip((x.q, x.k, x.mask, x.bias), needs, strict=True)):
+        if v is not None and i != 1 and (i == 0 or v.shape[2] > 1):
+            v = v[:, :, rows]
+        out.append(None if v is None else v.detach().requires_grad_(bool(n)))
+    return out
+
+
+def _place(acc: Tensor | None, g: Tensor, like: Tensor, rows: slice, i: int) -> Tensor:
+    """Accumulate a chunk's gradient into the full one: q (and mask/bias with a query dim) by rows, k summed."""
+    if i == 1 or (i > 1 and like.shape[2] == 1):
+        return g.clone() if acc is None else acc.add_(g)
+    if acc is None:
+        acc = torch.zeros_like(like)
+    acc[:, :, rows] = g
+    return acc
 
 
 def _amad_kl(p: _Pair, temperature: float, detach: bool, eps: float) -> tuple[Tensor, Tensor]:
-    grad = p.needs_grad()
-    d, tt, ss, entropy = _amad_stats(p, grad and not detach, gram=False)
-    w = d / (_sqrt_clamped(tt).unsqueeze(-1) * _sqrt_clamped(ss).unsqueeze(-2))  # Eq. 2
-    a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
-    aw = a.detach() if detach else a
-    B = p.B
-
-    def fn(rows: slice) -> tuple[Tensor]:
-        t = p.probs(p.t, rows)
-        s = p.probs(p.s, rows)
-        r = t.shape[2]
-        mix = torch.bmm(aw, s.reshape(B, p.Hs, -1)).view(B, p.Ht, r, p.K)  # Eq. 9, this chunk's rows
-        return (_RowCrossEntropy.apply(t, mix, eps).sum(dim=(1, 2)),)  # Σ t log max(mix, eps); 0 on padded rows
-
-    (cross,) = p.accumulate(fn, grad)
-    return ((entropy.detach() - cross) * p.inv_rows).mean(), a.detach()
+    s = p.s
+    mask = s.mask if s.mask is not None and s.mask.is_floating_point() else None
+    per_example, a = _AMADKLChunked.apply(p, temperature, detach, eps, s.q, s.k, mask, s.bias)
+    return (per_example * p.inv_rows).mean(), a
 
 
 def _amad_l2(p: _Pair, temperature: float, detach: bool) -> tuple[Tensor, Tensor]:
-    d, tt, sst = _amad_stats(p, p.needs_grad(), gram=True)
+    d, tt, sst = _amad_stats(p)
     nt = _sqrt_clamped(tt)
     ns = _sqrt_clamped(torch.diagonal(sst, dim1=1, dim2=2))
     w = d / (nt.unsqueeze(-1) * ns.unsqueeze(-2))  # cosines, Eq. 2

@@ -25,6 +25,16 @@ F64 = torch.float64
 MIN = torch.finfo(F64).min
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small operators in many chunks: with two intra-op threads on a shared 2-core machine, OpenMP
+    barriers stall whenever another job holds a core (the file then takes ~50 s instead of ~7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _case(name: str, seed: int = 0):
     """Teacher/student AttentionInputs, query_mask, key_mask, and the list of student tensors with grad.
 
@@ -318,13 +328,14 @@ def test_no_map_sized_tensor_is_ever_alive(config):
     if module is not None:
         existing |= {x.untyped_storage().data_ptr() for x in module.parameters()}
     kw = {} if module is None else {"module": module}
-    with _Tracker(existing) as tracker, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        loss, _ = qk_attention_loss(method, t, s, query_mask=qmask, key_mask=qmask, chunk_size=chunk, **kw, **opts)
+    with _Tracker(existing) as tracker:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):  # what the forward keeps
+            loss, _ = qk_attention_loss(method, t, s, query_mask=qmask, key_mask=qmask, chunk_size=chunk, **kw, **opts)
         loss.backward()
     assert torch.isfinite(loss)
     # no operator output is larger than one chunk's maps (q/k-sized gradients are B*H*Q*d, smaller)
     assert tracker.max_numel <= chunk_numel, (tracker.max_numel, chunk_numel)
-    # outside the checkpoints autograd keeps only small tensors (weights, norms, per-example sums)
+    # for the backward, autograd keeps only small tensors outside the chunks (weights, norms, sums)
     assert max(saved, default=0) <= B * max(Ht, Hs) ** 2, saved
     # live bytes at their peak (forward and backward): a few chunks, far below one whole student map
     # (measured 2-6 chunks, the q/k gradients and per-chunk slice gradients included)

@@ -6,9 +6,9 @@ distiller keeps, per distilled layer, only what the maps are made of -- :class:`
 queries, the keys, the scale and the additive mask / position bias -- and :func:`qk_attention_loss`
 rebuilds the maps ``softmax(q kᵀ·scale + mask + bias)`` (pre-dropout probabilities, as the map path)
 chunk by chunk of query rows, accumulating the loss. Every chunk runs under
-``torch.utils.checkpoint.checkpoint(use_reentrant=False)``: its forward keeps nothing but its inputs
-(views of q, k and the bias), and the backward rebuilds the chunk's maps. So at most
-O(B·(Ht+Hs)·chunk·K) map elements are alive at a time, forward and backward.
+``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` (AMAD "kl": the same idea written out, see
+below): its forward keeps nothing but its inputs (views of q, k and the bias), and the backward rebuilds
+the chunk's maps. So at most O(B·(Ht+Hs)·chunk·K) map elements are alive at a time, forward and backward.
 
 The value and the gradients are those of the map path, ``build_attention_criterion(method, ...)(
 teacher_maps, student_maps, query_mask=..., key_mask=...)`` with the maps built from the same q/k
@@ -22,12 +22,15 @@ Which losses are sums over query rows (equation numbers: ``docs/method.md`` sect
   per chunk, the masked sum over its rows of the per-row loss; the division by the number of valid rows
   of each example comes after the sum over chunks.
 * AMAD ``kl`` (Eq. 2, 3, 9): the weights need cosines of whole flattened maps. Pass 1 accumulates over
-  chunks ``D = Σ_c T_c S_cᵀ`` (B, Ht, Hs), ``|t_i|² = Σ_c |T_c,i|²`` and ``|s_j|² = Σ_c |S_c,j|²``
-  (with gradient through ``D`` and ``|s|²`` unless ``detach_weights``); then ``w = D / (max(|t|, 1e-12)
-  max(|s|, 1e-12))`` (Eq. 2) and ``a = softmax(w / τ)`` (Eq. 3) on these small tensors. Pass 2: per chunk,
-  the row KL of ``T_c`` against ``mix_c = a S_c`` (Eq. 9: the mixture of a chunk's rows needs only those
-  rows and ``a``), summed. ``a`` is an input of every pass-2 chunk, so its gradient reaches pass 1 (and
-  through it the student) after all pass-2 chunks' backwards.
+  chunks ``D = Σ_c T_c S_cᵀ`` (B, Ht, Hs), ``|t_i|² = Σ_c |T_c,i|²``, ``|s_j|² = Σ_c |S_c,j|²`` and the
+  teacher's ``Σ t log t``; then ``w = D / (max(|t|, 1e-12) max(|s|, 1e-12))`` (Eq. 2) and
+  ``a = softmax(w / τ)`` (Eq. 3) on these small tensors. Pass 2: per chunk, ``Σ T_c log max(a S_c, eps)``
+  (Eq. 9: the mixture of a chunk's rows needs only those rows and ``a``), summed, and -- the loss being
+  linear in its upstream gradient -- the whole ``d/da`` of that sum. The backward is then one pass (a
+  custom ``autograd.Function``, :class:`_AMADKLChunked`, instead of a checkpoint per pass, which would
+  rebuild each chunk twice in the backward): each chunk's gradient through the mixture, the cosines and
+  the norms at once (the formulas of :mod:`amad.losses._fused`), then through the chunk's softmax and
+  ``q kᵀ`` by autograd on that chunk alone. Each chunk's maps are built three times in all.
 * AMAD ``l2`` (Eq. 4-5): expanded as the map path, ``Σ_i |t̂_i|² - 2 a_i·w_i + a_i G a_iᵀ`` with
   ``G = ŝ ŝᵀ``: everything is a sum over rows, so pass 1 alone (``D``, ``S Sᵀ`` (B, Hs, Hs), ``|t|²``;
   ``|s|²`` is the diagonal of ``S Sᵀ``) gives the loss; no pass 2.

@@ -10,6 +10,7 @@ for the backward outside the checkpoints, and the live peak stays a few chunks.
 
 from __future__ import annotations
 
+import json
 import weakref
 
 import pytest
@@ -340,3 +341,16 @@ def test_no_map_sized_tensor_is_ever_alive(config):
     # live bytes at their peak (forward and backward): a few chunks, far below one whole student map
     # (measured 2-6 chunks, the q/k gradients and per-chunk slice gradients included)
     assert tracker.peak <= 8 * chunk_numel * 8 <= maps_bytes / 4, tracker.peak / (chunk_numel * 8)
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_its_json(tmp_path):
+    from amad.bench.qk import run
+
+    out = tmp_path / "qk.json"
+    result = run(out=str(out), quick=True)
+    (record,) = result["qk"]["records"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    for key in ("map_ms", "qk_ms", "time_ratio", "map_step_extra_mb", "qk_step_extra_mb", "chunk_size"):
+        assert record[key] is not None, key
+    assert record["loss_abs_diff"] < 1e-4

@@ -8,7 +8,26 @@ amad export CKPT DIR
 
 from __future__ import annotations
 
+import os
 import sys
+
+import yaml
+from jsonargparse import ArgumentError
+
+#: What a user's mistake raises: bad values and options, missing or unreadable files, bad YAML, a
+#: non-finite loss. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, yaml.YAMLError, ArgumentError, FloatingPointError)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a jsonargparse report reduced to its key and complaint)."""
+    if isinstance(err, ArgumentError):
+        from amad.compare.config import summarize_parse_error
+
+        return summarize_parse_error(str(err))
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
@@ -24,15 +43,31 @@ commands:
   export     write a student checkpoint as a Hugging Face save_pretrained directory
 
 `amad <command> --help` describes each command's options.
+A mistake in the command (an unknown option, method or preset, a missing file) ends with one
+`amad: error: ...` line; `amad --debug <command>` (or AMAD_DEBUG=1) shows the full traceback.
 """
 
 
 def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("AMAD_DEBUG", "") not in ("", "0")
+    if argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    verb, rest = argv[0], argv[1:]
+    try:
+        return _run(argv[0], argv[1:])
+    except SystemExit as done:  # --help, --print_config and argparse errors exit by themselves
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"amad: error: {one_line(err)} (traceback: amad --debug {argv[0]} ...)", file=sys.stderr)
+        return 2
+
+
+def _run(verb: str, rest: list[str]) -> int | None:
     if verb in LIGHTNING_VERBS:
         from amad.lightning_cli import run_lightning_cli
 

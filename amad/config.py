@@ -3,6 +3,10 @@
 LightningCLI/jsonargparse has no "extends"; experiments share their data, trainer and method
 settings through base files instead of copy-paste. ``amad fit --config FILE`` resolves the chain
 and hands LightningCLI one merged file.
+
+Importing this module also lets jsonargparse accept the subclasses of
+:class:`amad.losses.AttentionMethod` (frozen dataclasses) for an ``attention:`` entry, which it does
+not do for dataclasses by default: ``attention: {class_path: AMAD, init_args: {variant: l2}}``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import set_parsing_settings
+
+from amad.losses.methods import AttentionMethod
+
+set_parsing_settings(subclasses_enabled=[AttentionMethod])
 
 BASE_KEY = "base"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amad.lit.checkpoint import adapter_from_checkpoint
+from amad.models.io import load_checkpoint_model, save_pretrained
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
@@ -14,10 +14,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     The teacher is not in the checkpoint and never exported; extra trainable parts of a method (an
     A2D aligner) are not part of the student and are not exported either.
     """
-    model = adapter_from_checkpoint(ckpt)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    return out_dir
+    return save_pretrained(load_checkpoint_model(ckpt), Path(out_dir))
 
 
 def main(argv: list[str]) -> int:

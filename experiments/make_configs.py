@@ -10,6 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from amad.config import load_config
+from amad.losses import METHODS as ATTENTION_METHODS
+
 ROOT = Path(__file__).parent
 
 #: task -> (data base file, BLIP family, VL-T5 text prefix, embedded?)
@@ -22,19 +25,29 @@ TASKS = {
     "multi30k": ("multi30k", "blip-vqa", "translate English to German:", False),
 }
 
-#: method -> DistillationModule init_args
+#: registry methods without a config: the learned (QK)² projection is practical for short maps only
+NO_CONFIG = {"amad_proj": "learned (QK)^2 projection: for short maps only"}
+#: extra AMAD variants, each a config of its own
+AMAD_VARIANTS = ("l2", "token")
+#: data settings that decide what a comparison's teacher reads: an embedded config copies them from
+#: its comparison, so its data always fits the teacher it names
+TEACHER_DATA_KEYS = ("image_size", "normalize", "text_prefix", "max_source_len", "max_target_len", "tokenizer_path")
+
+
+def attention(name: str, **init_args) -> dict:
+    entry: dict = {"class_path": f"amad.losses.{ATTENTION_METHODS[name].__name__}"}
+    if init_args:
+        entry["init_args"] = init_args
+    return {"attention": entry}
+
+
+#: method -> DistillationModule init_args: the two output-only baselines, every registry method, AMAD variants
 METHODS = {
-    "gt": {"beta": 0.0, "attn_method": "none"},
-    "kd": {"attn_method": "none"},
-    "one_to_one": {"attn_method": "one_to_one"},
-    "head_mean": {"attn_method": "head_mean"},
-    "minilm_relation": {"attn_method": "minilm_relation"},
-    "shd": {"attn_method": "shd"},
-    "a2d": {"attn_method": "a2d"},
-    "attn_distill": {"attn_method": "attn_distill"},
-    "amad": {"attn_method": "amad", "attn_options": {"variant": "kl"}},
-    "amad_l2": {"attn_method": "amad", "attn_options": {"variant": "l2"}},
-    "amad_token": {"attn_method": "amad", "attn_options": {"variant": "token"}},
+    "gt": {"beta": 0.0, "attention": None},
+    "kd": {"attention": None},
+    **{name: attention(name) for name in ATTENTION_METHODS if name not in NO_CONFIG and name != "amad"},
+    "amad": attention("amad", variant="kl"),
+    **{f"amad_{v}": attention("amad", variant=v) for v in AMAD_VARIANTS},
 }
 
 #: real-data teachers: fine-tuned from a local pretrained checkpoint (no hub access here)
@@ -52,11 +65,19 @@ def leaf(task: str, model: str, method: str) -> tuple[str, dict]:
     family = blip_family if model == "blip" else "vlt5"
     rel = "../../base"
     cfg: dict = {"base": [f"{rel}/trainer.yaml", f"{rel}/data/{data}.yaml"]}
-    if model == "vlt5":
+    if embedded:
+        compared = load_config(ROOT / "compare" / f"{task}_{model}.yaml")["data"]["init_args"]
+        reads = {k: compared[k] for k in TEACHER_DATA_KEYS if k in compared}
+        if reads:
+            cfg["data"] = {"init_args": reads}
+    elif model == "vlt5":
         cfg["data"] = {"init_args": {"text_prefix": prefix}}
     if method == "teacher":
         cfg["base"].append(f"{rel}/finetune.yaml")
-        spec = {"family": family, "preset": "small"} if embedded else REAL_TEACHER_INIT[model].format(family=family)
+        if embedded:  # the comparison's teacher recipe (its fingerprint needs more: see amad compare)
+            spec = load_config(ROOT / "compare" / f"{task}_{model}.yaml")["teacher"]["model"]
+        else:
+            spec = REAL_TEACHER_INIT[model].format(family=family)
         cfg["model"] = {"init_args": {"model": spec}}
         cmd = f"amad fit --config experiments/{task}/{model}/teacher.yaml"
         note = (

@@ -17,10 +17,12 @@ PARTS = ("losses", "step", "memory", "scaling", "throughput")
 def _part(name: str):
     if name == "losses":
         from amad.bench.losses import run
-    elif name in ("step", "memory", "scaling"):
-        from amad.bench import step as mod
-
-        run = getattr(mod, f"run_{name}")
+    elif name == "step":
+        from amad.bench.step import run_step as run
+    elif name == "memory":
+        from amad.bench.memory import run_memory as run
+    elif name == "scaling":
+        from amad.bench.scaling import run_scaling as run
     elif name == "throughput":
         from amad.bench.throughput import run
     else:

@@ -4,7 +4,7 @@ For each shape (B, Ht, Hs, Q, K) and method/variant (AMAD kl/l2/token, AMAD proj
 head-mean, SHD, A2D, AttnDistill), forward + backward (gradient w.r.t. the student maps) is timed for
 
 * the vectorised loss (``vectorised_s``),
-* an explicit-loop reference of the same equation (``loop_s``, :mod:`amad.losses.loop_reference`:
+* an explicit-loop reference of the same equation (``loop_s``, :mod:`amad.bench.loop_reference`:
   Python loops over batch, heads and query rows, vectorised only over the keys of one row -- or over
   a whole flattened map where the equation is over flattened maps; the value is checked against the
   vectorised one, ``max_abs_diff``),
@@ -37,6 +37,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from amad.bench.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_head_mean, loop_shd
 from amad.losses import (
     A2DLoss,
     AMADProjectionLoss,
@@ -46,7 +47,6 @@ from amad.losses import (
     one_to_one_loss,
     shd_loss,
 )
-from amad.losses.loop_reference import loop_a2d, loop_amad, loop_attn_distill, loop_head_mean, loop_shd
 
 FULL_SHAPES = [(8, 12, 8, 197, 197), (8, 12, 6, 50, 50), (8, 8, 4, 32, 32)]
 QUICK_SHAPES = [(2, 4, 2, 12, 12), (2, 6, 3, 8, 8)]

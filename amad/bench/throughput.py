@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 
-from amad.bench.step import _print, _write
+from amad.bench.common import print_table, write_json
 
 CONFIG = "experiments/compare/easyvqa_blip.yaml"
 
@@ -41,8 +41,7 @@ class StepTimer(L.Callback):
 
 
 def run(out: str | None = None, quick: bool = False, config: str = CONFIG) -> dict:
-    from amad.compare.config import load_compare_config
-    from amad.compare.run import make_datamodule
+    from amad.compare.config import load_compare_config, make_datamodule, method_kwargs
     from amad.lit import DistillationModule
     from amad.models import build_model
 
@@ -55,7 +54,7 @@ def run(out: str | None = None, quick: bool = False, config: str = CONFIG) -> di
         teacher=teacher,
         student=dict(cfg["student"]),
         task=dm.task,
-        **cfg["methods"].get("amad", {"attn_method": "amad"}),
+        **method_kwargs(cfg["methods"]["amad"]),
     )
     timer = StepTimer()
     steps = 8 if quick else 60
@@ -81,5 +80,5 @@ def run(out: str | None = None, quick: bool = False, config: str = CONFIG) -> di
         "samples_per_s": sum(timer.sizes) / (compute + wait) if timer.compute else None,
         "data_wait_fraction": wait / (compute + wait) if timer.compute else None,
     }
-    _print("throughput", [rec], ("config", "batch_size", "samples_per_s", "data_wait_fraction"))
-    return _write({"throughput": [rec]}, out)
+    print_table("throughput", [rec], ("config", "batch_size", "samples_per_s", "data_wait_fraction"))
+    return write_json({"throughput": [rec]}, out)

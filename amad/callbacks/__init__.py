@@ -2,5 +2,6 @@
 
 from amad.callbacks.head_alignment import HeadAlignmentCallback, plot_head_alignment
 from amad.callbacks.predictions import PredictionSamplesCallback
+from amad.callbacks.progress import ProgressLine
 
-__all__ = ["HeadAlignmentCallback", "PredictionSamplesCallback", "plot_head_alignment"]
+__all__ = ["HeadAlignmentCallback", "PredictionSamplesCallback", "ProgressLine", "plot_head_alignment"]

@@ -3,7 +3,7 @@
 Every student has the same architecture, data, steps, optimizer and seeds; only the loss differs.
 Each finished run is written to ``<out>/runs/<method>-seed<k>.json`` at once, so an interrupted
 comparison resumes where it stopped (finished runs are not redone). The teacher is trained once and
-cached (:mod:`amad.compare.teacher_cache`).
+cached (:mod:`amad.compare.teacher`).
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ from typing import Any
 import lightning as L
 import torch
 
-from amad.compare.config import fingerprint, load_compare_config, ordered_methods
+from amad.compare.config import (
+    fingerprint,
+    load_compare_config,
+    make_datamodule,
+    method_kwargs,
+    optimization_kwargs,
+    ordered_methods,
+)
 from amad.compare.report import summarise, write_report
-from amad.compare.teacher_cache import ensure_teacher
-
-
-def import_object(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(__import__(module, fromlist=[name]), name)
-
-
-def make_datamodule(data_cfg: dict[str, Any]) -> L.LightningDataModule:
-    """Instantiate ``{class_path, init_args}``."""
-    return import_object(data_cfg["class_path"])(**(data_cfg.get("init_args") or {}))
+from amad.compare.teacher import ensure_teacher
+from amad.config import deep_merge
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -75,12 +73,8 @@ def run_one(
         teacher=str(teacher_path),
         student=dict(cfg["student"]),
         task=dm.task,
-        lr=float(train.get("lr", 1e-3)),
-        weight_decay=float(train.get("weight_decay", 0.01)),
-        warmup_ratio=float(train.get("warmup_ratio", 0.05)),
-        schedule=train.get("schedule", "linear"),
-        max_new_tokens=int(train.get("max_new_tokens", 8)),
-        **cfg["methods"][method],
+        **optimization_kwargs(train),
+        **method_kwargs(cfg["methods"][method], f"methods.{method}"),
     )
     logger = make_logger(
         logger_kind, out, f"{cfg['name']}-{out.name}", f"{method}-seed{seed}", {**cfg, "method": method, "seed": seed}
@@ -138,12 +132,15 @@ def run_comparison(
     """Run (or resume) a comparison; writes results.json, results.md, the chart and heatmaps in ``out``."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    teacher_path, teacher_record = ensure_teacher(cfg, make_datamodule, log=log)
-    dm = make_datamodule(cfg["data"])
+    teacher_path, teacher_record = ensure_teacher(cfg, log=log)
+    data_cfg = cfg["data"]
+    if cfg.get("eval_subset") is not None:
+        data_cfg = deep_merge(data_cfg, {"init_args": {"eval_subset": cfg["eval_subset"]}})
+    dm = make_datamodule(data_cfg)
     dm.prepare_data()
-    from amad.lit.checkpoint import load_adapter
+    from amad.models.io import load_model
 
-    teacher = load_adapter(teacher_path)
+    teacher = load_model(teacher_path)
     teacher_record = {
         **teacher_record,
         "params": count_params(teacher),
@@ -161,6 +158,7 @@ def run_comparison(
             run_fp = fingerprint(
                 {k: cfg[k] for k in ("data", "teacher", "student", "train")}
                 | {"method": cfg["methods"][method], "seed": seed, "split": split}
+                | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
             )
             if path.is_file():
                 record = json.loads(path.read_text())
@@ -248,13 +246,21 @@ def main(argv: list[str]) -> int:
         choices=("test", "val"),
         help="evaluate on test (reporting) or val (tuning: never tune on test)",
     )
+    parser.add_argument("--max-steps", type=int, default=None, help="quick check: cap every student's steps")
+    parser.add_argument(
+        "--eval-subset", type=int, default=None, help="quick check: evaluate students on this many examples"
+    )
     ns = parser.parse_args(argv)
     quiet_libraries()
     torch.set_float32_matmul_precision("high")
     cfg = load_compare_config(ns.config, ns.preset, ns.seeds, ns.methods.split(",") if ns.methods else None)
+    if ns.max_steps is not None:
+        cfg["train"]["max_steps"] = ns.max_steps
+    if ns.eval_subset is not None:  # the students' data only: the teacher's recipe (and fingerprint) stays
+        cfg["eval_subset"] = ns.eval_subset
     start = time.perf_counter()
     if ns.teacher_only:
-        path, record = ensure_teacher(cfg, make_datamodule)
+        path, record = ensure_teacher(cfg)
         print(json.dumps({"teacher": str(path), **{k: record.get(k) for k in ("metrics", "train_time_s")}}))
         return 0
     results = run_comparison(cfg, ns.out, ns.logger, ns.split)

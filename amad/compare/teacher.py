@@ -2,9 +2,10 @@
 
 Lookup order: ``teacher.path`` (a shipped or user-given ``save_pretrained`` dir / ``.ckpt``; a shipped
 one carries ``teacher.json`` and is used only while its fingerprint matches the config's recipe and
-data), then ``<cache>/teachers/<name>-<fingerprint>/``; otherwise the teacher is fine-tuned with
-:class:`~amad.lit.FineTuneModule` and written there (``save_pretrained`` layout plus
-``teacher.json`` with its config, metrics and training time). The cache root is ``$AMAD_CACHE`` or
+data), then ``<cache>/teachers/<name>-<fingerprint>/``; otherwise the teacher is trained by its recipe
+(:func:`train_teacher`: optional pre-training stages on generated scenes, then fine-tuning on the
+task's training split) and written there (``save_pretrained`` layout plus ``teacher.json`` with its
+recipe, per-stage records, test metrics and training time). The cache root is ``$AMAD_CACHE`` or
 ``~/.cache/amad``.
 """
 
@@ -22,7 +23,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from amad.compare.config import fingerprint
+from amad.compare.config import fingerprint, load_compare_config, make_datamodule, optimization_kwargs
+from amad.lit.base import COMPARE_PREFIX
+from amad.models.io import save_pretrained
+from amad.paths import cache_root
 
 TEACHER_KEYS = (
     "model",
@@ -37,10 +41,8 @@ TEACHER_KEYS = (
     "max_new_tokens",
     "data",
 )
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("AMAD_CACHE", Path.home() / ".cache" / "amad"))
+#: recipe keys added later: in the fingerprint only where a recipe sets them (older fingerprints hold)
+RECIPE_KEYS = ("pretrain", "freeze")
 
 
 def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
@@ -48,7 +50,7 @@ def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
     t = cfg["teacher"]
     return fingerprint(
         {
-            "teacher": {k: t.get(k) for k in TEACHER_KEYS if k != "data"},
+            "teacher": {k: t.get(k) for k in TEACHER_KEYS if k != "data"} | {k: t[k] for k in RECIPE_KEYS if k in t},
             "data": teacher_datamodule_config(cfg),
             "data_facts": data_facts,
         }
@@ -62,21 +64,16 @@ def teacher_datamodule_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(cfg["data"], cfg["teacher"].get("data", {}) or {})
 
 
-def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Path, dict[str, Any]]:
+def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]]:
     """Return (teacher dir or file, teacher record with ``metrics``, ``train_time_s``, ``fingerprint``).
 
     Args:
         cfg: the loaded comparison config.
-        make_datamodule: callable(data_config) -> LightningDataModule.
         log: progress printer.
     """
-    from amad.lit import FineTuneModule
-
     t = cfg["teacher"]
-    dm_cfg = teacher_datamodule_config(cfg)
-    dm = make_datamodule(dm_cfg)
-    facts = getattr(dm, "metadata", {})
-    fp = teacher_fingerprint(cfg, facts)
+    dm = make_datamodule(teacher_datamodule_config(cfg))
+    fp = teacher_fingerprint(cfg, getattr(dm, "metadata", {}))
     if t.get("path"):
         path = Path(t["path"])
         if not path.exists():
@@ -98,47 +95,18 @@ def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Pat
     if meta.is_file():
         log(f"teacher: reusing {out}")
         return out, {**json.loads(meta.read_text()), "source": str(out)}
-    log(f"teacher: training {t['model']} for {t['max_steps']} steps (cached as {out})")
-    L.seed_everything(int(t.get("seed", 0)), workers=True, verbose=False)
-    module = FineTuneModule(
-        model=dict(t["model"]),
-        vocab_size=dm.vocab_size,
-        task=dm.task,
-        lr=float(t.get("lr", 1e-3)),
-        weight_decay=float(t.get("weight_decay", 0.01)),
-        warmup_ratio=float(t.get("warmup_ratio", 0.05)),
-        schedule=t.get("schedule", "linear"),
-        max_new_tokens=int(t.get("max_new_tokens", 8)),
-        lr_scale=t.get("lr_scale"),
-    )
-    module.model.tokenizer = dm.tokenizer
-    trainer = L.Trainer(
-        max_steps=int(t["max_steps"]),
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        accelerator="auto",
-        devices=1,
-        precision=t.get("precision", "32-true"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    train_time = time.perf_counter() - start
-    metrics = {
-        k.removeprefix("test/"): float(v) for k, v in trainer.test(module, datamodule=dm, verbose=False)[0].items()
-    }
+    log(f"teacher: training {t['model']} (cached as {out})")
+    model, stages = train_teacher(cfg, dm, log)
+    test = evaluate_model(model, dm, "test")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    module.model.save_pretrained(tmp)
+    save_pretrained(model, tmp)
     record = {
         "fingerprint": fp,
-        "config": {k: t.get(k) for k in TEACHER_KEYS},
-        "metrics": metrics,
-        "train_time_s": round(train_time, 1),
+        "config": {k: t.get(k) for k in TEACHER_KEYS + RECIPE_KEYS},
+        "metrics": test,
+        "stages": stages,
+        "train_time_s": round(sum(s["train_time_s"] for s in stages), 1),
         "steps": int(t["max_steps"]),
         "command": " ".join(["amad", *sys.argv[1:]]) if sys.argv[0].endswith("amad") else None,
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch "
@@ -148,5 +116,151 @@ def ensure_teacher(cfg: dict[str, Any], make_datamodule, log=print) -> tuple[Pat
     (tmp / "teacher.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: a half-trained or half-written teacher is never "cached"
-    log(f"teacher: {metrics} in {train_time:.0f}s")
+    log(f"teacher: test {test} after {record['train_time_s']:.0f}s of training")
     return out, {**record, "source": str(out)}
+
+
+def _trainer(max_steps: int, precision: str, prefix: str, log) -> L.Trainer:
+    from amad.callbacks.progress import ProgressLine
+
+    return L.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        accelerator="auto",
+        devices=1,
+        precision=precision,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ProgressLine(prefix, every_n_steps=max(max_steps // 10, 1), write=log)],
+    )
+
+
+def train_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[dict[str, Any]]]:
+    """Run the teacher's recipe, stage by stage; returns (the model, one record per stage).
+
+    Stages (``teacher:`` of a comparison YAML), each optional but the last:
+
+    1. ``pretrain.attributes``: the image encoder reads generated scenes' attributes
+       (:class:`~amad.lit.attributes.SceneAttributeModule`; ``max_steps``, ``lr``, ``batch_size``,
+       ``scenes``, ``seed``, ``warmup_ratio``, ``schedule``, ``weight_decay``).
+    2. ``pretrain.task``: the task itself on generated scenes — their questions and answers, captions or
+       translations (:class:`~amad.lit.FineTuneModule` on the task's DataModule with ``train_scenes``;
+       ``max_steps``, ``scenes``, ``seed``, ``freeze`` and the optimisation keys).
+    3. fine-tuning on the task's training split: ``max_steps``, ``freeze`` and the optimisation keys of
+       ``teacher:`` itself.
+
+    Every stage is seeded from ``teacher.seed``; the validation split of each stage's end is recorded.
+    """
+    from amad.config import deep_merge
+    from amad.lit import FineTuneModule
+
+    t, pre = cfg["teacher"], cfg["teacher"].get("pretrain") or {}
+    precision = t.get("precision", "32-true")
+    seed = int(t.get("seed", 0))
+    L.seed_everything(seed, workers=True, verbose=False)
+    finetune = FineTuneModule(
+        model=dict(t["model"]), vocab_size=dm.vocab_size, task=dm.task, freeze=t.get("freeze"), **optimization_kwargs(t)
+    )
+    model = finetune.model
+    model.tokenizer = dm.tokenizer
+    stages: list[dict[str, Any]] = []
+
+    if "attributes" in pre:
+        stages.append(_attribute_stage(model, pre["attributes"], dm, precision, seed, log))
+    if "task" in pre:
+        st = pre["task"]
+        L.seed_everything(seed + 1, workers=True, verbose=False)
+        scenes = {"train_scenes": int(st["max_steps"]) * dm.batch_size, "scene_seed": int(st.get("seed", 1))}
+        if st.get("scenes"):
+            scenes["scene_pool"] = int(st["scenes"])
+        scene_dm = make_datamodule(deep_merge(teacher_datamodule_config(cfg), {"init_args": scenes}))
+        module = FineTuneModule(model=model, task=dm.task, freeze=st.get("freeze"), **optimization_kwargs(st))
+        stages.append(_fit("pretrain.task", module, scene_dm, int(st["max_steps"]), precision, log))
+    if stages:  # a recipe without pre-training keeps the one seeded stream it always had
+        L.seed_everything(seed + 2, workers=True, verbose=False)
+    stages.append(_fit("finetune", finetune, dm, int(t["max_steps"]), precision, log))
+    return model, stages
+
+
+def _fit(name: str, module: Any, dm: Any, steps: int, precision: str, log) -> dict[str, Any]:
+    trainer = _trainer(steps, precision, f"teacher {name}:", log)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    elapsed = time.perf_counter() - start
+    val = evaluate_model(module.trainable, dm, "val")
+    log(f"teacher {name}: {steps} steps in {elapsed:.0f}s; val {val}")
+    return {"stage": name, "steps": steps, "train_time_s": round(elapsed, 1), "val": val}
+
+
+def _attribute_stage(model: Any, st: dict[str, Any], dm: Any, precision: str, seed: int, log) -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from amad.data.scene_data import AttributeCollator, SceneAttributeDataset
+    from amad.lit.attributes import SceneAttributeModule
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    steps, bs = int(st["max_steps"]), int(st.get("batch_size", 64))
+    data = SceneAttributeDataset(steps * bs, seed=int(st.get("seed", 0)), pool=int(st.get("scenes", 20_000)))
+    collate = AttributeCollator(dm.image_size, dm.normalize)
+    loader = DataLoader(data, batch_size=bs, shuffle=True, collate_fn=collate)
+    module = SceneAttributeModule(
+        model, **{k: st[k] for k in ("lr", "weight_decay", "warmup_ratio", "schedule") if k in st}
+    )
+    trainer = _trainer(steps, precision, "teacher pretrain.attributes:", log)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=loader)
+    elapsed = time.perf_counter() - start
+    # read back on scenes of another seed: never seen in training
+    held_out = SceneAttributeDataset(1024, seed=int(st.get("seed", 0)) + 10_000, pool=1024)
+    acc = module.accuracy(DataLoader(held_out, batch_size=256, collate_fn=collate))
+    log(f"teacher pretrain.attributes: {steps} steps in {elapsed:.0f}s; held-out scenes {acc}")
+    return {"stage": "pretrain.attributes", "steps": steps, "train_time_s": round(elapsed, 1), "held_out": acc}
+
+
+def evaluate_model(model: Any, dm: Any, split: str) -> dict[str, float]:
+    """The task metrics of ``model`` on ``split`` (``val`` or ``test``) of ``dm``."""
+    from amad.lit import FineTuneModule
+
+    module = FineTuneModule(model=model, task=dm.task)
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="auto",
+        devices=1,
+    )
+    run = trainer.test if split == "test" else trainer.validate
+    res = run(module, datamodule=dm, verbose=False)[0]
+    return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
+
+
+def resolve_teacher_reference(spec: str, log=print) -> str:
+    """``compare:<comparison yaml>`` → the path of that comparison's teacher (shipped, cached, or trained now).
+
+    The ``amad`` command calls this on every such config value before it builds anything, so no
+    constructor ever trains a model. Training a teacher here leaves the global RNGs (torch, numpy,
+    python) as they were: what is built afterwards is the same whether the teacher was just trained
+    or loaded from the cache.
+
+    Raises:
+        ValueError: ``spec`` is not a ``compare:`` reference (or its comparison config is invalid).
+        FileNotFoundError: the comparison YAML does not exist.
+    """
+    if not spec.startswith(COMPARE_PREFIX):
+        raise ValueError(f"{spec!r} is not a {COMPARE_PREFIX}<comparison yaml> reference")
+    import random
+
+    import numpy as np
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        try:
+            path, _ = ensure_teacher(load_compare_config(spec[len(COMPARE_PREFIX) :]), log=log)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+    return str(path)

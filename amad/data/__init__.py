@@ -6,9 +6,10 @@ Embedded, synthetic (from the easy-vqa wheel, no download): :class:`EasyVQADataM
 :class:`COCOKarpathyDataModule`, :class:`Multi30KDataModule`. Data cards: ``docs/datasets.md``.
 """
 
-from amad.data.base import Example, VisionTextDataModule, VisionTextDataset
+from amad.data.base import VisionTextDataModule
 from amad.data.coco_karpathy import COCOKarpathyDataModule
 from amad.data.collate import VisionTextCollator
+from amad.data.dataset import Example, VisionTextDataset
 from amad.data.easyvqa import EasyVQADataModule
 from amad.data.multi30k import Multi30KDataModule
 from amad.data.shapes import ShapesCaptionDataModule, ShapesTranslationDataModule

@@ -1,10 +1,10 @@
-"""Pieces every DataModule shares: examples, image sources, the dataset and the base DataModule.
+"""The base DataModule: splits, tokenizer, low-data selection and loaders, shared by every task.
 
 A DataModule subclass says what its splits contain (:meth:`VisionTextDataModule._build_examples`,
-:meth:`VisionTextDataModule._make_dataset`) and
-which text trains the tokenizer (:meth:`VisionTextDataModule._tokenizer_corpus`); the base class
-does the rest: tokenizer (built in ``__init__`` so ``vocab_size`` is known before ``setup``),
-low-data selection, dataloaders and the shared collate.
+:meth:`VisionTextDataModule._make_dataset`) and which text trains the tokenizer
+(:meth:`VisionTextDataModule._tokenizer_corpus`); the base class does the rest: tokenizer (built in
+``__init__`` so ``vocab_size`` is known before ``setup``), low-data selection, dataloaders and the shared
+collate. Examples and datasets are in :mod:`amad.data.dataset`, image sources in :mod:`amad.data.images`.
 
 DataModules do not call ``save_hyperparameters``: Lightning refuses to log hyperparameters when a
 DataModule and the LightningModule both have one of the same name (``seed``, ``image_size``) with
@@ -14,181 +14,53 @@ different values. LightningCLI's saved ``config.yaml`` records them instead.
 from __future__ import annotations
 
 import os
-import random
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from amad.data.collate import VisionTextCollator
+from amad.data.dataset import Example, VisionTextDataset, select
+from amad.data.images import ImageFiles, check_image_files, warn_skipped
 from amad.data.resumable import ResumableDataLoader
 from amad.models.tokenizers import build_word_tokenizer, load_tokenizer
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
 
-@dataclass(frozen=True)
-class Example:
-    """One (image, source text, target text) example.
-
-    Attributes:
-        id: unique within its split (question id, image id, line number); metrics de-duplicate by it.
-        image: key of the image in the split's image source (row index or file path).
-        source: the source text (question, English sentence, "" for captioning).
-        target: the training target (answer, caption, translation).
-        references: what predictions are scored against.
-        meta: anything a dataset transform needs (e.g. shape attributes for augmentation).
-    """
-
-    id: int | str
-    image: int | str
-    source: str
-    target: str
-    references: tuple[str, ...]
-    meta: Any = None
-
-
-class TensorImages:
-    """Images held in memory as one uint8 (N, 3, H, W) tensor; keys are row indices."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError("TensorImages wants a uint8 (N, 3, H, W) tensor")
-        self.images = images
-
-    def __call__(self, key: int) -> torch.Tensor:
-        return self.images[int(key)]
-
-
-class CorruptImageError(RuntimeError):
-    """An image file exists but cannot be decoded."""
-
-
-def load_image_file(path: str | Path, image_size: int | None) -> torch.Tensor:
-    """Decode an image file to uint8 (3, S, S) RGB, resized (bicubic) to ``image_size`` if given.
-
-    Raises:
-        FileNotFoundError / CorruptImageError: naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if image_size is not None and im.size != (image_size, image_size):
-                im = im.resize((image_size, image_size), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.uint8).copy()
-    except Exception as err:  # PIL raises several types for broken files
-        raise CorruptImageError(f"cannot decode image file {path}: {err}") from err
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def check_image_files(paths: Iterable[str | Path], *, skip_corrupt: bool, help_text: str = "") -> set[str]:
-    """Return the set of unusable files among ``paths``; raise on the first one unless ``skip_corrupt``.
-
-    Missing files always count as unusable; with ``skip_corrupt`` every file is also decoded
-    (``PIL.Image.verify``) so that broken ones are found before training rather than in the middle.
-    """
-    bad: set[str] = set()
-    for p in dict.fromkeys(str(p) for p in paths):
-        if not Path(p).is_file():
-            if not skip_corrupt:
-                raise FileNotFoundError(
-                    f"image file {p} does not exist (or pass skip_corrupt=True to skip "
-                    f"such examples)" + (f"\n{help_text}" if help_text else "")
-                )
-            bad.add(p)
-            continue
-        if skip_corrupt:
-            try:
-                with Image.open(p) as im:
-                    im.verify()
-                with Image.open(p) as im:
-                    im.load()
-            except Exception:
-                bad.add(p)
-    return bad
-
-
-class ImageFiles:
-    """Images read from disk on demand (COCO, Flickr30k); keys are file paths."""
-
-    def __init__(self, image_size: int | None) -> None:
-        self.image_size = image_size
-
-    def __call__(self, key: str) -> torch.Tensor:
-        return load_image_file(key, self.image_size)
-
-
-Transform = Callable[[torch.Tensor, Example], tuple[torch.Tensor, Example]]
-
-
-class VisionTextDataset(Dataset):
-    """Examples plus an image source; items are the dicts :class:`VisionTextCollator` consumes.
-
-    Args:
-        examples: the split's examples.
-        images: callable key → uint8 (3, H, W).
-        transform: optional (image, example) → (image, example), e.g. answer-preserving augmentation.
-    """
-
-    def __init__(
-        self, examples: Sequence[Example], images: Callable[[Any], torch.Tensor], transform: Transform | None = None
-    ) -> None:
-        self.examples = list(examples)
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        ex = self.examples[i]
-        img = self.images(ex.image)
-        if self.transform is not None:
-            img, ex = self.transform(img, ex)
-        return {"image": img, "id": ex.id, "source": ex.source, "target": ex.target, "references": list(ex.references)}
-
-
-def select(items: Sequence[Any], *, fraction: float = 1.0, subset: int | None = None, seed: int = 0) -> list[Any]:
-    """Deterministic low-data selection: keep ``fraction`` of ``items`` then at most ``subset``.
-
-    The kept items are a seeded random sample, returned in their original order. Raises on an empty
-    result so that a typo in ``fraction`` fails loudly.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    n = len(items)
-    k = max(1, round(n * fraction)) if n else 0
-    if subset is not None:
-        if subset < 1:
-            raise ValueError(f"subset must be >= 1, got {subset}")
-        k = min(k, subset)
-    if k >= n:
-        return list(items)
-    keep = sorted(random.Random(seed).sample(range(n), k))
-    return [items[i] for i in keep]
-
-
 class VisionTextDataModule(L.LightningDataModule):
-    """Base of every amad DataModule (see the subclasses for the arguments).
+    """Base of every amad DataModule: the loader, image and text settings all of them share.
 
     Subclasses set :attr:`task` ("vqa" | "caption" | "translate") and implement
-    :meth:`_tokenizer_corpus`, :meth:`_build_examples` and :meth:`_make_dataset`.
+    :meth:`_tokenizer_corpus`, :meth:`_build_examples` and :meth:`_make_dataset`; they take their own
+    arguments and forward these with ``**kwargs`` (LightningCLI reads and checks them all).
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: val/test batch size (default: ``batch_size``).
+        num_workers: DataLoader workers (0 is fine for the embedded tasks: images are in memory).
+        image_size: side of ``pixel_values`` (images are resized, bilinear); None keeps the images' own
+            size (64 for the embedded tasks; real data needs a value, e.g. 384 for BLIP-base).
+        normalize: (mean, std) per channel, each a float or 3 floats.
+        text_prefix: prepended to each source text (``"vqa:"`` for VL-T5); its words join the vocabulary.
+        max_source_len: longest ``input_ids`` row (batches are padded to their longest row).
+        max_target_len: longest ``labels`` row.
+        tokenizer_path: load this saved tokenizer instead of building a word tokenizer from the training text.
+        augment: answer-preserving augmentation of training images (embedded tasks only).
+        fraction: keep this fraction of the training examples (seeded sample) for low-data runs.
+        subset: keep at most this many training examples.
+        eval_subset: keep at most this many val and test examples (a fixed seeded sample).
+        seed: seed of the ``fraction`` / ``subset`` / ``eval_subset`` samples.
     """
 
     task: str = ""
     #: True for the tasks derived from easy-vqa (shown in logs and data cards).
     synthetic: bool = False
+    #: side of the stored images when they all have one (easy-vqa: 64), else None
+    native_image_size: int | None = None
 
     def __init__(
         self,
@@ -225,6 +97,12 @@ class VisionTextDataModule(L.LightningDataModule):
         self.seed = seed
         self.datasets: dict[str, VisionTextDataset] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    @property
+    def pixel_size(self) -> int | None:
+        """Side of the ``pixel_values`` this DataModule makes: ``image_size``, else the images' own size
+        (None where images differ in size and none was set)."""
+        return self.image_size if self.image_size is not None else self.native_image_size
 
     # ---- tokenizer -------------------------------------------------------------------------
     def _tokenizer_corpus(self) -> Iterable[str]:
@@ -344,7 +222,8 @@ class VisionTextDataModule(L.LightningDataModule):
 
 
 class FileImagesDataModule(VisionTextDataModule):
-    """Base of the real-data DataModules: images are files, checked in ``setup``.
+    """Base of the real-data DataModules: images are files, checked in ``setup``, resized to ``image_size``
+    (default 384, BLIP-base's input).
 
     Missing or (with ``skip_corrupt``) undecodable image files are found before training starts:
     without ``skip_corrupt`` the first one raises, naming the file; with it, examples whose image
@@ -357,6 +236,10 @@ class FileImagesDataModule(VisionTextDataModule):
 
     def __init__(self, *, skip_corrupt: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if self.image_size is None:  # files differ in size: resize to BLIP-base's input
+            self.image_size = 384
+        if self.augment:
+            raise ValueError(f"{type(self).__name__}: augment is implemented for the embedded tasks only")
         self.skip_corrupt = skip_corrupt
         self.skipped: dict[str, int] = {}
 
@@ -372,14 +255,3 @@ class FileImagesDataModule(VisionTextDataModule):
         if not kept:
             raise ValueError(f"{type(self).__name__}: no usable example left in the {split!r} split")
         return VisionTextDataset(kept, ImageFiles(self.image_size))
-
-
-def warn_skipped(name: str, skipped: set[str]) -> None:
-    """One warning naming how many (and the first few) unusable images were skipped."""
-    if skipped:
-        first = ", ".join(sorted(skipped)[:3])
-        warnings.warn(
-            f"{name}: skipped {len(skipped)} missing/corrupt image(s) (skip_corrupt=True): {first}"
-            + (" ..." if len(skipped) > 3 else ""),
-            stacklevel=2,
-        )

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from amad.data.base import Example, FileImagesDataModule
+from amad.data.base import FileImagesDataModule
+from amad.data.dataset import Example
 from amad.data.formats import KARPATHY_HELP, load_karpathy
 
 
@@ -24,10 +26,11 @@ class COCOKarpathyDataModule(FileImagesDataModule):
         train_splits: Karpathy splits used for training (default train + restval, 113,287 images).
         val_split: Karpathy split for validation (5,000 images).
         test_split: Karpathy split for testing (5,000 images).
-        skip_corrupt: drop (and count) examples whose image is missing or undecodable.
-        batch_size, eval_batch_size, num_workers, image_size, normalize, text_prefix, max_source_len,
-        max_target_len, tokenizer_path, fraction, subset, eval_subset, seed: as in
-            :class:`~amad.data.shapes.ShapesCaptionDataModule`.
+        **kwargs: ``skip_corrupt`` (drop and count examples whose image is missing or undecodable,
+            instead of raising) and the settings of :class:`~amad.data.base.VisionTextDataModule`
+            (``image_size`` defaults to 384 here, BLIP-base's); without ``tokenizer_path`` a word
+            tokenizer is built from the training text (pass a checkpoint's tokenizer folder for BLIP /
+            VL-T5 weights).
     """
 
     layout_help = KARPATHY_HELP
@@ -40,38 +43,9 @@ class COCOKarpathyDataModule(FileImagesDataModule):
         train_splits: Sequence[str] = ("train", "restval"),
         val_split: str = "val",
         test_split: str = "test",
-        skip_corrupt: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        image_size: int = 384,
-        normalize: tuple[float | Sequence[float], float | Sequence[float]] = (0.5, 0.5),
-        text_prefix: str = "",
-        max_source_len: int = 8,
-        max_target_len: int = 40,
-        tokenizer_path: str | None = None,
-        fraction: float = 1.0,
-        subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            normalize=normalize,
-            text_prefix=text_prefix,
-            max_source_len=max_source_len,
-            max_target_len=max_target_len,
-            tokenizer_path=tokenizer_path,
-            augment=False,
-            fraction=fraction,
-            subset=subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            skip_corrupt=skip_corrupt,
-        )
+        super().__init__(**kwargs)
         self.dataset_json, self.image_root = Path(dataset_json), Path(image_root)
         self.splits = {"train": tuple(train_splits), "val": (val_split,), "test": (test_split,)}
         self._init_tokenizer()

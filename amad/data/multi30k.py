@@ -7,10 +7,12 @@ image_splits/<split>.txt>``. Scored with sacreBLEU (:class:`~amad.metrics.Transl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from amad.data.base import Example, FileImagesDataModule
+from amad.data.base import FileImagesDataModule
+from amad.data.dataset import Example
 from amad.data.formats import MULTI30K_HELP, load_multi30k
 
 
@@ -23,10 +25,9 @@ class Multi30KDataModule(FileImagesDataModule):
         train_split, val_split, test_split: Multi30K split names.
         src_lang, tgt_lang: file suffixes of source and target (``en``, ``de``; ``fr``/``cs`` exist too).
         lowercase_bleu: make :meth:`make_metric` score case-insensitively (VL-T5 does).
-        skip_corrupt: drop (and count) examples whose image is missing or undecodable.
-        batch_size, eval_batch_size, num_workers, image_size, normalize, text_prefix, max_source_len,
-        max_target_len, tokenizer_path, fraction, subset, eval_subset, seed: as in
-            :class:`~amad.data.shapes.ShapesTranslationDataModule`.
+        **kwargs: ``skip_corrupt`` (drop and count examples whose image is missing or undecodable,
+            instead of raising) and the settings of :class:`~amad.data.base.VisionTextDataModule`
+            (``image_size`` defaults to 384 here, BLIP-base's).
     """
 
     layout_help = MULTI30K_HELP
@@ -42,38 +43,9 @@ class Multi30KDataModule(FileImagesDataModule):
         src_lang: str = "en",
         tgt_lang: str = "de",
         lowercase_bleu: bool = False,
-        skip_corrupt: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        image_size: int = 384,
-        normalize: tuple[float | Sequence[float], float | Sequence[float]] = (0.5, 0.5),
-        text_prefix: str = "",
-        max_source_len: int = 64,
-        max_target_len: int = 64,
-        tokenizer_path: str | None = None,
-        fraction: float = 1.0,
-        subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            normalize=normalize,
-            text_prefix=text_prefix,
-            max_source_len=max_source_len,
-            max_target_len=max_target_len,
-            tokenizer_path=tokenizer_path,
-            augment=False,
-            fraction=fraction,
-            subset=subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            skip_corrupt=skip_corrupt,
-        )
+        super().__init__(**kwargs)
         self.root, self.image_root = Path(root), Path(image_root)
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.src_lang, self.tgt_lang = src_lang, tgt_lang

@@ -6,7 +6,7 @@ shape, colour, size and position of each image are read from its pixels
 :mod:`amad.data.shapes_text` templates.
 
 Splits are the easy-VQA image splits (train/val carved from the package's train images by
-:func:`~amad.data.easyvqa.split_train_images`, same ``split_seed`` → same images as
+:func:`~amad.data.embedded.split_train_images`, same ``split_seed`` → same images as
 :class:`~amad.data.easyvqa.EasyVQADataModule`; test = the package's 1,000 test images).
 
 ``ShapesCaptionDataModule`` (task "caption", COCO-Karpathy style): source = ``""`` (so
@@ -26,11 +26,14 @@ the position words of the texts re-rendered for the transformed image (so they s
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 from amad.data import easyvqa_source as src
-from amad.data.base import Example, TensorImages, VisionTextDataModule, VisionTextDataset
-from amad.data.easyvqa import random_flip_rot90, split_train_images
+from amad.data.dataset import Example, VisionTextDataset
+from amad.data.easyvqa import random_flip_rot90
+from amad.data.embedded import EmbeddedDataModule
+from amad.data.images import TensorImages
 from amad.data.shape_attributes import ShapeAttributes, read_all
 from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, render
 
@@ -39,13 +42,6 @@ from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, all_sentences, c
 def image_attributes(split: str) -> tuple[ShapeAttributes, ...]:
     """Attributes of every image of the easy-vqa ``split`` ("train" | "test"), index = image id."""
     return read_all(src.load_images(split))
-
-
-def _image_ids(split: str, val_fraction: float, split_seed: int) -> list[int]:
-    if split == "test":
-        return list(range(len(src.load_images("test"))))
-    train_ids, val_ids = split_train_images(len(src.load_images("train")), val_fraction, split_seed)
-    return train_ids if split == "train" else val_ids
 
 
 def _caption_example(image_id: int, attrs: ShapeAttributes, template: int, example_id: int) -> Example:
@@ -70,17 +66,9 @@ def _augment_translation(image, ex: Example):
     return image, _translation_example(ex.image, attrs.transformed(k, flip), template, ex.id)
 
 
-class _ShapesDataModule(VisionTextDataModule):
-    synthetic = True
-
-    def __init__(self, *, val_fraction: float, split_seed: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.val_fraction = val_fraction
-        self.split_seed = split_seed
-
+class _ShapesDataModule(EmbeddedDataModule):
     def _split_images(self, split: str) -> tuple[list[int], tuple[ShapeAttributes, ...]]:
-        pkg = "test" if split == "test" else "train"
-        return _image_ids(split, self.val_fraction, self.split_seed), image_attributes(pkg)
+        return self.image_ids(split), image_attributes("test" if split == "test" else "train")
 
     def _make_dataset(self, split: str, examples: list[Example]) -> VisionTextDataset:
         images = src.load_images("test" if split == "test" else "train")
@@ -100,15 +88,12 @@ class ShapesCaptionDataModule(_ShapesDataModule):
     """Synthetic captioning of the easy-VQA images (5 template captions per image).
 
     Args:
-        batch_size, eval_batch_size, num_workers, image_size, normalize, tokenizer_path, fraction,
-        subset, eval_subset, seed, val_fraction, split_seed: as in
-            :class:`~amad.data.easyvqa.EasyVQADataModule` (``fraction``/``subset`` count training
-            examples, i.e. (image, caption) pairs).
-        text_prefix: the whole source (e.g. ``"caption:"`` for VL-T5); empty gives ``[CLS] [SEP]``.
-        max_source_len: longest ``input_ids`` row.
-        max_target_len: longest ``labels`` row (captions are at most 13 tokens + EOS).
-        augment: random rot90 / flip, position words re-rendered to match.
         captions_per_image: training examples per image (the first n of the 5 references).
+        **kwargs: the settings of :class:`~amad.data.embedded.EmbeddedDataModule` (image split, generated
+            scenes) and :class:`~amad.data.base.VisionTextDataModule`; ``fraction`` /
+            ``subset`` count training examples, i.e. (image, caption) pairs; ``text_prefix`` is the
+            whole source (e.g. ``"caption:"`` for VL-T5; empty gives ``[CLS] [SEP]``); ``augment`` is a
+            random rot90 / flip with the position words re-rendered to match.
     """
 
     task = "caption"
@@ -116,42 +101,10 @@ class ShapesCaptionDataModule(_ShapesDataModule):
 
     def __init__(
         self,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int = 64,
-        normalize: tuple[float | Sequence[float], float | Sequence[float]] = (0.5, 0.5),
-        text_prefix: str = "",
-        max_source_len: int = 8,
-        max_target_len: int = 24,
-        tokenizer_path: str | None = None,
-        augment: bool = False,
-        fraction: float = 1.0,
-        subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
         captions_per_image: int = 5,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            normalize=normalize,
-            text_prefix=text_prefix,
-            max_source_len=max_source_len,
-            max_target_len=max_target_len,
-            tokenizer_path=tokenizer_path,
-            augment=augment,
-            fraction=fraction,
-            subset=subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-        )
+        super().__init__(**kwargs)
         if not 1 <= captions_per_image <= len(CAPTION_TEMPLATES):
             raise ValueError(f"captions_per_image must be in 1..{len(CAPTION_TEMPLATES)}")
         self.captions_per_image = captions_per_image
@@ -181,13 +134,11 @@ class ShapesTranslationDataModule(_ShapesDataModule):
     """Synthetic multimodal En→De translation (Multi30K style) on the easy-VQA images.
 
     Args:
-        batch_size, eval_batch_size, num_workers, image_size, normalize, tokenizer_path, fraction,
-        subset, eval_subset, seed, val_fraction, split_seed, augment: as in
-            :class:`ShapesCaptionDataModule`.
-        text_prefix: prepended to the English source (``"translate English to German:"`` for VL-T5).
-        max_source_len: longest ``input_ids`` row.
-        max_target_len: longest ``labels`` row.
         pairs_per_image: training sentence pairs per image (templates ``(image_id + j) % 7``).
+        **kwargs: the settings of :class:`~amad.data.embedded.EmbeddedDataModule` (image split, generated
+            scenes) and :class:`~amad.data.base.VisionTextDataModule`; ``text_prefix`` is
+            prepended to the English source (``"translate English to German:"`` for VL-T5);
+            ``augment`` as in :class:`ShapesCaptionDataModule`.
     """
 
     task = "translate"
@@ -195,42 +146,10 @@ class ShapesTranslationDataModule(_ShapesDataModule):
 
     def __init__(
         self,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int = 64,
-        normalize: tuple[float | Sequence[float], float | Sequence[float]] = (0.5, 0.5),
-        text_prefix: str = "",
-        max_source_len: int = 32,
-        max_target_len: int = 24,
-        tokenizer_path: str | None = None,
-        augment: bool = False,
-        fraction: float = 1.0,
-        subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
         pairs_per_image: int = len(TEMPLATES),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            normalize=normalize,
-            text_prefix=text_prefix,
-            max_source_len=max_source_len,
-            max_target_len=max_target_len,
-            tokenizer_path=tokenizer_path,
-            augment=augment,
-            fraction=fraction,
-            subset=subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            val_fraction=val_fraction,
-            split_seed=split_seed,
-        )
+        super().__init__(**kwargs)
         if not 1 <= pairs_per_image <= len(TEMPLATES):
             raise ValueError(f"pairs_per_image must be in 1..{len(TEMPLATES)}")
         self.pairs_per_image = pairs_per_image

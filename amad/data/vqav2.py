@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from amad.data.base import Example, FileImagesDataModule
+from amad.data.base import FileImagesDataModule
+from amad.data.dataset import Example
 from amad.data.formats import (
     VQAV2_HELP,
     coco_image_path,
@@ -39,12 +41,11 @@ class VQAv2DataModule(FileImagesDataModule):
         test_subset: subset used for testing (needs annotations).
         split_files: optional ``{"train"|"val"|"test": path}``; a split listed here keeps only the
             question ids in its file, drawn from all named subsets.
-        skip_corrupt: drop (and count) examples whose image is missing or undecodable instead of raising.
-        batch_size, eval_batch_size, num_workers, image_size, normalize, text_prefix, max_source_len,
-        max_target_len, tokenizer_path, fraction, subset, eval_subset, seed: as in
-            :class:`~amad.data.easyvqa.EasyVQADataModule`. Without ``tokenizer_path`` a word tokenizer
-            is built from the training questions and answers (pass a checkpoint's tokenizer
-            folder for BLIP / VL-T5 weights).
+        **kwargs: ``skip_corrupt`` (drop and count examples whose image is missing or undecodable,
+            instead of raising) and the settings of :class:`~amad.data.base.VisionTextDataModule`
+            (``image_size`` defaults to 384 here, BLIP-base's); without ``tokenizer_path`` a word
+            tokenizer is built from the training text (pass a checkpoint's tokenizer folder for BLIP /
+            VL-T5 weights).
     """
 
     layout_help = VQAV2_HELP
@@ -58,38 +59,9 @@ class VQAv2DataModule(FileImagesDataModule):
         val_subset: str = "val2014",
         test_subset: str = "val2014",
         split_files: dict[str, str] | None = None,
-        skip_corrupt: bool = False,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        image_size: int = 384,
-        normalize: tuple[float | Sequence[float], float | Sequence[float]] = (0.5, 0.5),
-        text_prefix: str = "",
-        max_source_len: int = 32,
-        max_target_len: int = 8,
-        tokenizer_path: str | None = None,
-        fraction: float = 1.0,
-        subset: int | None = None,
-        eval_subset: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            normalize=normalize,
-            text_prefix=text_prefix,
-            max_source_len=max_source_len,
-            max_target_len=max_target_len,
-            tokenizer_path=tokenizer_path,
-            augment=False,
-            fraction=fraction,
-            subset=subset,
-            eval_subset=eval_subset,
-            seed=seed,
-            skip_corrupt=skip_corrupt,
-        )
+        super().__init__(**kwargs)
         self.root, self.image_root = Path(root), Path(image_root)
         self.subsets = {"train": tuple(train_subsets), "val": (val_subset,), "test": (test_subset,)}
         self.split_files = dict(split_files or {})

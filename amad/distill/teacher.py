@@ -10,8 +10,9 @@ impossible by construction:
   stays in eval mode, so its dropout never runs;
 * ``forward`` runs under ``torch.no_grad()`` (not ``inference_mode``: its outputs feed losses whose
   graphs reach the student, and inference tensors cannot be saved for backward);
-* the systems drop ``teacher.*`` from checkpoints and re-inject the live teacher on load; DDP wraps
-  the LightningModule, but a module with no trainable parameter takes no part in gradient reduction.
+* :class:`~amad.lit.DistillationModule` drops the teacher from checkpoints and re-injects the live
+  teacher on load; DDP wraps the LightningModule, but a module with no trainable parameter takes no
+  part in gradient reduction.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class FrozenTeacher(nn.Module):
         Raises:
             FileNotFoundError: ``path`` does not exist (the message says what is expected).
         """
-        from amad.lit.checkpoint import load_adapter
+        from amad.models.io import load_model
 
-        return cls(load_adapter(path))
+        return cls(load_model(path))
 
     # -- frozen by construction -------------------------------------------------------------------
     def train(self, mode: bool = True) -> FrozenTeacher:

@@ -17,6 +17,8 @@ from torch import nn
 from amad.lit.checkpoint import add_model_to_checkpoint
 
 RNG_KEY = "amad_rng_states"
+#: a config value ``compare:<comparison yaml>`` names the teacher of that comparison
+COMPARE_PREFIX = "compare:"
 
 
 def _collect_rng_states() -> dict[str, Any]:
@@ -81,7 +83,9 @@ class TaskModule(L.LightningModule):
         schedule: decay after warm-up: ``linear`` to 0, ``cosine`` to 0, or ``constant``.
         max_new_tokens: generation length for evaluation (VQA answers are 1-3 tokens).
         lr_scale: per-parameter-name-prefix multipliers of ``lr`` (the first matching prefix wins),
-            e.g. ``{"blip.vision_model.": 2.0}`` for a faster vision tower.
+            e.g. ``{"model.vision_model.": 2.0}`` for a faster vision tower.
+        freeze: parameter-name prefixes of the trained model to keep fixed (no gradient, not in the
+            optimizer), e.g. ``["model.vision_model."]`` to keep a pre-trained vision tower as it is.
     """
 
     #: Prefix of the trainable model in ``state_dict`` (``model.`` / ``student.``).
@@ -96,6 +100,7 @@ class TaskModule(L.LightningModule):
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         max_new_tokens: int = 8,
         lr_scale: dict[str, float] | None = None,
+        freeze: list[str] | None = None,
     ) -> None:
         super().__init__()
         if task not in TASK_METRICS:
@@ -104,6 +109,7 @@ class TaskModule(L.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_ratio, self.schedule, self.max_new_tokens = warmup_ratio, schedule, max_new_tokens
         self.lr_scale = dict(lr_scale or {})
+        self.freeze = list(freeze or [])
         self.val_metric = build_task_metric(task)
         self.test_metric = build_task_metric(task)
 
@@ -120,7 +126,7 @@ class TaskModule(L.LightningModule):
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Take the DataModule's metric settings (e.g. lower-cased BLEU) and, if needed, its tokenizer."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = self.datamodule
         if hasattr(dm, "make_metric"):
             self.val_metric, self.test_metric = dm.make_metric(), dm.make_metric()
         from amad.models.tokenizers import is_placeholder_tokenizer
@@ -132,6 +138,52 @@ class TaskModule(L.LightningModule):
             if current is not None and len(current) != len(tok):
                 raise ValueError(f"the model's vocabulary has {len(current)} tokens, the data's {len(tok)}")
             self.trainable.tokenizer = tok
+
+    @property
+    def datamodule(self) -> Any:
+        """The trainer's DataModule (None outside a trainer or without one)."""
+        return getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+
+    def check_compatible(self, model: nn.Module, role: str, config_key: str) -> None:
+        """Fail before any step when ``model`` cannot read the DataModule's batches.
+
+        Checks the task (model family), the image size (the patch grid follows from it) and the
+        tokenizer (same words, same ids), and names both values and the config keys to change —
+        instead of a tensor-size error from inside transformers, or silently wrong inputs.
+
+        Args:
+            model: an adapter (the teacher, or the model being fine-tuned).
+            role: its name in the message (``teacher``, ``model``).
+            config_key: where the model is configured (``model.init_args.teacher``).
+        """
+        dm = self.datamodule
+        if dm is None:
+            return
+        problems = []
+        data_task = getattr(dm, "task", None)
+        tasks = getattr(model, "tasks", None)
+        if data_task and tasks and data_task not in tasks:
+            problems.append(
+                f"the {role} is a {model.family!r} model, for tasks {list(tasks)}, but the data's task is "
+                f"{data_task!r} (data.class_path)"
+            )
+        want, got = getattr(model, "image_size", None), getattr(dm, "pixel_size", None)
+        if want is not None and got is not None and want != got:
+            patch = getattr(model, "patch_size", None)
+            grid = f", patch {patch}: {want // patch}×{want // patch} image tokens" if patch else ""
+            problems.append(
+                f"the {role} reads {want}×{want} px images{grid}, but the data makes {got}×{got} px images: "
+                f"set data.init_args.image_size: {want}"
+            )
+        data_tok, model_tok = getattr(dm, "tokenizer", None), getattr(model, "tokenizer", None)
+        if data_tok is not None and model_tok is not None and data_tok.get_vocab() != model_tok.get_vocab():
+            problems.append(
+                f"the {role}'s tokenizer ({len(model_tok)} tokens) differs from the data's ({len(data_tok)} "
+                "tokens, or other ids): use the data the model was trained on, or give the DataModule the "
+                "model's tokenizer (data.init_args.tokenizer_path)"
+            )
+        if problems:
+            raise ValueError(f"{config_key} does not fit the data: " + "; ".join(problems))
 
     # -- evaluation ------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -170,7 +222,21 @@ class TaskModule(L.LightningModule):
         metric.reset()
 
     # -- optimisation ----------------------------------------------------------------------------
+    def freeze_parameters(self) -> int:
+        """Fix the parameters named by :attr:`freeze`; returns how many tensors (ValueError if a prefix
+        names none: a typo would otherwise silently train everything)."""
+        named = dict(self.trainable.named_parameters())
+        for prefix in self.freeze:
+            hits = [p for n, p in named.items() if n.startswith(prefix)]
+            if not hits:
+                example = next(iter(named))
+                raise ValueError(f"freeze prefix {prefix!r} names no parameter of the model (e.g. {example!r})")
+            for p in hits:
+                p.requires_grad_(False)
+        return sum(1 for p in named.values() if not p.requires_grad)
+
     def configure_optimizers(self) -> dict[str, Any]:
+        self.freeze_parameters()
         buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for name, p in self.trainable.named_parameters():
             if p.requires_grad:
@@ -218,3 +284,32 @@ def lr_schedule(total_steps: int, warmup_ratio: float, schedule: str):
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def resolve_model(spec: dict[str, Any] | str | nn.Module | None, vocab_size: int | None = None) -> nn.Module:
+    """Turn a model spec into an adapter.
+
+    Args:
+        spec: a dict for :func:`amad.models.build_model` (``{"family": ..., "preset": ..., **overrides}``);
+            a path (``save_pretrained`` dir or amad ``.ckpt``); or an adapter.
+        vocab_size: vocabulary size for dict specs.
+
+    Raises:
+        ValueError: a ``compare:`` reference: the ``amad`` command resolves those before building
+            anything (see :func:`amad.compare.resolve_teacher_reference`), never a constructor.
+    """
+    from amad.models import build_model, load_model
+
+    if isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, str) and spec.startswith(COMPARE_PREFIX):
+        raise ValueError(
+            f"{spec!r} names a comparison's teacher: the amad command resolves such references to a path before "
+            "anything is built; from Python, call amad.compare.resolve_teacher_reference(spec) first"
+        )
+    if isinstance(spec, str):
+        return load_model(spec)
+    spec = dict(spec or {"family": "blip-vqa", "preset": "tiny"})
+    if vocab_size is not None:
+        spec.setdefault("vocab_size", vocab_size)
+    return build_model(**spec)

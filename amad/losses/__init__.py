@@ -15,34 +15,56 @@ from amad.losses.attention import (
     one_to_one_loss,
 )
 from amad.losses.attn_distill import aggregate_heads, attn_distill_loss
-from amad.losses.output import output_kd_loss
-from amad.losses.projection import AMADProjectionLoss
-from amad.losses.registry import (
+from amad.losses.criteria import AttentionCriterion
+from amad.losses.methods import (
+    A2D,
+    AMAD,
     ATTENTION_METHODS,
-    AttentionCriterion,
+    METHODS,
+    SHD,
+    AMADProjection,
+    AttentionMethod,
+    AttnDistill,
+    HeadMean,
+    MiniLMRelation,
+    OneToOne,
+    attention_method,
     build_attention_criterion,
     criterion_input_kind,
-    criterion_options,
+    method_class,
 )
+from amad.losses.output import output_kd_loss
+from amad.losses.projection import AMADProjectionLoss
 from amad.losses.relation import minilm_relation_loss, relation_log_probs
 from amad.losses.resize import resize_teacher_attention
 from amad.losses.shd import shd_groups, shd_loss, shd_merge
 
 __all__ = [
+    "A2D",
+    "AMAD",
     "AMAD_VARIANTS",
     "ATTENTION_METHODS",
+    "METHODS",
+    "SHD",
     "A2DLoss",
+    "AMADProjection",
     "AMADProjectionLoss",
     "AttentionCriterion",
+    "AttentionMethod",
+    "AttnDistill",
+    "HeadMean",
+    "MiniLMRelation",
+    "OneToOne",
     "aggregate_heads",
     "amad_loss",
     "amad_mixture",
     "amad_weights",
+    "attention_method",
     "attn_distill_loss",
     "build_attention_criterion",
     "criterion_input_kind",
-    "criterion_options",
     "head_mean_loss",
+    "method_class",
     "minilm_relation_loss",
     "one_to_one_loss",
     "output_kd_loss",

@@ -12,9 +12,10 @@ from amad.models.adapter import AttentionAdapter, decoder_inputs, task_loss
 from amad.models.batch import random_batch
 from amad.models.blip import BlipCaptionAdapter, BlipVQAAdapter
 from amad.models.blip_patch import apply_blip_cross_attention_fix, remove_blip_cross_attention_fix
-from amad.models.build import FAMILIES, adapter_class, build_model, load_pretrained, model_config
+from amad.models.build import FAMILIES, adapter_class, build_model, model_config
 from amad.models.capture import AdapterOutput
 from amad.models.configs import PRESET_NAMES
+from amad.models.io import load_checkpoint_model, load_model, load_pretrained, save_pretrained
 from amad.models.layer_map import resolve_layer_map
 from amad.models.student import derive_student
 from amad.models.vlt5 import VisualEmbedding, VLT5Adapter
@@ -33,10 +34,13 @@ __all__ = [
     "build_model",
     "decoder_inputs",
     "derive_student",
+    "load_checkpoint_model",
+    "load_model",
     "load_pretrained",
     "model_config",
     "random_batch",
     "remove_blip_cross_attention_fix",
     "resolve_layer_map",
+    "save_pretrained",
     "task_loss",
 ]

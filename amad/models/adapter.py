@@ -3,14 +3,13 @@
 A family adapter wraps a Hugging Face model (``self.model``) plus any modules of its own and
 implements four things: :meth:`attention_points` (where each site's maps live), :meth:`_run` (the
 teacher-forced forward), :meth:`_encode` / :meth:`_next_logits` (greedy decoding). Everything else —
-site validation, capture, the loss, generation, saving and loading — lives here.
+site validation, capture, the loss and generation — lives here; saving and loading live in
+:mod:`amad.models.io`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -19,8 +18,6 @@ from torch import Tensor, nn
 
 from amad.models.capture import AdapterOutput, AttentionPoint, Capture
 
-ADAPTER_FILE = "amad_adapter.json"
-EXTRA_WEIGHTS_FILE = "amad_extra.safetensors"
 IGNORE_INDEX = -100
 
 
@@ -68,6 +65,7 @@ class AttentionAdapter(nn.Module):
 
     Attributes:
         family: family name (``blip-vqa``, ``blip-caption``, ``vlt5``).
+        tasks: the tasks whose batches the family reads.
         sites: the attention sites of the family, in forward order.
         unpadded_sites: sites whose query rows and keys are never padded by construction (BLIP's
             image patches): their masks are all True, and losses may skip masking them.
@@ -78,6 +76,8 @@ class AttentionAdapter(nn.Module):
     """
 
     family: ClassVar[str] = ""
+    #: the tasks whose batches the family reads ("vqa", "caption", "translate")
+    tasks: ClassVar[tuple[str, ...]] = ()
     sites: ClassVar[tuple[str, ...]] = ()
     unpadded_sites: ClassVar[tuple[str, ...]] = ()
 
@@ -108,6 +108,11 @@ class AttentionAdapter(nn.Module):
         """Everything the decoder needs, computed once per generation."""
         raise NotImplementedError
 
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        """(B, N, d) features of the image alone (no text): BLIP's ViT, VL-T5's encoder over its visual
+        tokens. What a teacher's vision pre-training stage trains."""
+        raise NotImplementedError
+
     def _next_logits(self, state: Any, decoder_ids: Tensor) -> Tensor:
         """(B, V) logits of the next token after ``decoder_ids`` (B, t)."""
         raise NotImplementedError
@@ -122,6 +127,16 @@ class AttentionAdapter(nn.Module):
 
     @property
     def pad_token_id(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def image_size(self) -> int | None:
+        """Side of the ``pixel_values`` the model was built for (None: it takes no pixels)."""
+        raise NotImplementedError
+
+    @property
+    def patch_size(self) -> int | None:
+        """Side of an image patch (None: no patch embedding)."""
         raise NotImplementedError
 
     def extra_config(self) -> dict[str, Any]:
@@ -219,46 +234,9 @@ class AttentionAdapter(nn.Module):
             **self.extra_config(),
         }
 
-    def _extra_state(self) -> dict[str, Tensor]:
+    def extra_state_dict(self) -> dict[str, Tensor]:
+        """The adapter's own tensors, outside the wrapped HF model (e.g. VL-T5's visual embedding)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the HF model (``save_pretrained``), the adapter's own modules and config, and the tokenizer.
-
-        Files: the HF files (``config.json``, ``model.safetensors``), ``amad_adapter.json`` (family,
-        adapter settings), ``amad_extra.safetensors`` (modules outside the HF model, e.g. VL-T5's
-        visual embedding), the tokenizer files.
-        """
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        meta = {
-            "family": self.family,
-            "extra_config": self.extra_config(),
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "pad_token_id": self.pad_token_id,
-        }
-        (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        extra = self._extra_state()
-        if extra:
-            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(path / EXTRA_WEIGHTS_FILE))
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(str(path))
-        return path
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, *, family: str | None = None, tokenizer: Any = None, **kwargs: Any
-    ) -> AttentionAdapter:
-        """Load an adapter from a local directory or the user's HF cache (see :func:`amad.models.load_pretrained`)."""
-        from amad.models.build import load_pretrained
-
-        if family is None and cls.family:
-            family = cls.family
-        return load_pretrained(path, family=family, tokenizer=tokenizer, **kwargs)
 
     # ---------------------------------------------------------------- helpers
     def _check_site(self, site: str) -> str:

@@ -77,13 +77,24 @@ class _BlipAdapter(AttentionAdapter):
     def pad_token_id(self) -> int:
         return self.model.config.text_config.pad_token_id
 
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision_config.image_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.config.vision_config.patch_size
+
     def num_heads(self, site: str) -> int:
         cfg = self.model.config
         sub = cfg.vision_config if self._check_site(site).startswith("vision") else cfg.text_config
         return sub.num_attention_heads
 
     def _vision(self, batch: dict[str, Any]) -> Tensor:
-        pv = batch["pixel_values"].to(self.model.vision_model.embeddings.patch_embedding.weight.dtype)
+        return self.encode_image(batch["pixel_values"])
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        pv = pixel_values.to(self.model.vision_model.embeddings.patch_embedding.weight.dtype)
         return self.model.vision_model(pixel_values=pv).last_hidden_state  # (B, 1 + N, Dv)
 
     def _decode_logits(
@@ -102,6 +113,7 @@ class BlipVQAAdapter(_BlipAdapter):
     """BLIP VQA (``BlipForQuestionAnswering``), generative answers."""
 
     family = "blip-vqa"
+    tasks = ("vqa", "translate")  # a question (or English sentence) in, an answer (German) out
     sites = ("vision.self", "text.self", "text.cross", "decoder.self", "decoder.cross")
     hf_class = BlipForQuestionAnswering
 
@@ -157,6 +169,7 @@ class BlipCaptionAdapter(_BlipAdapter):
     """BLIP captioning (``BlipForConditionalGeneration``)."""
 
     family = "blip-caption"
+    tasks = ("caption",)
     sites = ("vision.self", "decoder.self", "decoder.cross")
     hf_class = BlipForConditionalGeneration
 

@@ -153,6 +153,7 @@ class VLT5Adapter(AttentionAdapter):
     """VL-T5 over ``T5ForConditionalGeneration`` (eager-with-capture attention) + :class:`VisualEmbedding`."""
 
     family = "vlt5"
+    tasks = ("vqa", "caption", "translate")
     sites = ("encoder.self", "decoder.self", "decoder.cross")
     hf_class = T5ForConditionalGeneration
 
@@ -194,6 +195,15 @@ class VLT5Adapter(AttentionAdapter):
         return dict(self._visual_cfg)
 
     @property
+    def image_size(self) -> int | None:
+        # region features (no patch embedding) do not depend on the pixels' size
+        return self._visual_cfg["image_size"] if self._visual_cfg["patch_size"] else None
+
+    @property
+    def patch_size(self) -> int | None:
+        return self._visual_cfg["patch_size"]
+
+    @property
     def bos_token_id(self) -> int:
         return self.model.config.decoder_start_token_id
 
@@ -225,6 +235,10 @@ class VLT5Adapter(AttentionAdapter):
         txt = self.model.get_input_embeddings()(batch["input_ids"])
         mask = torch.cat([batch["attention_mask"].new_ones(vis.shape[:2]), batch["attention_mask"]], dim=1)
         return torch.cat([vis.to(txt.dtype), txt], dim=1), mask
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        vis = self.visual(pixel_values)  # (B, N, d): no text, no padding
+        return self.model.encoder(inputs_embeds=vis).last_hidden_state
 
     def _run(self, batch):
         embeds, enc_mask = self._encoder_inputs(batch)

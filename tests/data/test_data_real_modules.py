@@ -6,7 +6,7 @@ import pytest
 from data_helpers import assert_batch_contract
 
 from amad.data import COCOKarpathyDataModule, Multi30KDataModule, VQAv2DataModule
-from amad.data.base import CorruptImageError
+from amad.data.images import CorruptImageError
 from amad.metrics import CaptionMetrics, TranslationBLEU, VQAAccuracy
 
 

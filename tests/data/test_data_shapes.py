@@ -147,7 +147,7 @@ def test_caption_datamodule(cap_dm):
     assert batch["references"][0] == captions(attrs[batch["ids"][0]])
     # same images as EasyVQADataModule's val split
     val_images = sorted({ex.image for ex in cap_dm.datasets["val"].examples})
-    from amad.data.easyvqa import split_train_images
+    from amad.data.embedded import split_train_images
 
     assert val_images == split_train_images(4000, 0.1, 0)[1]
     tok = cap_dm.tokenizer

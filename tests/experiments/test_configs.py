@@ -1,13 +1,16 @@
-"""Every shipped YAML instantiates (model, data, trainer); the embedded ones also run fast_dev_run.
+"""Every shipped YAML instantiates (model, data, trainer) and the embedded ones train a few steps.
 
-Real-data configs point at data that is not shipped: the test points them at the official-format
-fixtures in tests/fixtures, and replaces every teacher by a tiny one saved with the data's tokenizer
-(the embedded configs would otherwise train their comparison's teacher on first use).
+An embedded config (``teacher: compare:<comparison>``) whose comparison ships its teacher (found offline,
+fingerprint matching) runs ``fast_dev_run`` with that **real** teacher, whatever its method. Where a
+comparison ships none (it would train one on first use), and for the real-data configs (data not shipped:
+they point at the official-format fixtures in tests/fixtures), a tiny stand-in teacher is saved with the
+data's tokenizer and input size; embedded ones still run ``fast_dev_run`` for their teacher and AMAD.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ import torch
 from amad.compare.config import load_compare_config
 from amad.config import load_config
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 EXP = ROOT / "experiments"
 FIX = ROOT / "tests" / "fixtures"
 LEAVES = sorted(p for p in EXP.glob("*/*/*.yaml") if p.parts[-3] not in ("base", "compare"))
@@ -30,7 +33,21 @@ REAL_DATA = {
     },
     "multi30k": {"root": FIX / "multi30k", "image_root": FIX / "flickr30k-images", "image_size": 64},
 }
-FAST_DEV_RUN = {"amad.yaml", "teacher.yaml"}
+STAND_IN_FAST_DEV_RUN = {"amad.yaml", "teacher.yaml"}
+
+
+def shipped_teacher(compare_yaml: Path) -> Path | None:
+    """The comparison's shipped teacher if it matches the comparison's recipe (no training), else None."""
+    from amad.compare.config import make_datamodule
+    from amad.compare.teacher import teacher_datamodule_config, teacher_fingerprint
+
+    cfg = load_compare_config(str(compare_yaml))
+    path = cfg["teacher"].get("path")
+    if not path or not (ROOT / path / "teacher.json").is_file():
+        return None
+    record = json.loads((ROOT / path / "teacher.json").read_text())
+    dm = make_datamodule(teacher_datamodule_config(cfg))
+    return ROOT / path if record.get("fingerprint") == teacher_fingerprint(cfg, dm.metadata) else None
 
 
 def _generator():
@@ -49,38 +66,51 @@ def test_leaves_are_what_the_generator_writes():
 
 @pytest.fixture(scope="module")
 def tiny_teachers(tmp_path_factory):
-    """(family, data class, data init_args) -> a tiny teacher dir saved with that data's tokenizer."""
-    from amad.compare.run import import_object
-    from amad.models import build_model
+    """(family, data config) -> a tiny teacher dir saved with that data's tokenizer and image size."""
+    from amad.compare.config import make_datamodule
+    from amad.models import build_model, save_pretrained
 
     cache: dict = {}
 
     def get(family: str, data_cfg: dict) -> Path:
         key = (family, data_cfg["class_path"], str(sorted(data_cfg.get("init_args", {}).items())))
         if key not in cache:
-            dm = import_object(data_cfg["class_path"])(**data_cfg.get("init_args", {}))
+            dm = make_datamodule(data_cfg)
+            size = dm.pixel_size or 64
             torch.manual_seed(0)
-            model = build_model(family, preset="tiny", tokenizer=dm.tokenizer)
+            model = build_model(family, preset="tiny", tokenizer=dm.tokenizer, image_size=size, patch_size=size // 4)
             out = tmp_path_factory.mktemp("teacher")
-            model.save_pretrained(out)
+            save_pretrained(model, out)
             cache[key] = out
         return cache[key]
 
     return get
 
 
-def _family(cfg: dict, path: Path) -> str:
+@pytest.fixture(scope="module")
+def real_teachers():
+    cache: dict = {}
+
+    def get(compare_yaml: Path) -> Path | None:
+        if compare_yaml not in cache:
+            cache[compare_yaml] = shipped_teacher(compare_yaml)
+        return cache[compare_yaml]
+
+    return get
+
+
+def _family(path: Path) -> str:
     task, model = path.parent.parent.name, path.parent.name
-    gen = _generator()
-    return gen.TASKS[task][1] if model == "blip" else "vlt5"
+    return _generator().TASKS[task][1] if model == "blip" else "vlt5"
 
 
 @pytest.mark.parametrize("path", LEAVES, ids=lambda p: str(p.relative_to(EXP)))
-def test_config_instantiates(path, tmp_path, tiny_teachers, monkeypatch):
+def test_config_instantiates(path, tmp_path, tiny_teachers, real_teachers, monkeypatch):
     from amad.lightning_cli import build_cli
 
     monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(ROOT)
     task = path.parent.parent.name
     cfg = load_config(path)
     data_cfg = cfg["data"]
@@ -89,21 +119,29 @@ def test_config_instantiates(path, tmp_path, tiny_teachers, monkeypatch):
         str(path),
         f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--data.init_args.eval_subset=8",
     ]
     if task in REAL_DATA:
         data_cfg = {
             **data_cfg,
-            "init_args": {**data_cfg["init_args"], **{k: str(v) for k, v in REAL_DATA[task].items()}},
+            "init_args": {
+                **data_cfg["init_args"],
+                **{k: v if isinstance(v, int) else str(v) for k, v in REAL_DATA[task].items()},
+            },
         }
         args += [f"--data.init_args.{k}={v}" for k, v in REAL_DATA[task].items()]
-    teacher_dir = tiny_teachers(_family(cfg, path), data_cfg)
-    key = "model" if path.name == "teacher.yaml" else "teacher"
-    args.append(f"--model.init_args.{key}={teacher_dir}")
-    run_it = task not in REAL_DATA and path.name in FAST_DEV_RUN
+    ref = cfg["model"]["init_args"].get("teacher", "")
+    real = real_teachers(ROOT / ref.removeprefix("compare:")) if ref.startswith("compare:") else None
+    if real is None or path.name == "teacher.yaml":
+        key = "model" if path.name == "teacher.yaml" else "teacher"
+        args.append(f"--model.init_args.{key}={tiny_teachers(_family(path), data_cfg)}")
+    run_it = task not in REAL_DATA and (real is not None or path.name in STAND_IN_FAST_DEV_RUN)
     if run_it:
         args.append("--trainer.fast_dev_run=true")
     cli = build_cli(args, run=False)
     assert cli.model.task == cli.datamodule.task
+    if real is not None and path.name != "teacher.yaml":
+        assert Path(cli.model.hparams.teacher).resolve() == real.resolve(), "the shipped teacher is the one used"
     if run_it:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         assert torch.isfinite(cli.trainer.callback_metrics["train/loss_task"])
@@ -112,12 +150,12 @@ def test_config_instantiates(path, tmp_path, tiny_teachers, monkeypatch):
 @pytest.mark.parametrize("path", [p for p in COMPARES if p.name != "base.yaml"], ids=lambda p: p.stem)
 @pytest.mark.parametrize("preset", ["smoke", "default", "full"])
 def test_compare_config_loads_and_its_data_and_student_build(path, preset):
-    from amad.compare.run import import_object
+    from amad.compare.config import make_datamodule
 
     cfg = load_compare_config(str(path), preset)
     assert {"gt", "kd", "one_to_one", "head_mean", "minilm_relation", "amad"} <= set(cfg["methods"])
     if preset == "smoke":  # building the data is the expensive part: once per comparison
-        dm = import_object(cfg["data"]["class_path"])(**cfg["data"]["init_args"])
+        dm = make_datamodule(cfg["data"])
         from amad.models import build_model, derive_student
 
         teacher = build_model(**{**cfg["teacher"]["model"]}, tokenizer=dm.tokenizer)
@@ -132,5 +170,5 @@ def test_probe_configs_load_with_their_methods_and_the_shipped_teachers_recipe(p
 
     cfg = load_compare_config(str(path))
     parent = load_compare_config(str(path.parent.parent / "easyvqa_blip.yaml"))
-    assert cfg["methods"] and all("attn_method" in m for m in cfg["methods"].values())
+    assert cfg["methods"] and all("attention" in m for m in cfg["methods"].values())
     assert fingerprint(cfg["teacher"]) == fingerprint(parent["teacher"])

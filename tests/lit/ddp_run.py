@@ -1,4 +1,4 @@
-"""DDP check script (run as a subprocess by tests/slow/test_ddp.py; pytest must not launch DDP itself).
+"""DDP check script (run as a subprocess by tests/lit/test_ddp.py; pytest must not launch DDP itself).
 
 Usage: python ddp_run.py OUT.json DEVICES
 Distils a tiny BLIP-VQA student for a few steps on a fixed example-level dataset with a fixed global
@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from amad.lit import DistillationModule
+from amad.losses import AMAD
 from amad.models import build_model, random_batch
 
 N_TRAIN, N_TEST, GLOBAL_BATCH, STEPS = 32, 10, 8, 3
@@ -69,7 +70,7 @@ def main(out: str, devices: int) -> None:
         teacher=teacher,
         student={"num_heads": 2, "num_layers": 1, "init": "teacher"},
         task="vqa",
-        attn_method="amad",
+        attention=AMAD(),
         lr=1e-3,
         warmup_ratio=0.0,
         schedule="constant",

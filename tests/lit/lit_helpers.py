@@ -5,7 +5,13 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from amad.losses import attention_method
 from amad.models import random_batch
+
+
+def method(name: str, **options):
+    """The attention method ``name`` with ``options``; ``"none"`` is no attention loss."""
+    return None if name == "none" else attention_method(name, **options)
 
 TASK_OF = {"blip-vqa": "vqa", "blip-caption": "caption", "vlt5": "vqa"}
 

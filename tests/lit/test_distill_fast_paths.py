@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from amad.distill import AttentionDistiller
 from amad.lit import DistillationModule
-from amad.lit.distill import AttentionDistiller
+from amad.losses import A2D, attention_method
 from amad.models import build_model, random_batch
 
 
@@ -24,7 +25,7 @@ def _terms_and_grads(module, batch):
 def test_stacked_layer_pairs_equal_one_call_per_pair(monkeypatch, family, method):
     torch.manual_seed(0)
     teacher = build_model(family, preset="tiny")
-    module = DistillationModule(teacher=teacher, student={"num_heads": 2}, attn_method=method)
+    module = DistillationModule(teacher=teacher, student={"num_heads": 2}, attention=attention_method(method))
     module.student.eval()  # no dropout: both passes see the same maps
     batch = random_batch(family, 4, seed=3, tokenizer=teacher.tokenizer)
     assert not batch["attention_mask"].all(), "the batch must have padded text rows"
@@ -57,7 +58,7 @@ def test_stacked_layer_pairs_equal_one_call_per_pair(monkeypatch, family, method
 def test_parameterised_methods_are_never_stacked(monkeypatch):
     torch.manual_seed(0)
     teacher = build_model("blip-vqa", preset="tiny")
-    module = DistillationModule(teacher=teacher, student={"num_heads": 2}, attn_method="a2d")
+    module = DistillationModule(teacher=teacher, student={"num_heads": 2}, attention=A2D())
     monkeypatch.setattr(AttentionDistiller, "STACK_MAX_NUMEL", 1 << 40)
     calls = []
     real = AttentionDistiller._call

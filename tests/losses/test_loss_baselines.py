@@ -201,7 +201,7 @@ def test_resize_errors():
 def test_registry_runs_new_baselines_with_key_mask():
     t, s, qmask, kmask = _inputs(4, 2)
     t, s = t.float(), s.detach().float().requires_grad_(True)
-    for method, kw in [("shd", {"temperature": 2.0}), ("a2d", {}), ("attn_distill", {"query_index": 0})]:
+    for method, kw in [("shd", {"softening_temperature": 2.0}), ("a2d", {}), ("attn_distill", {"query_index": 0})]:
         crit = build_attention_criterion(method, teacher_heads=4, student_heads=2, **kw)
         loss, w = crit(t, s, query_mask=qmask, key_mask=kmask)
         loss.backward()

@@ -1,4 +1,4 @@
-"""build_attention_criterion: the uniform interface the Lightning system uses."""
+"""The methods registry (amad.losses.methods) and its criteria: the uniform interface the distiller uses."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from losses_helpers import make_masks, random_maps
 
 from amad.losses import (
     ATTENTION_METHODS,
+    METHODS,
     AttentionCriterion,
     amad_loss,
+    attention_method,
     build_attention_criterion,
-    criterion_options,
     head_mean_loss,
     minilm_relation_loss,
     one_to_one_loss,
@@ -54,13 +55,14 @@ def test_every_method_builds_runs_and_backpropagates(method):
 def test_criteria_equal_the_functions():
     t, s, qmask = _inputs("maps")
     for variant in ("kl", "l2", "token"):
-        loss, w = build_attention_criterion("amad", teacher_heads=4, student_heads=3, variant=variant, temperature=0.7)(
-            t, s, query_mask=qmask
+        crit = build_attention_criterion(
+            "amad", teacher_heads=4, student_heads=3, variant=variant, weight_temperature=0.7
         )
+        loss, w = crit(t, s, query_mask=qmask)
         want, want_w = amad_loss(t, s, query_mask=qmask, variant=variant, temperature=0.7, return_weights=True)
         torch.testing.assert_close(loss, want)
         torch.testing.assert_close(w, want_w.detach())
-    loss, w = build_attention_criterion("one_to_one", teacher_heads=4, student_heads=3, kind="mse")(
+    loss, w = build_attention_criterion("one_to_one", teacher_heads=4, student_heads=3, row_loss="mse")(
         t, s, query_mask=qmask
     )
     torch.testing.assert_close(loss, one_to_one_loss(t, s, query_mask=qmask, kind="mse"))
@@ -87,7 +89,7 @@ def test_amad_proj_is_sized_per_layer_from_map_size_or_lazily():
 
 
 def test_errors_list_valid_choices():
-    with pytest.raises(ValueError, match="valid choices: " + ".*".join(map(re.escape, map(repr, ATTENTION_METHODS)))):
+    with pytest.raises(ValueError, match="expected one of " + re.escape(str(list(ATTENTION_METHODS)))):
         build_attention_criterion("tinybert", teacher_heads=2, student_heads=2)
     with pytest.raises(ValueError, match="'kl', 'l2', 'token'"):
         build_attention_criterion("amad", teacher_heads=2, student_heads=2, variant="proj")
@@ -101,7 +103,22 @@ def test_errors_list_valid_choices():
         crit(t, s, layer=2)
     with pytest.raises(ValueError, match=re.escape("(3, 3, 5, 5)") + ".*" + re.escape("(3, 3, 5, 5)")):
         crit(s.detach(), s)  # 3 teacher heads where 4 were declared
-    assert "num_relation_heads" in criterion_options("minilm_relation")
+    with pytest.raises(ValueError, match="weight_temperature must be > 0"):
+        attention_method("amad", weight_temperature=0.0)
+    assert "num_relation_heads" in attention_method("minilm_relation").options()
+
+
+def test_registry_names_and_options_are_distinct_where_meanings_differ():
+    """One list of methods; an option name means one thing across methods (temperatures, row loss)."""
+    assert tuple(METHODS) == ATTENTION_METHODS and len(set(ATTENTION_METHODS)) == len(ATTENTION_METHODS)
+    assert all(cls.name == name for name, cls in METHODS.items())
+    owners: dict[str, set[str]] = {}
+    for name in METHODS:
+        for option in attention_method(name, **_options(name)).options():
+            owners.setdefault(option, set()).add(name)
+    assert "temperature" not in owners and "kind" not in owners and "alpha_granularity" not in owners
+    assert owners["weight_temperature"] == {"amad", "amad_proj"}
+    assert owners["row_loss"] == {"one_to_one", "head_mean"}
 
 
 def test_grid_option_resizes_the_teacher():

@@ -8,9 +8,7 @@ import pytest
 import torch
 from losses_helpers import random_maps
 
-from amad.bench.losses import PeakMemory, run
-from amad.losses import A2DLoss, amad_loss, attn_distill_loss, head_mean_loss, one_to_one_loss, shd_loss
-from amad.losses.loop_reference import (
+from amad.bench.loop_reference import (
     loop_a2d,
     loop_amad,
     loop_attn_distill,
@@ -18,6 +16,8 @@ from amad.losses.loop_reference import (
     loop_one_to_one,
     loop_shd,
 )
+from amad.bench.losses import PeakMemory, run
+from amad.losses import A2DLoss, amad_loss, attn_distill_loss, head_mean_loss, one_to_one_loss, shd_loss
 
 
 @pytest.mark.parametrize("variant", ["kl", "l2", "token"])

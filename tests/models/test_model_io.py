@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from amad.models import AttentionAdapter, build_model, load_pretrained, random_batch
+from amad.models import build_model, load_pretrained, random_batch, save_pretrained
 from amad.models.tokenizers import build_word_tokenizer, load_tokenizer
 
 
@@ -24,13 +24,13 @@ def logits(model, batch):
 
 def test_save_load_round_trip(tiny, family, tmp_path):
     model, batch = tiny
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     assert (tmp_path / "config.json").is_file() and (tmp_path / "amad_adapter.json").is_file()
     assert (tmp_path / "tokenizer.json").is_file()
-    loaded = type(model).from_pretrained(tmp_path).eval()
+    loaded = load_pretrained(tmp_path, family=model.family).eval()
     assert type(loaded) is type(model) and loaded.family == family
     torch.testing.assert_close(logits(loaded, batch), logits(model, batch))
-    generic = AttentionAdapter.from_pretrained(str(tmp_path)).eval()  # family from amad_adapter.json
+    generic = load_pretrained(str(tmp_path)).eval()  # family from amad_adapter.json
     assert type(generic) is type(model)
     assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
     assert loaded.config_dict() == model.config_dict()
@@ -83,7 +83,7 @@ def test_word_tokenizer_round_trip_and_model_ids(tmp_path):
     assert (text.vocab_size, text.pad_token_id, text.bos_token_id, text.sep_token_id) == (len(tok), 0, 5, 6)
     t5 = build_model("vlt5", "tiny", tokenizer=tok).model.config
     assert (t5.vocab_size, t5.decoder_start_token_id, t5.eos_token_id) == (len(tok), 5, 6)
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     assert load_tokenizer(tmp_path).get_vocab() == tok.get_vocab()
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from amad.cli import main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def test_help_lists_every_command(capsys):
@@ -20,16 +21,15 @@ def test_help_lists_every_command(capsys):
 
 def test_fit_test_predict_export_from_yaml(tmp_path, monkeypatch):
     from amad.data import EasyVQADataModule
-    from amad.models import build_model, load_pretrained
+    from amad.models import load_pretrained
 
+    """The README's flow with the shipped teacher: fit, test, validate, predict, export."""
     monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
     dm = EasyVQADataModule()
-    torch.manual_seed(0)
-    build_model("blip-vqa", preset="tiny", tokenizer=dm.tokenizer).save_pretrained(tmp_path / "teacher")
     common = [
         "--config",
         str(ROOT / "experiments/easyvqa/blip/amad.yaml"),
-        f"--model.init_args.teacher={tmp_path / 'teacher'}",
         "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--trainer.default_root_dir={tmp_path}",
@@ -48,3 +48,53 @@ def test_fit_test_predict_export_from_yaml(tmp_path, monkeypatch):
     student = load_pretrained(tmp_path / "student")
     assert student.num_heads("text.self") == 2
     assert student.tokenizer.get_vocab() == dm.tokenizer.get_vocab()
+
+
+AMAD_YAML = str(ROOT / "experiments/easyvqa/blip/amad.yaml")
+COMPARE_YAML = str(ROOT / "experiments/compare/easyvqa_blip.yaml")
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["fit", "--config", AMAD_YAML, "--model.init_args.attention.init_args.varient=l2"], "'varient'"),
+        (["fit", "--config", AMAD_YAML, "--model.init_args.attention=amad.losses.NoSuchMethod"], "NoSuchMethod"),
+        (["fit", "--config", AMAD_YAML, "--model.init_args.gamma=much"], "gamma"),
+        (["fit", "--config", "experiments/nope.yaml"], "does not exist"),
+        (["test", "--config", AMAD_YAML, "--ckpt_path=README.md"], "not a readable checkpoint"),
+        (["test", "--config", AMAD_YAML, "--ckpt_path=runs/none/last.ckpt"], "does not exist"),
+        (["compare", "--config", COMPARE_YAML, "--out", "runs/never", "--preset", "nope"], "unknown preset 'nope'"),
+        (["compare", "--config", COMPARE_YAML, "--out", "runs/never", "--methods", "amad,nope"], "['nope']"),
+        (["export", "runs/none/last.ckpt", "runs/never"], "does not exist"),
+    ],
+)
+def test_user_mistakes_end_in_one_error_line(argv, match, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("AMAD_DEBUG", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("amad: error: ") and match in last, err
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ValueError, match="unknown preset"):
+        main(["--debug", "compare", "--config", COMPARE_YAML, "--out", "runs/never", "--preset", "nope"])
+    monkeypatch.setenv("AMAD_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main(["export", "runs/none/last.ckpt", "runs/never"])
+
+
+def test_a_teacher_that_cannot_read_the_data_fails_at_setup_naming_both_sizes(tmp_path, capsys, monkeypatch):
+    from amad.data import EasyVQADataModule
+    from amad.models import build_model, save_pretrained
+
+    monkeypatch.chdir(ROOT)
+    torch.manual_seed(0)  # a 64 px teacher, while the config's data make 32 px images
+    save_pretrained(build_model("blip-vqa", preset="tiny", tokenizer=EasyVQADataModule().tokenizer), tmp_path / "t")
+    argv = ["fit", "--config", AMAD_YAML, f"--model.init_args.teacher={tmp_path / 't'}", "--trainer.logger=false"]
+    assert main([*argv, "--trainer.fast_dev_run=true"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "reads 64×64 px images" in last and "32×32" in last and "data.init_args.image_size: 64" in last

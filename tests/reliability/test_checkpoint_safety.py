@@ -9,8 +9,7 @@ from fsspec.implementations.local import LocalFileOpener
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from amad.lit import DistillationModule
-from amad.lit.checkpoint import adapter_from_checkpoint
-from amad.models import build_model, random_batch
+from amad.models import build_model, load_checkpoint_model, random_batch
 
 
 class Batches(torch.utils.data.Dataset):
@@ -39,7 +38,7 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
     )
     trainer.fit(module, train_dataloaders=loader)
     last = tmp_path / "last.ckpt"
-    good = adapter_from_checkpoint(last).state_dict()
+    good = load_checkpoint_model(last).state_dict()
 
     original = LocalFileOpener.write
 
@@ -59,6 +58,6 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         trainer2.fit(module, train_dataloaders=loader, ckpt_path=str(last))
     monkeypatch.undo()
-    again = adapter_from_checkpoint(last).state_dict()  # still the complete step-2 checkpoint
+    again = load_checkpoint_model(last).state_dict()  # still the complete step-2 checkpoint
     assert all(torch.equal(good[k], again[k]) for k in good)
     assert torch.load(last, weights_only=False)["global_step"] == 2

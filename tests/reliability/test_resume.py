@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from amad.data import EasyVQADataModule
 from amad.lit import DistillationModule
+from amad.losses import AMAD
 from amad.models import build_model
 
 STEPS, CRASH_AT = 9, 5
@@ -49,7 +50,7 @@ def _run(tmp_path, setup, crash: bool, resume: str | None = None):
     dm_kwargs, teacher = setup
     L.seed_everything(3, verbose=False)
     module = DistillationModule(
-        teacher=teacher, student={"num_heads": 2, "num_layers": 1, "init": "random"}, attn_method="amad", lr=3e-3
+        teacher=teacher, student={"num_heads": 2, "num_layers": 1, "init": "random"}, attention=AMAD(), lr=3e-3
     )
     rec = LossRecorder()
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")

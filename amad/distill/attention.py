@@ -1,0 +1,160 @@
+"""The attention term of the objective: one criterion per distilled (site, student layer), and their mean.
+
+``L_attn`` (docs/method.md §3, multi-layer reduction): the mean over the distilled (site, teacher layer,
+student layer) pairs of the method's loss. Teacher and student see the same batch, so the maps of a
+site have the same Q and K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from amad.losses.methods import AttentionMethod
+from amad.models.layer_map import resolve_layer_map
+
+#: a layer map: ``uniform`` / ``last`` / explicit list, or per site
+LayerMapSpec = str | list[int] | dict[str, str | list[int]]
+
+
+class AttentionDistiller(nn.Module):
+    """One attention criterion per distilled (site, student layer), and their mean.
+
+    Args:
+        teacher, student: model adapters (``sites``, ``num_layers(site)``, ``num_heads(site)``).
+        method: the attention method and its options (:mod:`amad.losses.methods`), or None for none.
+        sites: sites to distil (None: all; self-attention sites only for QKV methods).
+        layer_map: ``uniform``, ``last``, an explicit list (student layer l ↔ teacher layer
+            ``layer_map[l]``), or a dict site → one of those (docs/method.md §6).
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        method: AttentionMethod | None,
+        sites: Sequence[str] | None = None,
+        layer_map: LayerMapSpec = "uniform",
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.enabled = method is not None
+        self.criteria = nn.ModuleDict()
+        self.layer_maps: dict[str, list[int]] = {}
+        # sites never padded in either model: no mask, so no masked copies of their (largest) maps
+        self._unpadded = set(getattr(teacher, "unpadded_sites", ())) & set(getattr(student, "unpadded_sites", ()))
+        self._stack_ok = False
+        if method is None:
+            return
+        self.input_kind = method.input_kind
+        all_sites = tuple(teacher.sites)
+        if sites is None:
+            sites = [s for s in all_sites if self.input_kind == "maps" or s.endswith(".self")]
+        for site in sites:
+            if site not in all_sites or site not in tuple(student.sites):
+                raise ValueError(f"unknown site {site!r} for family {teacher.family!r}; valid sites: {list(all_sites)}")
+            if self.input_kind == "qkv" and not site.endswith(".self"):
+                raise ValueError(
+                    f"{method.name} distils self-attention relations; site {site!r} is not a self-attention site"
+                )
+            spec = layer_map.get(site, "uniform") if isinstance(layer_map, dict) else layer_map
+            lt, ls = teacher.num_layers(site), student.num_layers(site)
+            try:
+                self.layer_maps[site] = resolve_layer_map(spec, lt, ls)
+            except ValueError as err:
+                raise ValueError(f"layer map for site {site!r}: {err}") from err
+            for l_s in range(ls):
+                self.criteria[self.key(site, l_s)] = method.build(teacher.num_heads(site), student.num_heads(site))
+        self._stack_ok = self.input_kind == "maps" and all(type(c).stackable for c in self.criteria.values())
+
+    #: The layer pairs of a site are stacked along the batch into one criterion call only while a
+    #: pair's two maps hold at most this many elements (CPU; 16x more on accelerators, where a call's
+    #: ~40 kernel launches cost more and copies less): a call on small maps costs mostly its fixed
+    #: overhead, while for large maps the stacking copy costs about what it saves, and doubles the
+    #: maps' memory for a moment (docs/performance.md).
+    STACK_MAX_NUMEL = 1 << 20
+
+    @staticmethod
+    def key(site: str, student_layer: int) -> str:
+        return f"{site.replace('.', '_')}__{student_layer}"
+
+    def capture_sites(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(sites whose maps are needed, sites whose Q/K/V are needed)."""
+        sites = tuple(self.layer_maps)
+        return (sites, ()) if self.input_kind == "maps" else ((), sites)
+
+    def teacher_layers(self) -> dict[str, tuple[int, ...]]:
+        """site -> the teacher layers the layer map uses: the only teacher maps worth capturing."""
+        return {site: tuple(sorted(set(lmap))) for site, lmap in self.layer_maps.items()}
+
+    def _site_inputs(self, site: str, t_out: Any, s_out: Any) -> tuple[Any, Any, dict]:
+        """(teacher per-layer inputs, student per-layer inputs, mask keyword arguments) of one site."""
+        unpadded = site in self._unpadded  # no mask: no masked copies of the (largest) maps
+        if self.input_kind == "maps":
+            qm = None if unpadded else s_out.query_masks[site]
+            # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
+            # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
+            return (
+                t_out.attentions[site],
+                s_out.attentions[site],
+                {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None},
+            )
+        return t_out.qkv[site], s_out.qkv[site], {"key_mask": None if unpadded else s_out.key_masks[site]}
+
+    def _pairs(self, t_out: Any, s_out: Any):
+        for site, lmap in self.layer_maps.items():
+            t_all, s_all, kwargs = self._site_inputs(site, t_out, s_out)
+            for l_s, l_t in enumerate(lmap):
+                yield site, l_s, l_t, t_all[l_t], s_all[l_s], kwargs
+
+    def _call(self, site: str, l_s: Any, l_t: Any, t: Any, s: Any, kwargs: dict) -> tuple[Tensor, Any]:
+        key = self.key(site, l_s if isinstance(l_s, int) else 0)
+        try:
+            return self.criteria[key](t, s, **kwargs)
+        except ValueError as err:
+            raise ValueError(f"site {site!r}, teacher layer {l_t} -> student layer {l_s}: {err}") from err
+
+    def _stackable(self, t_maps: list[Tensor], s_maps: list[Tensor]) -> bool:
+        """Whether one call on the batch-stacked pairs gives the mean of the per-pair losses."""
+        if not self._stack_ok or len(s_maps) < 2:
+            return False
+        t0, s0 = t_maps[0], s_maps[0]
+        if t0.dim() != 4 or s0.dim() != 4 or (t0.shape[0], *t0.shape[2:]) != (s0.shape[0], *s0.shape[2:]):
+            return False  # let the per-pair call raise its error naming both shapes and the layer
+        limit = self.STACK_MAX_NUMEL * (1 if s0.device.type == "cpu" else 16)
+        return t0.numel() + s0.numel() <= limit
+
+    def forward(self, t_out: Any, s_out: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """Mean attention loss over all distilled pairs, and the mean per site."""
+        means: dict[str, Tensor] = {}
+        weighted, n_pairs = [], 0
+        for site, lmap in self.layer_maps.items():
+            t_all, s_all, kwargs = self._site_inputs(site, t_out, s_out)
+            t_maps, s_maps = [t_all[l_t] for l_t in lmap], list(s_all[: len(lmap)])
+            if self._stackable(t_maps, s_maps):
+                # pairs stacked along the batch: (L*B, H, Q, K); masks repeated to match
+                rep = {k: None if v is None else v.repeat(len(lmap), 1) for k, v in kwargs.items()}
+                means[site], _ = self._call(
+                    site, list(range(len(lmap))), list(lmap), torch.cat(t_maps), torch.cat(s_maps), rep
+                )
+            else:
+                losses = [
+                    self._call(site, l_s, l_t, t, s, kwargs)[0]
+                    for l_s, (l_t, t, s) in enumerate(zip(lmap, t_maps, s_maps, strict=False))
+                ]
+                means[site] = torch.stack(losses).mean()
+            weighted.append(means[site] * len(lmap))
+            n_pairs += len(lmap)
+        return torch.stack(weighted).sum() / n_pairs, means
+
+    def weights(self, t_out: Any, s_out: Any) -> dict[str, Tensor]:
+        """Batch-mean head weights (Ht, Hs) per pair, for methods that have them."""
+        result = {}
+        for site, l_s, l_t, t, s, kwargs in self._pairs(t_out, s_out):
+            _, w = self._call(site, l_s, l_t, t, s, kwargs)
+            if w is not None:
+                result[f"{site}/s{l_s}-t{l_t}"] = w.float().mean(0).cpu()
+        return result

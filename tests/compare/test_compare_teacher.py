@@ -1,0 +1,75 @@
+"""A comparison's teacher: ``compare:`` references resolve before anything is built, and training a
+teacher on first use changes nothing about what is built after it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from amad.compare.teacher import resolve_teacher_reference
+
+ROOT = Path(__file__).parents[2]
+AMAD_YAML = ROOT / "experiments/easyvqa/blip/amad.yaml"
+
+
+def _tiny_comparison(tmp_path: Path) -> Path:
+    """The demo comparison with a tiny teacher trained for 2 steps on 1 % of the data."""
+    cfg = {
+        "base": str(ROOT / "experiments/compare/easyvqa_blip.yaml"),
+        "name": "tiny_teacher_probe",
+        "data": {"init_args": {"eval_subset": 16}},
+        "teacher": {
+            "path": None,
+            "model": {"preset": "tiny"},
+            "max_steps": 2,
+            "data": {"init_args": {"fraction": 0.01}},
+        },
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_student_init_is_the_same_whether_the_teacher_was_trained_now_or_cached(tmp_path, monkeypatch):
+    from amad.lightning_cli import build_cli
+
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    ref = f"compare:{_tiny_comparison(tmp_path)}"
+    args = ["--config", str(AMAD_YAML), f"--model.init_args.teacher={ref}", "--trainer.logger=false"]
+    first = build_cli(args, run=False)  # the cache is empty: the teacher is trained here, first
+    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
+    second = build_cli(args, run=False)  # now it is read from the cache
+    a, b = first.model.student.state_dict(), second.model.student.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    t1, t2 = first.model.teacher.state_dict(), second.model.teacher.state_dict()
+    assert all(torch.equal(t1[k], t2[k]) for k in t1), "the cached teacher is the one just trained"
+
+
+def test_resolving_a_reference_leaves_every_global_rng_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    path = resolve_teacher_reference(f"compare:{_tiny_comparison(tmp_path)}")  # trains: draws random numbers
+    assert (Path(path) / "teacher.json").is_file()
+    after = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(123), random.seed(123), np.random.seed(123)
+    untouched = torch.rand(3), random.random(), np.random.rand()
+    assert torch.equal(after[0], untouched[0]) and after[1:] == untouched[1:]
+
+
+def test_constructors_never_resolve_references():
+    from amad.lit import DistillationModule
+
+    with pytest.raises(ValueError, match="resolve_teacher_reference"):
+        DistillationModule(teacher="compare:experiments/compare/easyvqa_blip.yaml")
+
+
+def test_a_reference_must_name_a_comparison(tmp_path):
+    with pytest.raises(ValueError, match="compare:"):
+        resolve_teacher_reference(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
+        resolve_teacher_reference(f"compare:{tmp_path / 'nope.yaml'}")

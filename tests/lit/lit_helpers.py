@@ -13,6 +13,7 @@ def method(name: str, **options):
     """The attention method ``name`` with ``options``; ``"none"`` is no attention loss."""
     return None if name == "none" else attention_method(name, **options)
 
+
 TASK_OF = {"blip-vqa": "vqa", "blip-caption": "caption", "vlt5": "vqa"}
 
 

@@ -98,6 +98,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     log(f"teacher: training {t['model']} (cached as {out})")
     model, stages = train_teacher(cfg, dm, log)
     test = evaluate_model(model, dm, "test")
+    oracle = oracle_metrics(dm, "test")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(model, tmp)
@@ -105,6 +106,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
         "fingerprint": fp,
         "config": {k: t.get(k) for k in TEACHER_KEYS + RECIPE_KEYS},
         "metrics": test,
+        **({"oracle": oracle} if oracle else {}),
         "stages": stages,
         "train_time_s": round(sum(s["train_time_s"] for s in stages), 1),
         "steps": int(t["max_steps"]),
@@ -218,6 +220,28 @@ def _attribute_stage(model: Any, st: dict[str, Any], dm: Any, precision: str, se
     acc = module.accuracy(DataLoader(held_out, batch_size=256, collate_fn=collate))
     log(f"teacher pretrain.attributes: {steps} steps in {elapsed:.0f}s; held-out scenes {acc}")
     return {"stage": "pretrain.attributes", "steps": steps, "train_time_s": round(elapsed, 1), "held_out": acc}
+
+
+def oracle_metrics(dm: Any, split: str = "test") -> dict[str, float] | None:
+    """The task metric of a reference oracle on ``split``: each image's true attributes written by the
+    first caption template (English) or its German translation — what a perfect reader of the image
+    scores (below 100 BLEU / the references' CIDEr where the split's references use other templates).
+    None for tasks without image attributes (VQA, real data)."""
+    from amad.metrics import metric_dict, reference_oracle
+
+    if getattr(dm, "task", None) not in ("caption", "translate") or not getattr(dm, "synthetic", False):
+        return None
+    dm.setup("test" if split == "test" else "validate")
+    examples = dm.datasets[split].examples
+    language = "en" if dm.task == "caption" else "de"
+    metric = dm.make_metric()
+    metric.update(
+        [reference_oracle(ex.attributes, language) for ex in examples],
+        [list(ex.references) for ex in examples],
+        ids=[ex.id for ex in examples],
+        attributes=[ex.attributes for ex in examples],
+    )
+    return metric_dict(metric)
 
 
 def evaluate_model(model: Any, dm: Any, split: str) -> dict[str, float]:

@@ -8,7 +8,9 @@ Each dataset item is a dict ``{"image": uint8 (3, H, W), "id", "source": str, "t
 * ``input_ids`` long (B, S): ``[CLS] prefix source [SEP]`` right-padded with the pad id (0 for the
   word tokenizer); ``attention_mask`` long (B, S), 1 on real tokens;
 * ``labels`` long (B, T): ``target [EOS]`` right-padded with -100;
-* ``ids``, ``references`` (list[list[str]]), ``source_text`` (the raw source, without prefix).
+* ``ids``, ``references`` (list[list[str]]), ``source_text`` (the raw source, without prefix);
+* ``attributes`` (list of dicts of :class:`~amad.data.shape_attributes.ShapeAttributes`) when the
+  items carry them (the synthetic caption and translation tasks, generated scenes).
 
 Tokenizers without ``[CLS]`` (T5) get no start token; without ``[SEP]`` the source ends with the EOS
 token (``</s>`` for T5). Targets end with EOS, or ``[SEP]`` when the tokenizer has no EOS (BERT, as
@@ -54,6 +56,10 @@ def prepare_images(
     m = torch.tensor(_as_triple(mean), dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(_as_triple(std), dtype=x.dtype).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def _as_dict(attributes: Any) -> dict[str, Any] | None:
+    return None if attributes is None else dict(vars(attributes))
 
 
 class VisionTextCollator:
@@ -122,7 +128,7 @@ class VisionTextCollator:
             input_ids[i, : len(a)] = torch.tensor(a, dtype=torch.long)
             attention_mask[i, : len(a)] = 1
             labels[i, : len(y)] = torch.tensor(y, dtype=torch.long)
-        return {
+        batch = {
             "pixel_values": prepare_images(images, self.image_size, self.mean, self.std),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -131,3 +137,7 @@ class VisionTextCollator:
             "references": [list(it["references"]) for it in items],
             "source_text": [it["source"] for it in items],
         }
+        if any("attributes" in it for it in items):  # synthetic tasks: what the attribute metric reads
+            # plain dicts: Lightning's batch transfer cannot rebuild frozen dataclasses
+            batch["attributes"] = [_as_dict(it.get("attributes")) for it in items]
+        return batch

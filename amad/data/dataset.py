@@ -22,6 +22,8 @@ class Example:
         target: the training target (answer, caption, translation).
         references: what predictions are scored against.
         meta: anything a dataset transform needs (e.g. shape attributes for augmentation).
+        attributes: the image's :class:`~amad.data.shape_attributes.ShapeAttributes` in the synthetic
+            tasks (what the shape-and-colour metric scores against), else None.
     """
 
     id: int | str
@@ -30,6 +32,7 @@ class Example:
     target: str
     references: tuple[str, ...]
     meta: Any = None
+    attributes: Any = None
 
 
 Transform = Callable[[torch.Tensor, Example], tuple[torch.Tensor, Example]]
@@ -59,7 +62,10 @@ class VisionTextDataset(Dataset):
         img = self.images(ex.image)
         if self.transform is not None:
             img, ex = self.transform(img, ex)
-        return {"image": img, "id": ex.id, "source": ex.source, "target": ex.target, "references": list(ex.references)}
+        item = {"image": img, "id": ex.id, "source": ex.source, "target": ex.target, "references": list(ex.references)}
+        if ex.attributes is not None:
+            item["attributes"] = ex.attributes
+        return item
 
 
 def select(items: Sequence[Any], *, fraction: float = 1.0, subset: int | None = None, seed: int = 0) -> list[Any]:

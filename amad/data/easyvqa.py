@@ -79,9 +79,9 @@ class EasyVQADataModule(EmbeddedDataModule):
         return VisionTextDataset(examples, TensorImages(images), transform)
 
     def make_metric(self):
-        from amad.metrics import VQAAccuracy
+        from amad.metrics import EasyVQAAccuracy
 
-        return VQAAccuracy()
+        return EasyVQAAccuracy()
 
     @property
     def metadata(self) -> dict:

@@ -151,7 +151,14 @@ class GeneratedTaskDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, attrs = self.scenes[i]
         source, target, refs = self.text(i, attrs)
-        return {"image": image, "id": f"scene{i}", "source": source, "target": target, "references": list(refs)}
+        return {
+            "image": image,
+            "id": f"scene{i}",
+            "source": source,
+            "target": target,
+            "references": list(refs),
+            "attributes": attrs,
+        }
 
 
 class SceneAttributeDataset(Dataset):

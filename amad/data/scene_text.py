@@ -114,3 +114,31 @@ __all__ = [
     "scene_translations",
     "vqa_pairs",
 ]
+
+
+#: The kinds of easy-VQA question, by what answers them (:func:`question_kind`).
+QUESTION_KINDS: tuple[str, ...] = ("shape", "colour", "yesno_shape", "yesno_colour")
+
+
+def _kind_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for shape in SHAPES:
+        for colour in PALETTE:
+            for t in SHAPE_QUESTIONS:
+                table[t.format(colour=colour)] = "shape"
+            for t in COLOUR_QUESTIONS:
+                table[t.format(shape=shape)] = "colour"
+            for t, _ in SHAPE_YES_NO:
+                table[t.format(shape=shape)] = "yesno_shape"
+            for t, _ in COLOUR_YES_NO:
+                table[t.format(colour=colour)] = "yesno_colour"
+    return table
+
+
+_KINDS = _kind_table()
+
+
+def question_kind(question: str) -> str | None:
+    """``shape`` / ``colour`` (open questions answered by the shape / the colour), ``yesno_shape`` /
+    ``yesno_colour`` (yes/no about a shape / a colour); None for a question of no easy-VQA template."""
+    return _KINDS.get(question.strip().lower())

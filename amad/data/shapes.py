@@ -46,7 +46,7 @@ def image_attributes(split: str) -> tuple[ShapeAttributes, ...]:
 
 def _caption_example(image_id: int, attrs: ShapeAttributes, template: int, example_id: int) -> Example:
     refs = tuple(captions(attrs))
-    return Example(example_id, image_id, "", render(attrs, template)[0], refs, meta=(attrs, template))
+    return Example(example_id, image_id, "", render(attrs, template)[0], refs, meta=(attrs, template), attributes=attrs)
 
 
 def _augment_caption(image, ex: Example):
@@ -57,7 +57,7 @@ def _augment_caption(image, ex: Example):
 
 def _translation_example(image_id: int, attrs: ShapeAttributes, template: int, example_id: int) -> Example:
     en, de = render(attrs, template)
-    return Example(example_id, image_id, en, de, (de,), meta=(attrs, template))
+    return Example(example_id, image_id, en, de, (de,), meta=(attrs, template), attributes=attrs)
 
 
 def _augment_translation(image, ex: Example):
@@ -125,9 +125,9 @@ class ShapesCaptionDataModule(_ShapesDataModule):
         return [_caption_example(i, attrs[i], CAPTION_TEMPLATES[0], i) for i in ids]
 
     def make_metric(self):
-        from amad.metrics import CaptionMetrics
+        from amad.metrics import ShapesCaptionMetrics
 
-        return CaptionMetrics()
+        return ShapesCaptionMetrics()
 
 
 class ShapesTranslationDataModule(_ShapesDataModule):
@@ -171,7 +171,7 @@ class ShapesTranslationDataModule(_ShapesDataModule):
         return [_translation_example(i, attrs[i], t, i * 10 + t) for i, t in pairs]
 
     def make_metric(self):
-        from amad.metrics import TranslationBLEU
+        from amad.metrics import ShapesTranslationBLEU
 
         # The word tokenizer lower-cases, so generated German is lower-case: score case-insensitively.
-        return TranslationBLEU(lowercase=self.tokenizer_path is None)
+        return ShapesTranslationBLEU(lowercase=self.tokenizer_path is None)

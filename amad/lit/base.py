@@ -203,7 +203,8 @@ class TaskModule(L.LightningModule):
         out = self.trainable(batch, sites=())
         self.log(f"{stage}/loss", out.loss, batch_size=len(batch["ids"]), sync_dist=True)
         preds = self.trainable.generate(batch, max_new_tokens=self.max_new_tokens)
-        metric.update(preds, batch["references"], ids=batch["ids"])
+        extras = {k: batch[k] for k in getattr(metric, "extra_keys", ()) if k in batch}
+        metric.update(preds, batch["references"], ids=batch["ids"], **extras)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric("val", self.val_metric)
@@ -214,11 +215,9 @@ class TaskModule(L.LightningModule):
     def _log_metric(self, stage: str, metric: nn.Module) -> None:
         value = metric.compute()
         values = value if isinstance(value, dict) else {TASK_METRICS[self.task][1]: value}
-        names = TASK_METRICS[self.task][0]
         for name, v in values.items():
-            if name in names or stage == "test":
-                # compute() already gathered every rank: the value is global, no sync needed.
-                self.log(f"{stage}/{name}", float(v), rank_zero_only=False, sync_dist=False)
+            # compute() already gathered every rank: the value is global, no sync needed.
+            self.log(f"{stage}/{name}", float(v), rank_zero_only=False, sync_dist=False)
         metric.reset()
 
     # -- optimisation ----------------------------------------------------------------------------

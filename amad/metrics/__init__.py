@@ -7,6 +7,9 @@ of strings, ``references`` a list of reference lists (``batch["references"]``) a
 * :class:`VQAAccuracy` → 0-dim tensor in [0, 1] (official VQA accuracy).
 * :class:`CaptionMetrics` → dict ``bleu1..bleu4, rouge_l, cider`` (+ ``meteor``), pycocoevalcap scale.
 * :class:`TranslationBLEU` → 0-dim tensor, sacreBLEU corpus BLEU on 0–100.
+* :class:`EasyVQAAccuracy`, :class:`ShapesCaptionMetrics`, :class:`ShapesTranslationBLEU`: the same
+  for the embedded tasks, plus a breakdown (by kind of question; shape-and-colour correctness) from
+  batch keys listed in ``extra_keys`` (``source_text``, ``attributes``).
 
 :func:`metric_dict` gives any of them as ``{name: float}`` (names = ``metric.names``).
 """
@@ -15,12 +18,26 @@ from __future__ import annotations
 
 from torchmetrics import Metric
 
+from amad.metrics.attributes import AttributeAccuracy, WithAttributes, reference_oracle
 from amad.metrics.captioning import CaptionMetrics, coco_caption_scores, java_available
 from amad.metrics.translation import TranslationBLEU, corpus_bleu
-from amad.metrics.vqa import VQAAccuracy, normalize_answer, vqa_score
+from amad.metrics.vqa import EasyVQAAccuracy, VQAAccuracy, normalize_answer, vqa_score
+
+
+class ShapesCaptionMetrics(WithAttributes, CaptionMetrics):
+    """:class:`CaptionMetrics` plus the share of captions naming the image's shape and colour."""
+
+
+class ShapesTranslationBLEU(WithAttributes, TranslationBLEU):
+    """:class:`TranslationBLEU` plus the share of translations naming the image's shape and colour."""
+
 
 __all__ = [
+    "AttributeAccuracy",
     "CaptionMetrics",
+    "EasyVQAAccuracy",
+    "ShapesCaptionMetrics",
+    "ShapesTranslationBLEU",
     "TranslationBLEU",
     "VQAAccuracy",
     "coco_caption_scores",
@@ -28,6 +45,7 @@ __all__ = [
     "java_available",
     "metric_dict",
     "normalize_answer",
+    "reference_oracle",
     "vqa_score",
 ]
 

@@ -131,15 +131,39 @@ class AttributeAccuracy(RecordMetric):
             self.records.append(encode_records(recs).to(self.device))
 
     def _score(self, records: list[dict]) -> dict[str, torch.Tensor]:
-        n = len(records)
-        if n == 0:
-            return {k: torch.tensor(0.0) for k in self.names}
+        return attribute_scores(records)
 
-        def mean(values) -> torch.Tensor:
-            return torch.tensor(sum(values) / n, dtype=torch.float32)
 
-        return {
-            "attr_acc": mean(r["s"] and r["c"] for r in records),
-            "shape_acc": mean(r["s"] for r in records),
-            "colour_acc": mean(r["c"] for r in records),
-        }
+def attribute_scores(records: list[dict]) -> dict[str, torch.Tensor]:
+    """``attr_acc``, ``shape_acc``, ``colour_acc`` of records holding :func:`attribute_record`'s ``s``, ``c``."""
+    n = len(records)
+
+    def mean(values) -> torch.Tensor:
+        return torch.tensor(sum(values) / n if n else 0.0, dtype=torch.float32)
+
+    return {
+        "attr_acc": mean(r["s"] and r["c"] for r in records),
+        "shape_acc": mean(r["s"] for r in records),
+        "colour_acc": mean(r["c"] for r in records),
+    }
+
+
+class WithAttributes:
+    """Mixin for a text metric (:class:`~amad.metrics.CaptionMetrics`, :class:`~amad.metrics.TranslationBLEU`):
+    when the batch carries the images' ``attributes``, ``compute()`` adds ``attr_acc``, ``shape_acc`` and
+    ``colour_acc`` (:class:`AttributeAccuracy`'s) to the metric's own values, from the same records."""
+
+    extra_keys = ("attributes",)
+
+    def _record(self, prediction: str, references: Sequence[str], attributes: Any = None, **extras: Any) -> dict:
+        rec = super()._record(prediction, references, **extras)
+        if attributes is not None:
+            rec.update(attribute_record(prediction, attributes))
+        return rec
+
+    def _score(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        own = super()._score(records)
+        values = own if isinstance(own, dict) else {self.names[0]: own}
+        if records and all("s" in r for r in records):
+            values.update(attribute_scores(records))
+        return values

@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -128,7 +129,7 @@ class CaptionMetrics(RecordMetric):
         self.names = CAPTION_METRICS + (("meteor",) if meteor else ())
         self.tokenizer_used: str | None = None
 
-    def _record(self, prediction: str, references: Sequence[str]) -> dict:
+    def _record(self, prediction: str, references: Sequence[str], **extras: Any) -> dict:
         if not references:
             raise ValueError("every caption needs at least one reference")
         return {"p": prediction, "r": list(references)}

@@ -71,16 +71,23 @@ class RecordMetric(Metric):
     full_state_update = False
     #: Names of the values ``compute`` returns (one name: a scalar; several: a dict).
     names: tuple[str, ...] = ()
+    #: Batch keys (beside predictions, references and ids) that :meth:`update` reads per example and
+    #: hands to :meth:`_record` by name, e.g. ``("attributes",)``; the systems pass them when present.
+    extra_keys: tuple[str, ...] = ()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("records", default=[], dist_reduce_fx="cat")
 
-    def _record(self, prediction: str, references: Sequence[str]) -> dict:
+    def _record(self, prediction: str, references: Sequence[str], **extras: Any) -> dict:
         raise NotImplementedError
 
     def update(
-        self, predictions: Sequence[str], references: Sequence[Sequence[str] | str], ids: Sequence[Any] | None = None
+        self,
+        predictions: Sequence[str],
+        references: Sequence[Sequence[str] | str],
+        ids: Sequence[Any] | None = None,
+        **extras: Sequence[Any],
     ) -> None:
         """Add a batch.
 
@@ -88,6 +95,7 @@ class RecordMetric(Metric):
             predictions: (B) generated strings.
             references: (B) lists of reference strings (a bare string counts as one reference).
             ids: (B) example ids (``batch["ids"]``), ints or strings; used to count each example once.
+            **extras: (B) values per example for the keys of :attr:`extra_keys` (others are ignored).
         """
         if isinstance(predictions, str):
             raise TypeError("predictions must be a sequence of strings, not one string")
@@ -96,10 +104,14 @@ class RecordMetric(Metric):
                 f"batch sizes differ: {len(predictions)} predictions, {len(references)} "
                 f"references, {None if ids is None else len(ids)} ids"
             )
+        extras = {k: v for k, v in extras.items() if k in self.extra_keys}
+        for k, v in extras.items():
+            if len(v) != len(predictions):
+                raise ValueError(f"batch sizes differ: {len(predictions)} predictions, {len(v)} {k}")
         recs = []
         for j, (p, refs) in enumerate(zip(predictions, references, strict=False)):
             refs = [refs] if isinstance(refs, str) else list(refs)
-            rec = self._record(str(p), [str(r) for r in refs])
+            rec = self._record(str(p), [str(r) for r in refs], **{k: v[j] for k, v in extras.items()})
             rec["id"] = None if ids is None else _plain_id(ids[j])
             recs.append(rec)
         if recs:

@@ -10,6 +10,7 @@ BLEU-4 of a corpus with no matching 4-gram is 0 (e.g. only sentences under 4 tok
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -46,7 +47,7 @@ class TranslationBLEU(RecordMetric):
         self.lowercase = lowercase
         self.tokenize = tokenize
 
-    def _record(self, prediction: str, references: Sequence[str]) -> dict:
+    def _record(self, prediction: str, references: Sequence[str], **extras: Any) -> dict:
         if not references:
             raise ValueError("every translation needs at least one reference")
         return {"p": prediction, "r": list(references)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -220,10 +221,38 @@ class VQAAccuracy(RecordMetric):
 
     names = ("accuracy",)
 
-    def _record(self, prediction: str, references: Sequence[str]) -> dict:
+    def _record(self, prediction: str, references: Sequence[str], **extras: Any) -> dict:
         return {"s": vqa_score(prediction, references)}
 
     def _score(self, records: list[dict]) -> torch.Tensor:
         if not records:
             return torch.tensor(0.0)
         return torch.tensor(sum(r["s"] for r in records) / len(records), dtype=torch.float32)
+
+
+class EasyVQAAccuracy(VQAAccuracy):
+    """:class:`VQAAccuracy` plus its breakdown by the kind of easy-VQA question (from ``source_text``):
+    ``vqa_acc`` and ``vqa_acc_<kind>`` for the kinds of :data:`~amad.data.scene_text.QUESTION_KINDS`
+    (answer is a shape, a colour; yes/no about a shape, a colour). A model that reads colour but not
+    shape scores well overall and at chance on ``vqa_acc_shape``: the breakdown shows it.
+    """
+
+    extra_keys = ("source_text",)
+
+    def _record(self, prediction: str, references: Sequence[str], source_text: str | None = None, **extras) -> dict:
+        from amad.data.scene_text import question_kind
+
+        rec = super()._record(prediction, references)
+        if source_text is not None:
+            rec["k"] = question_kind(source_text)
+        return rec
+
+    def _score(self, records: list[dict]) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        from amad.data.scene_text import QUESTION_KINDS
+
+        out = {"vqa_acc": super()._score(records)}
+        for kind in QUESTION_KINDS:
+            mine = [r for r in records if r.get("k") == kind]
+            if mine:
+                out[f"vqa_acc_{kind}"] = super()._score(mine)
+        return out

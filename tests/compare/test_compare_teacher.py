@@ -73,3 +73,53 @@ def test_a_reference_must_name_a_comparison(tmp_path):
         resolve_teacher_reference(str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         resolve_teacher_reference(f"compare:{tmp_path / 'nope.yaml'}")
+
+
+def _staged_comparison(tmp_path: Path, base: str, name: str) -> Path:
+    cfg = {
+        "base": str(ROOT / "experiments/compare" / base),
+        "name": name,
+        "data": {"init_args": {"eval_subset": 16}},
+        "teacher": {
+            "path": None,
+            "model": {"preset": "tiny"},
+            "data": {"init_args": {"fraction": 0.01, "batch_size": 8}},
+            "pretrain": {
+                "attributes": {"max_steps": 3, "batch_size": 8, "scenes": 24},
+                "task": {"max_steps": 2, "scenes": 16, "freeze": ["model.vision_model."]},
+            },
+            "freeze": ["model.vision_model."],
+            "max_steps": 2,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("base", "metric"), [("easyvqa_blip.yaml", "vqa_acc_shape"), ("shapes-caption_blip.yaml", "attr_acc")]
+)
+def test_a_staged_recipe_records_every_stage_and_the_breakdown(tmp_path, monkeypatch, base, metric):
+    import json
+
+    from amad.compare.config import load_compare_config
+    from amad.compare.teacher import ensure_teacher
+
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    cfg = load_compare_config(str(_staged_comparison(tmp_path, base, "staged")))
+    lines: list[str] = []
+    path, record = ensure_teacher(cfg, log=lines.append)
+    assert [s["stage"] for s in record["stages"]] == ["pretrain.attributes", "pretrain.task", "finetune"]
+    assert set(record["stages"][0]["held_out"]) == {"shape", "colour", "size", "row", "col"}
+    assert metric in record["metrics"] and record["config"]["pretrain"]["task"]["max_steps"] == 2
+    assert ("oracle" in record) == (metric == "attr_acc")
+    assert json.loads((path / "teacher.json").read_text())["fingerprint"] == record["fingerprint"]
+    assert any("step 3/3" in line for line in lines), "progress is shown as it runs"
+    # another pre-training budget is another teacher
+    cfg["teacher"]["pretrain"]["task"]["max_steps"] = 3
+    from amad.compare.config import make_datamodule
+    from amad.compare.teacher import teacher_datamodule_config, teacher_fingerprint
+
+    facts = make_datamodule(teacher_datamodule_config(cfg)).metadata
+    assert teacher_fingerprint(cfg, facts) != record["fingerprint"]

@@ -71,3 +71,13 @@ def test_captions_and_translations_reuse_shapes_text():
     assert scene_captions(a) == captions(a)
     assert scene_translations(a) == [render(a, t) for t in range(7)]
     assert scene_translations(a, (0,)) == [("A large red circle on the right.", "Ein großer roter Kreis rechts.")]
+
+
+def test_every_package_question_has_a_kind():
+    from amad.data import easyvqa_source as src
+    from amad.data.scene_text import QUESTION_KINDS, question_kind
+
+    for split in ("train", "test"):
+        kinds = {question_kind(q.question) for q in src.load_questions(split)}
+        assert kinds == set(QUESTION_KINDS)
+    assert question_kind("what is the capital of france?") is None

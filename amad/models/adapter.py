@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amad.models.capture import AdapterOutput, AttentionPoint, Capture
+from amad.models.capture import AdapterOutput, AttentionPoint, Capture, check_attention_source
 
 IGNORE_INDEX = -100
 
@@ -150,23 +150,29 @@ class AttentionAdapter(nn.Module):
         sites: Iterable[str] | None = None,
         qkv_sites: Iterable[str] = (),
         layers: Mapping[str, Iterable[int]] | None = None,
+        attention_source: str = "maps",
     ) -> AdapterOutput:
         """Teacher-forced forward with attention capture.
 
         Args:
             batch: the batch dict of docs/architecture.md.
-            sites: sites whose maps to return (None = all, () = none).
+            sites: sites whose maps (or, with ``attention_source="qk"``, queries and keys) to return
+                (None = all, () = none).
             qkv_sites: self-attention sites whose q/k/v projections to return.
             layers: site -> layer indices to capture (default: all layers of each requested site);
                 the others are returned as None and their maps are never kept.
+            attention_source: ``"maps"`` (eager attention everywhere; ``attentions`` holds the maps) or
+                ``"qk"`` (every attention layer of the model runs SDPA, this forward only; no map exists
+                and ``attention_inputs`` holds each requested layer's
+                :class:`~amad.losses.qk.AttentionInputs`).
 
         Returns:
             :class:`AdapterOutput`.
 
         Raises:
-            ValueError: an unknown site, a cross-attention site in ``qkv_sites``, or a layer index
-                out of range.
-            RuntimeError: a requested site produced no maps (names the site).
+            ValueError: an unknown site or source, a cross-attention site in ``qkv_sites``, or a layer
+                index out of range.
+            RuntimeError: a requested site produced no maps / no queries and keys (names the site).
         """
         map_sites = self.sites if sites is None else self._check_sites(sites)
         proj_sites = self._check_sites(qkv_sites)
@@ -176,7 +182,9 @@ class AttentionAdapter(nn.Module):
                 f"qkv_sites must be self-attention sites of {self.family!r} "
                 f"({[s for s in self.sites if s.endswith('.self')]}); got {bad}"
             )
-        with Capture(self.attention_points, map_sites, proj_sites, layers) as cap:
+        source = check_attention_source(attention_source)
+        fast = self.sites if source == "qk" else ()
+        with Capture(self.attention_points, map_sites, proj_sites, layers, source=source, fast_sites=fast) as cap:
             logits, target_mask, query_masks, key_masks = self._run(batch)
         return AdapterOutput(
             loss=task_loss(logits, batch["labels"]),
@@ -186,6 +194,8 @@ class AttentionAdapter(nn.Module):
             query_masks=query_masks,
             qkv=cap.projections(),
             key_masks=key_masks,
+            attention_inputs=cap.attention_inputs(),
+            attention_source=source,
         )
 
     @torch.no_grad()

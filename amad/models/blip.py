@@ -8,20 +8,22 @@
   (caption→image cross-attention). The batch's ``input_ids`` (task prefix / ``[CLS] [SEP]``) are not
   used: the caption is decoded from ``[BOS]`` (BLIP's "a picture of" prompt is not reproduced).
 
-Maps are read at the input of each attention's dropout module (post-softmax, pre-dropout). The
-cross-attention mask fix of :mod:`amad.models.blip_patch` is applied when an adapter is built.
+Maps are read at the input of each attention's dropout module (post-softmax, pre-dropout). With
+``attention_source="qk"`` the attention modules run SDPA instead and hand their queries and keys over
+(:mod:`amad.models.fast_attention`). Both patches of :mod:`amad.models.blip_patch` (the cross-attention
+mask fix, the switchable fast attention) are applied when an adapter is built.
 
-Sites and query masks (method.md §6):
+Sites, query and key masks (method.md §6):
 
-=================  ==================================  ===================
-site               attention                           query mask
-=================  ==================================  ===================
-``vision.self``    ViT self-attention ([CLS] + patches)  all
-``text.self``      question encoder self-attention     question
-``text.cross``     question → image                    question
-``decoder.self``   answer/caption decoder, causal      target
-``decoder.cross``  answer → question / caption → image target
-=================  ==================================  ===================
+=================  ====================================  ===========  ==================
+site               attention                             query mask   key mask
+=================  ====================================  ===========  ==================
+``vision.self``    ViT self-attention ([CLS] + patches)  all          all
+``text.self``      question encoder self-attention       question     question
+``text.cross``     question → image                      question     all (image)
+``decoder.self``   answer/caption decoder, causal        target       target
+``decoder.cross``  answer → question / caption → image   target       question / all
+=================  ====================================  ===========  ==================
 """
 
 from __future__ import annotations
@@ -32,18 +34,18 @@ from torch import Tensor
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering
 
 from amad.models.adapter import AttentionAdapter, decoder_inputs
-from amad.models.blip_patch import apply_blip_cross_attention_fix
+from amad.models.blip_patch import apply_blip_cross_attention_fix, apply_blip_fast_attention
 from amad.models.capture import AttentionPoint
 
 
 def _vision_point(layer) -> AttentionPoint:
     attn = layer.self_attn  # BlipAttention: fused qkv Linear, dropout on the probabilities
-    return AttentionPoint(probe=attn.dropout, kind="dropout", qkv=attn.qkv)
+    return AttentionPoint(probe=attn.dropout, kind="dropout", qkv=attn.qkv, attention=attn)
 
 
 def _text_point(attention) -> AttentionPoint:
     s = attention.self  # BlipTextSelfAttention
-    return AttentionPoint(probe=s.dropout, kind="dropout", q=s.query, k=s.key, v=s.value)
+    return AttentionPoint(probe=s.dropout, kind="dropout", q=s.query, k=s.key, v=s.value, attention=s)
 
 
 class _BlipAdapter(AttentionAdapter):
@@ -52,6 +54,7 @@ class _BlipAdapter(AttentionAdapter):
 
     def __init__(self, model, tokenizer: Any = None) -> None:
         apply_blip_cross_attention_fix()
+        apply_blip_fast_attention()
         super().__init__(model, tokenizer)
 
     @classmethod
@@ -153,7 +156,13 @@ class BlipVQAAdapter(_BlipAdapter):
             "decoder.self": target_mask,
             "decoder.cross": target_mask,
         }
-        key_masks = {"vision.self": all_image, "text.self": q_bool, "decoder.self": target_mask}
+        key_masks = {
+            "vision.self": all_image,
+            "text.self": q_bool,
+            "text.cross": all_image,
+            "decoder.self": target_mask,
+            "decoder.cross": q_bool,
+        }
         return logits, target_mask, query_masks, key_masks
 
     def _encode(self, batch):
@@ -190,7 +199,7 @@ class BlipCaptionAdapter(_BlipAdapter):
         logits = self._decode_logits(dec_ids, target_mask.long(), image, None)
         all_image = self._ones_mask(image.shape[0], image.shape[1], image.device)
         query_masks = {"vision.self": all_image, "decoder.self": target_mask, "decoder.cross": target_mask}
-        key_masks = {"vision.self": all_image, "decoder.self": target_mask}
+        key_masks = {"vision.self": all_image, "decoder.self": target_mask, "decoder.cross": all_image}
         return logits, target_mask, query_masks, key_masks
 
     def _encode(self, batch):

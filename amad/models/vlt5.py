@@ -15,8 +15,19 @@ registered here in transformers' ``AttentionInterface``: T5's eager attention, p
 post-softmax, **pre-dropout** probabilities to a sink set by :class:`amad.models.capture.Capture`
 (T5's eager path applies attention dropout before returning its weights).
 
-Sites: ``encoder.self`` (joint text + visual tokens; query mask = encoder mask), ``decoder.self``
-(causal; target), ``decoder.cross`` (target → joint encoder tokens; target).
+With ``attention_source="qk"`` the same function runs :func:`amad_sdpa_attention` instead (also registered
+on its own as ``amad_sdpa``): SDPA, and a hand-off of (query, key, scaling, mask, position bias) to the
+module's qk sink (:mod:`amad.models.fast_attention`). What T5 (5.24) passes, read in
+``transformers/models/t5/modeling_t5.py``: ``scaling=1.0`` (T5 does not scale ``q kᵀ``); the mask from the
+mask function registered with the implementation, here transformers' ``eager_mask`` for both names: additive
+float (B, 1, Q, K), 0 / the dtype's min (bidirectional padding in the encoder and cross-attention, causal +
+padding in the decoder); ``position_bias`` (1, H, Q, K), computed by the first layer of each stack from its
+relative-attention embedding (trainable) and shared by the later layers, added to the scores before the
+mask. In cross-attention no layer has a relative bias: T5 passes zeros (1, H, Q, K), which the fast path
+leaves out (a no-op that would otherwise turn the (B, 1, Q, K) mask into a (B, H, Q, K) one).
+
+Sites: ``encoder.self`` (joint text + visual tokens; query and key mask = encoder mask), ``decoder.self``
+(causal; target), ``decoder.cross`` (target → joint encoder tokens; query mask target, key mask encoder).
 """
 
 from __future__ import annotations
@@ -31,9 +42,49 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from amad.models.adapter import AttentionAdapter, decoder_inputs
-from amad.models.capture import SINK_ATTR, AttentionPoint
+from amad.models.capture import FAST_ATTR, SINK_ATTR, AttentionPoint
+from amad.models.fast_attention import hand_off, sdpa_attention
 
 ATTN_IMPLEMENTATION = "amad_eager"
+#: T5 attention by SDPA with the qk hand-off; ``amad_eager`` runs it for modules flagged fast
+SDPA_IMPLEMENTATION = "amad_sdpa"
+
+
+def _is_cross_attention(module: nn.Module) -> bool:
+    """T5's ``EncDecAttention``: a decoder attention that is not causal (decoder self-attention is)."""
+    return bool(getattr(module, "is_decoder", False)) and not getattr(module, "is_causal", True)
+
+
+def amad_sdpa_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """T5 attention by SDPA, handing (query, key, scaling, mask, position bias) to the module's qk sink.
+
+    Same result as :func:`amad_eager_attention` within float rounding, without a (B, H, Q, K) map
+    (:func:`amad.models.fast_attention.sdpa_attention`: T5's trainable position bias gets its gradient
+    from a chunked backward).
+
+    Args:
+        query, key, value: (B, H, Q, d), (B, H, K, d), (B, H, K, d).
+        attention_mask: additive (B, 1, Q, K) mask or None; position_bias: (1|B, H, Q, K) or None
+            (dropped in cross-attention, where T5 passes zeros).
+    Returns:
+        ``(attn_output (B, Q, H, d), None)``.
+    """
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    bias = None if _is_cross_attention(module) else position_bias
+    hand_off(module, query, key, scaling, attention_mask, bias)
+    out = sdpa_attention(query, key, value, scale=scaling, mask=attention_mask, bias=bias, dropout_p=dropout)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def amad_eager_attention(
@@ -53,8 +104,13 @@ def amad_eager_attention(
         query, key, value: (B, H, Q, d), (B, H, K, d), (B, H, K, d).
         attention_mask: additive (B, 1, Q, K) mask or None; position_bias: (1|B, H, Q, K) or None.
     Returns:
-        ``(attn_output (B, Q, H, d), probs (B, H, Q, K))`` — probs before dropout.
+        ``(attn_output (B, Q, H, d), probs (B, H, Q, K))`` — probs before dropout. A module flagged fast
+        (``attention_source="qk"``) runs :func:`amad_sdpa_attention` instead (no probs: None).
     """
+    if getattr(module, FAST_ATTR, False):
+        return amad_sdpa_attention(
+            module, query, key, value, attention_mask, scaling, dropout, position_bias=position_bias, **kwargs
+        )
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -73,6 +129,9 @@ def amad_eager_attention(
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, amad_eager_attention)
 AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+# the same additive masks for the SDPA path: both sources see one mask, and SDPA takes it as is
+AttentionInterface.register(SDPA_IMPLEMENTATION, amad_sdpa_attention)
+AttentionMaskInterface.register(SDPA_IMPLEMENTATION, eager_mask)
 
 
 class VisualEmbedding(nn.Module):
@@ -146,7 +205,7 @@ class VisualEmbedding(nn.Module):
 
 
 def _t5_point(attn) -> AttentionPoint:
-    return AttentionPoint(probe=attn, kind="sink", q=attn.q, k=attn.k, v=attn.v)
+    return AttentionPoint(probe=attn, kind="sink", q=attn.q, k=attn.k, v=attn.v, attention=attn)
 
 
 class VLT5Adapter(AttentionAdapter):
@@ -252,7 +311,7 @@ class VLT5Adapter(AttentionAdapter):
         ).logits
         enc_bool = enc_mask.bool()
         query_masks = {"encoder.self": enc_bool, "decoder.self": target_mask, "decoder.cross": target_mask}
-        key_masks = {"encoder.self": enc_bool, "decoder.self": target_mask}
+        key_masks = {"encoder.self": enc_bool, "decoder.self": target_mask, "decoder.cross": enc_bool}
         return logits, target_mask, query_masks, key_masks
 
     def _encode(self, batch):

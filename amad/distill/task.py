@@ -91,8 +91,9 @@ class DistillationTask(nn.Module):
 
         Args:
             batch: the batch dict (docs/architecture.md).
-            teacher_out: the teacher's :class:`~amad.models.AdapterOutput` for this very batch, if it
-                was computed already (e.g. replayed from a cache); computed here otherwise.
+            teacher_out: the teacher's :class:`~amad.models.AdapterOutput` for this very batch if it was
+                computed already, or its :class:`~amad.distill.cache.ReplayedTeacher` (outputs cached once
+                per training example); computed here otherwise.
 
         Returns:
             ``loss_task``, ``loss_kd`` (if β > 0), ``loss_attn`` and ``loss_attn/<site>`` (if γ > 0 and
@@ -103,6 +104,8 @@ class DistillationTask(nn.Module):
         loss = self.alpha * s_out.loss
         if self.uses_teacher:
             t_out = self.teacher_outputs(batch) if teacher_out is None else teacher_out
+            if hasattr(t_out, "for_student"):  # replayed from a TeacherCache: padded to this batch's shapes
+                t_out = t_out.for_student(s_out)
             if self.beta > 0:
                 terms["loss_kd"] = output_kd_loss(s_out.logits, t_out.logits, s_out.target_mask, self.kd_temperature)
                 loss = loss + self.beta * terms["loss_kd"]

@@ -1,0 +1,78 @@
+"""Replaying cached teacher outputs trains the student exactly as the live teacher does."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from amad.data import EasyVQADataModule, ShapesCaptionDataModule
+from amad.distill import DistillationTask
+from amad.distill.cache import TeacherCache
+from amad.losses import AMAD, HeadMean, MiniLMRelation, OneToOne, attention_method
+from amad.models import build_model, derive_student
+
+
+def _setup(dm, family):
+    torch.manual_seed(0)
+    teacher = build_model(family, preset="tiny", tokenizer=dm.tokenizer).eval()
+    dm.setup("fit")
+    return teacher
+
+
+def _terms_and_grads(task, batch, teacher_out=None):
+    task.student.zero_grad(set_to_none=True)
+    terms = task(batch, teacher_out)
+    terms["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in task.student.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
+@pytest.mark.parametrize(
+    ("dm_cls", "family", "method"),
+    [
+        (EasyVQADataModule, "blip-vqa", "amad"),
+        (EasyVQADataModule, "blip-vqa", "one_to_one"),
+        (EasyVQADataModule, "vlt5", "amad"),
+        (ShapesCaptionDataModule, "blip-caption", "shd"),
+        (EasyVQADataModule, "blip-vqa", None),  # output KD only
+    ],
+)
+def test_replayed_outputs_give_the_live_losses_and_gradients(dm_cls, family, method):
+    dm = dm_cls(subset=24, batch_size=8, text_prefix="vqa:" if family == "vlt5" else "")
+    teacher = _setup(dm, family)
+    student = derive_student(teacher, num_heads=2, num_layers=1, init="random", seed=1)
+    task = DistillationTask(teacher, student, None if method is None else attention_method(method))
+    task.student.eval()  # no dropout: both passes see the same student
+    layers = task.attn.teacher_layers() if method else {}
+    # the cache is filled in other batches (another order, size and padding) than the training batches
+    fill = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=5, collate_fn=dm.collator())
+    cache = TeacherCache(task.teacher, layers).fill(fill)
+    assert len(cache.examples) == 24 and cache.nbytes > 0
+    for batch in dm.train_dataloader():
+        live_terms, live_grads = _terms_and_grads(task, batch)
+        terms, grads = _terms_and_grads(task, batch, cache.replay(batch))
+        assert terms.keys() == live_terms.keys()
+        for k in terms:
+            torch.testing.assert_close(terms[k], live_terms[k], rtol=1e-5, atol=1e-6)
+        for n in live_grads:
+            torch.testing.assert_close(grads[n], live_grads[n], rtol=1e-4, atol=1e-6)
+
+
+def test_what_a_cache_serves():
+    dm = EasyVQADataModule(subset=8, batch_size=8)
+    teacher = _setup(dm, "blip-vqa")
+    student = derive_student(teacher, num_heads=2, num_layers=1, init="random")
+    amad = DistillationTask(teacher, student, AMAD()).attn
+    cache = TeacherCache(teacher, amad.teacher_layers())
+    assert cache.serves(*amad.capture_sites(), amad.teacher_layers())
+    head_mean = DistillationTask(teacher, copy.deepcopy(student), HeadMean(), sites=["text.self"]).attn
+    assert cache.serves(*head_mean.capture_sites(), head_mean.teacher_layers())
+    minilm = DistillationTask(teacher, copy.deepcopy(student), MiniLMRelation()).attn
+    assert not cache.serves(*minilm.capture_sites(), minilm.teacher_layers()), "relations need q/k/v: live teacher"
+    kd_only = TeacherCache(teacher, {})
+    one = DistillationTask(teacher, copy.deepcopy(student), OneToOne()).attn
+    assert not kd_only.serves(*one.capture_sites(), one.teacher_layers())
+    with pytest.raises(KeyError, match="not in the teacher cache"):
+        kd_only.replay({"ids": [12345]})

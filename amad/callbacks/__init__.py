@@ -3,5 +3,6 @@
 from amad.callbacks.head_alignment import HeadAlignmentCallback, plot_head_alignment
 from amad.callbacks.predictions import PredictionSamplesCallback
 from amad.callbacks.progress import ProgressLine
+from amad.callbacks.timing import StepTimer
 
-__all__ = ["HeadAlignmentCallback", "PredictionSamplesCallback", "ProgressLine", "plot_head_alignment"]
+__all__ = ["HeadAlignmentCallback", "PredictionSamplesCallback", "ProgressLine", "StepTimer", "plot_head_alignment"]

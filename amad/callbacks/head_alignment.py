@@ -150,3 +150,63 @@ class HeadAlignmentCallback(L.Callback):
 def rows_sum_to_one(weights: dict[str, Tensor], atol: float = 1e-4) -> bool:
     """True when every row of every matrix sums to 1 (a check used by tests and the compare job)."""
     return all(torch.allclose(w.sum(-1), torch.ones(w.shape[0]), atol=atol) for w in weights.values())
+
+
+def weight_spread(weights: dict[str, Tensor]) -> dict[str, float]:
+    """How far the a_ij are from uniform, over every (site, layer) matrix: the smallest and largest
+    weight, and the mean of each row's max minus min (0 for uniform rows; 1 for one-hot rows)."""
+    rows = torch.cat([w.reshape(-1, w.shape[-1]) for w in weights.values()])
+    return {
+        "min": float(rows.min()),
+        "max": float(rows.max()),
+        "mean_row_range": float((rows.max(-1).values - rows.min(-1).values).mean()),
+        "uniform": 1.0 / rows.shape[-1],
+    }
+
+
+class AlignmentSnapshots(L.Callback):
+    """The head weights at the first, middle and last training step of one run, on a fixed test batch.
+
+    Writes ``<out_dir>/step<k>/<site>.png`` and ``<out_dir>/snapshots.json`` (every matrix and its
+    :func:`weight_spread` per step): how AMAD's a_ij move during training.
+
+    Args:
+        datamodule: the run's DataModule (its first test batch is the fixed batch).
+        out_dir: where to write.
+        batch_size: examples of the fixed batch.
+    """
+
+    def __init__(self, datamodule: Any, out_dir: str | Path, batch_size: int = 64) -> None:
+        super().__init__()
+        self.datamodule, self.out_dir, self.batch_size = datamodule, Path(out_dir), batch_size
+        self.snapshots: dict[int, dict[str, Any]] = {}
+        self._batch: dict[str, Any] | None = None
+
+    def _take(self, pl_module: L.LightningModule, step: int) -> None:
+        if self._batch is None:
+            self.datamodule.setup("test")
+            batch = next(iter(self.datamodule.test_dataloader()))
+            self._batch = {k: v[: self.batch_size] for k, v in batch.items()}
+        batch = {k: v.to(pl_module.device) if isinstance(v, Tensor) else v for k, v in self._batch.items()}
+        weights = pl_module.head_alignment(batch)
+        if not weights:
+            return
+        plot_head_alignment(weights, self.out_dir / f"step{step}", title=f"step {step}")
+        self.snapshots[step] = {
+            "spread": weight_spread(weights),
+            "weights": {k: v.tolist() for k, v in weights.items()},
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "snapshots.json").write_text(json.dumps(self.snapshots, indent=1))
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take(pl_module, 0)
+
+    @rank_zero_only
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step, total = trainer.global_step, trainer.max_steps
+        if step in (total // 2, total):
+            self._take(pl_module, step)

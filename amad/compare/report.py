@@ -1,12 +1,28 @@
-"""Summaries, the results table (results.md) and the bar chart of a comparison."""
+"""Summaries, the results table (results.md) and the bar chart of a comparison.
+
+Besides each metric's mean ± std over seeds, the table says whether a method is told apart from
+ground-truth-only training (``gt``): its difference in pooled standard deviations,
+``(mean_m - mean_gt) / sqrt((std_m² + std_gt²) / 2)``, and the share of the gap between ``gt`` and the
+teacher that it closes, ``(mean_m - mean_gt) / (teacher - mean_gt)``. A comparison *separates* when its
+best distillation method is ≥ 3 pooled σ above ``gt`` and closes ≥ 1/3 of the gap.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from amad.lit.base import TASK_METRICS
+#: per task: the table's metrics (the first is the main one), then breakdown metrics shown when present
+TABLE_METRICS: dict[str, tuple[str, ...]] = {
+    "vqa": ("vqa_acc", "vqa_acc_shape", "vqa_acc_colour", "vqa_acc_yesno_shape", "vqa_acc_yesno_colour"),
+    "caption": ("cider", "bleu4", "attr_acc"),
+    "translate": ("bleu", "attr_acc"),
+}
+#: metrics on a 0-1 scale shown as percentages
+PERCENT = {"vqa_acc", "vqa_acc_shape", "vqa_acc_colour", "vqa_acc_yesno_shape", "vqa_acc_yesno_colour", "attr_acc"}
+SEPARATION_SIGMAS, SEPARATION_GAP = 3.0, 1 / 3
 
 
 def summarise(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -21,6 +37,8 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
             "n": len(rs),
             "params": rs[0]["params"],
             "train_time_s": round(statistics.fmean(r["train_time_s"] for r in rs), 2),
+            "eval_time_s": round(statistics.fmean(r.get("eval_time_s", 0.0) for r in rs), 2),
+            "teacher": rs[0].get("teacher", ""),
         }
         for name in rs[0]["metrics"]:
             vals = [r["metrics"][name] for r in rs]
@@ -29,8 +47,38 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
     return summary
 
 
+def separation(summary: list[dict[str, Any]], teacher: dict[str, float], metric: str) -> dict[str, dict[str, float]]:
+    """Per method (but ``gt``): ``sigmas`` above ``gt`` (pooled std; inf when both stds are 0 and the
+    means differ) and ``gap_closed``, the share of the gt→teacher gap closed (None without a gap)."""
+    by = {s["method"]: s for s in summary if metric in s}
+    if "gt" not in by:
+        return {}
+    gt = by["gt"][metric]
+    out = {}
+    for name, s in by.items():
+        if name == "gt":
+            continue
+        diff = s[metric]["mean"] - gt["mean"]
+        pooled = math.sqrt((s[metric]["std"] ** 2 + gt["std"] ** 2) / 2)
+        sig = diff / pooled if pooled > 0 else (math.inf if diff > 0 else (-math.inf if diff < 0 else 0.0))
+        gap = teacher.get(metric, math.nan) - gt["mean"]
+        out[name] = {"sigmas": sig, "gap_closed": diff / gap if gap and not math.isnan(gap) else None}
+    return out
+
+
+def verdict(sep: dict[str, dict[str, float]]) -> tuple[str | None, bool]:
+    """(the best distillation method — any but ``gt`` — by gap closed, whether it separates by both criteria)."""
+    if not sep:
+        return None, False
+    best = max(sep, key=lambda m: (sep[m]["gap_closed"] or -math.inf, sep[m]["sigmas"]))
+    v = sep[best]
+    return best, v["sigmas"] >= SEPARATION_SIGMAS and (v["gap_closed"] or 0) >= SEPARATION_GAP
+
+
 def _fmt(x: float, metric: str) -> str:
-    return f"{100 * x:.1f}" if metric in ("vqa_acc",) else f"{x:.3f}" if metric == "cider" else f"{x:.2f}"
+    if metric in PERCENT:
+        return f"{100 * x:.1f}"
+    return f"{x:.3f}" if metric == "cider" else f"{x:.2f}"
 
 
 def _relative(path: str, root: Path) -> str:
@@ -39,37 +87,56 @@ def _relative(path: str, root: Path) -> str:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    """Write results.md (table, gap to teacher) and results.png (bar chart with std error bars)."""
+    """Write results.md (table, separation from gt, gap to teacher) and results.png (bars with std)."""
     task = results.get("task") or "vqa"
-    metrics = [m for m in TASK_METRICS[task][0] if any(m in s for s in results["summary"])]
+    metrics = [m for m in TABLE_METRICS[task] if any(m in s for s in results["summary"])]
+    main = metrics[0] if metrics else None
     teacher = results["teacher"].get("metrics", {})
-    unit = " (%)" if task == "vqa" else ""
+    sep = separation(results["summary"], teacher, main) if main else {}
     lines = [
         f"# {results['name']}: {results.get('task_description', '')}".rstrip(": "),
         "",
         f"preset `{results['preset']}`, {results['seeds']} seed(s), evaluated on the **{results['split']}** "
-        f"split; student {results['student']}, {results['train'].get('max_steps')} steps each.",
+        f"split; student {results['student']}, {results['train'].get('max_steps')} steps each. Percentages: "
+        f"{', '.join(m for m in metrics if m in PERCENT) or 'none'}.",
         "",
-        "| method | " + " | ".join(f"{m}{unit} mean ± std" for m in metrics) + " | gap to teacher | params | train s |",
-        "|---|" + "---|" * (len(metrics) + 3),
+        "| method | "
+        + " | ".join(f"{m} mean ± std" for m in metrics)
+        + " | vs gt (pooled σ) | gap closed | params | train s | teacher |",
+        "|---|" + "---|" * (len(metrics) + 5),
     ]
     t_params = results["teacher"].get("params", "")
     lines.append(
         "| teacher | "
         + " | ".join(_fmt(teacher[m], m) if m in teacher else "" for m in metrics)
-        + f" | - | {t_params:,} | {results['teacher'].get('train_time_s', '')} |"
+        + f" | | | {t_params:,} | {results['teacher'].get('train_time_s', '')} | |"
         if isinstance(t_params, int)
-        else "| teacher | | | | |"
+        else "| teacher |" + " |" * (len(metrics) + 5)
     )
-    main = metrics[0] if metrics else None
     for s in results["summary"]:
-        cells = [f"{_fmt(s[m]['mean'], m)} ± {_fmt(s[m]['std'], m)}" for m in metrics]
-        gap = _fmt(s[main]["mean"] - teacher[main], main) if main and main in teacher else ""
-        lines.append(f"| {s['method']} | " + " | ".join(cells) + f" | {gap} | {s['params']:,} | {s['train_time_s']} |")
+        cells = [f"{_fmt(s[m]['mean'], m)} ± {_fmt(s[m]['std'], m)}" if m in s else "" for m in metrics]
+        v = sep.get(s["method"])
+        sig = "" if v is None else f"{v['sigmas']:+.1f}"
+        gap = "" if v is None or v["gap_closed"] is None else f"{100 * v['gap_closed']:.0f} %"
+        lines.append(
+            f"| {s['method']} | "
+            + " | ".join(cells)
+            + f" | {sig} | {gap} | {s['params']:,} | {s['train_time_s']} | {s.get('teacher', '')} |"
+        )
+    best, separates = verdict(sep)
+    if best is not None:
+        v = sep[best]
+        gap_text = "n/a" if v["gap_closed"] is None else f"{100 * v['gap_closed']:.0f} %"
+        lines += [
+            "",
+            f"Best distillation method: **{best}**, {v['sigmas']:+.1f} pooled σ above gt, closing {gap_text} of "
+            f"the gap to the teacher: the comparison **{'separates' if separates else 'does not separate'}** "
+            f"the methods (criterion: ≥ {SEPARATION_SIGMAS:g} σ and ≥ {100 * SEPARATION_GAP:.0f} %).",
+        ]
     ha = [r for r in results["runs"] if r.get("head_alignment")]
     chart = "Chart: `results.png`."
     if ha:
-        chart += " Head alignment of the AMAD student (seed 0): " + ", ".join(
+        chart += " Head alignment of the AMAD student (seed 0) at its first, middle and last step: " + ", ".join(
             f"`{_relative(r['head_alignment'], out)}`" for r in ha
         )
     lines += ["", chart]
@@ -84,7 +151,7 @@ def _bar_chart(results: dict[str, Any], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = results["summary"]
+    summary = [s for s in results["summary"] if metric in s]
     names = [s["method"] for s in summary]
     means = [s[metric]["mean"] for s in summary]
     stds = [s[metric]["std"] for s in summary]

@@ -3,7 +3,13 @@
 Every student has the same architecture, data, steps, optimizer and seeds; only the loss differs.
 Each finished run is written to ``<out>/runs/<method>-seed<k>.json`` at once, so an interrupted
 comparison resumes where it stopped (finished runs are not redone). The teacher is trained once and
-cached (:mod:`amad.compare.teacher`).
+cached (:mod:`amad.compare.teacher`); its outputs on the training examples are computed once per
+comparison and replayed to every run that can use them (:class:`~amad.distill.cache.TeacherCache`: exact
+for un-augmented inputs; MiniLMv2's relations and augmented data use the live teacher).
+
+The console shows which run of how many is going, its step and the time left, then one result line per
+run; each run's library output (W&B banners, Lightning and transformers messages) goes to
+``<out>/logs/<method>-seed<k>.log``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from amad.callbacks.progress import ProgressLine, format_seconds
+from amad.callbacks.timing import StepTimer
 from amad.compare.config import (
     fingerprint,
     load_compare_config,
@@ -25,8 +33,9 @@ from amad.compare.config import (
     optimization_kwargs,
     ordered_methods,
 )
+from amad.compare.console import Console
 from amad.compare.report import summarise, write_report
-from amad.compare.teacher import ensure_teacher
+from amad.compare.teacher import ensure_teacher, evaluate_model
 from amad.config import deep_merge
 
 
@@ -54,6 +63,21 @@ def make_logger(kind: str, out: Path, group: str, name: str, cfg: dict[str, Any]
     return False
 
 
+def build_module(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, task: str):
+    """The run's :class:`~amad.lit.DistillationModule`, seeded: the student's initial weights depend on
+    the seed only (never on whether the teacher was trained or its outputs cached)."""
+    from amad.lit import DistillationModule
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    return DistillationModule(
+        teacher=str(teacher_path),
+        student=dict(cfg["student"]),
+        task=task,
+        **optimization_kwargs(cfg["train"]),
+        **method_kwargs(cfg["methods"][method], f"methods.{method}"),
+    )
+
+
 def run_one(
     cfg: dict[str, Any],
     method: str,
@@ -63,22 +87,29 @@ def run_one(
     out: Path,
     logger_kind: str,
     split: str,
+    progress: ProgressLine | None = None,
+    cache: Any = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one student; returns its run record."""
-    from amad.lit import DistillationModule
+    """Train and evaluate one student; returns its run record.
 
+    Args:
+        cache: a :class:`~amad.distill.cache.TeacherCache` of the training set, replayed when it serves
+            this method's captures (else the live teacher runs).
+    """
     train = cfg["train"]
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = DistillationModule(
-        teacher=str(teacher_path),
-        student=dict(cfg["student"]),
-        task=dm.task,
-        **optimization_kwargs(train),
-        **method_kwargs(cfg["methods"][method], f"methods.{method}"),
-    )
+    module = build_module(cfg, method, seed, teacher_path, dm.task)
+    replay = cache is not None and module.distillation.uses_teacher and _serves(cache, module)
+    if replay:
+        dm.train_batch_hooks = [lambda batch: {**batch, "teacher_out": cache.replay(batch)}]
     logger = make_logger(
         logger_kind, out, f"{cfg['name']}-{out.name}", f"{method}-seed{seed}", {**cfg, "method": method, "seed": seed}
     )
+    timer = StepTimer(skip=1)
+    callbacks = [timer] + ([progress] if progress else [])
+    if method.startswith("amad") and seed == 0:
+        from amad.callbacks.head_alignment import AlignmentSnapshots
+
+        callbacks.append(AlignmentSnapshots(dm, out / "heatmaps" / method))
     trainer = L.Trainer(
         max_steps=int(train["max_steps"]),
         logger=logger,
@@ -91,22 +122,30 @@ def run_one(
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
+        callbacks=callbacks,
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        dm.train_batch_hooks = []
     train_time = time.perf_counter() - start
-    metrics = evaluate(module, dm, split)
+    start = time.perf_counter()
+    metrics = evaluate_model(module.student, dm, split)
     record = {
         "method": method,
         "seed": seed,
         "metrics": metrics,
         "params": count_params(module.student),
         "train_time_s": round(train_time, 2),
+        "eval_time_s": round(time.perf_counter() - start, 2),
+        "data_wait_s": round(sum(timer.wait), 2),
+        "teacher": "cached" if replay else ("live" if module.distillation.uses_teacher else "unused"),
         "steps": int(train["max_steps"]),
         "config": cfg["methods"][method],
     }
     if method.startswith("amad") and seed == 0:
-        record["head_alignment"] = save_heatmaps(module, dm, out / "heatmaps" / method)
+        record["head_alignment"] = str(out / "heatmaps" / method)
     if logger:
         logger.finalize("success")
         if logger_kind == "wandb":
@@ -114,24 +153,61 @@ def run_one(
     return record
 
 
-def save_heatmaps(module, dm: L.LightningDataModule, out: Path) -> str:
-    """AMAD weights a_ij on a fixed test batch (the first), as PNG heatmaps + JSON."""
-    from amad.callbacks.head_alignment import plot_head_alignment
+def _serves(cache: Any, module: Any) -> bool:
+    task = module.distillation
+    capture = task.capture()
+    layers = task.attn.teacher_layers() if task.uses_attention else {}
+    return capture.get("attention_source", "maps") == "maps" and cache.serves(
+        capture["sites"], capture["qkv_sites"], layers
+    )
 
-    dm.setup("test")
-    batch = next(iter(dm.test_dataloader()))
-    weights = module.head_alignment(batch)
-    plot_head_alignment(weights, out, title=f"{module.attn.method}")
-    (out / "weights.json").write_text(json.dumps({k: v.tolist() for k, v in weights.items()}))
-    return str(out)
+
+def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, methods: list[str], log) -> Any:
+    """One :class:`~amad.distill.cache.TeacherCache` for every method that can replay it (None when the
+    comparison turns it off, its training data are augmented, or no method uses the teacher)."""
+    from amad.distill.cache import TeacherCache
+
+    if not cfg["train"].get("teacher_cache", True):
+        return None
+    if getattr(dm, "augment", False):
+        log("teacher outputs: live (augmented training data change every epoch)")
+        return None
+    layers: dict[str, set[int]] = {}
+    users = 0
+    for method in methods:
+        module = build_module(cfg, method, 0, teacher_path, dm.task)
+        task = module.distillation
+        if not task.uses_teacher:
+            continue
+        users += 1
+        if task.uses_attention and task.capture()["sites"]:
+            for site, ls in task.attn.teacher_layers().items():
+                layers.setdefault(site, set()).update(ls)
+    if not users:
+        return None
+    start = time.perf_counter()
+    dm.setup("fit")
+    loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collator())
+    cache = TeacherCache(module.teacher, {s: sorted(ls) for s, ls in layers.items()}).fill(loader)
+    log(
+        f"teacher outputs: {len(cache.examples)} training examples cached once ({cache.nbytes / 2**20:.0f} MB, "
+        f"{time.perf_counter() - start:.0f}s), replayed to every run that distils maps or logits"
+    )
+    return cache
 
 
 def run_comparison(
-    cfg: dict[str, Any], out: str | Path, logger_kind: str = "wandb", split: str = "test", log=print
+    cfg: dict[str, Any],
+    out: str | Path,
+    logger_kind: str = "wandb",
+    split: str = "test",
+    log=print,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a comparison; writes results.json, results.md, the chart and heatmaps in ``out``."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    console = console or Console(enabled=False)
     teacher_path, teacher_record = ensure_teacher(cfg, log=log)
     data_cfg = cfg["data"]
     if cfg.get("eval_subset") is not None:
@@ -147,34 +223,46 @@ def run_comparison(
         "heads": {s: teacher.num_heads(s) for s in teacher.sites},
         "layers": {s: teacher.num_layers(s) for s in teacher.sites},
     }
-    if split != "test" or "metrics" not in teacher_record:
-        teacher_record["metrics"] = evaluate_teacher(teacher, dm, split)
+    if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
+        teacher_record["metrics"] = evaluate_model(teacher, dm, split)
     del teacher
     methods = ordered_methods(list(cfg["methods"]))
-    runs = []
-    for method in methods:
-        for seed in range(int(cfg["seeds"])):
-            path = out / "runs" / f"{method}-seed{seed}.json"
-            run_fp = fingerprint(
-                {k: cfg[k] for k in ("data", "teacher", "student", "train")}
-                | {"method": cfg["methods"][method], "seed": seed, "split": split}
-                | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
-            )
-            if path.is_file():
-                record = json.loads(path.read_text())
-                if record.get("fingerprint") == run_fp:
-                    log(f"{method} seed {seed}: done already ({path})")
-                    runs.append(record)
-                    continue
+    plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for method, seed in plan:
+        path = out / "runs" / f"{method}-seed{seed}.json"
+        run_fp = _run_fingerprint(cfg, method, seed, split)
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is not None and record.get("fingerprint") == run_fp:
+            log(f"{method} seed {seed}: done already ({path})")
+            records[(method, seed)] = record
+        else:
+            if record is not None:
                 log(f"{method} seed {seed}: {path} is from a different config; rerunning")
-            log(f"{method} seed {seed}: training")
-            record = run_one(cfg, method, seed, teacher_path, dm, out, logger_kind, split)
-            record["fingerprint"] = run_fp
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(path)
-            log(f"{method} seed {seed}: {record['metrics']} ({record['train_time_s']:.0f}s)")
-            runs.append(record)
+            todo.append((method, seed, path, run_fp))
+    if todo:
+        log(f"{cfg['name']}: {len(todo)} of {len(plan)} runs to train; library output of each run in {out / 'logs'}")
+    cache = build_teacher_cache(cfg, teacher_path, dm, sorted({m for m, *_ in todo}), log) if todo else None
+    start = time.perf_counter()
+    for k, (method, seed, path, run_fp) in enumerate(todo, 1):
+        prefix = f"[{k}/{len(todo)}] {method} seed {seed}:"
+        progress = ProgressLine(prefix, every_n_steps=max(int(cfg["train"]["max_steps"]) // 4, 1), write=console.say)
+        with console.quiet(out / "logs" / f"{method}-seed{seed}.log"):
+            record = run_one(cfg, method, seed, teacher_path, dm, out, logger_kind, split, progress, cache)
+        record["fingerprint"] = run_fp
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)
+        records[(method, seed)] = record
+        elapsed = time.perf_counter() - start
+        left = elapsed / k * (len(todo) - k)
+        scores = ", ".join(f"{n} {v:.4g}" for n, v in record["metrics"].items())
+        log(
+            f"{prefix} {scores} (train {record['train_time_s']:.0f}s, eval {record['eval_time_s']:.0f}s, "
+            f"teacher {record['teacher']})" + (f"; ~{format_seconds(left)} left" if k < len(todo) else "")
+        )
+    runs = [records[p] for p in plan]
     results = {
         "name": cfg["name"],
         "task": getattr(dm, "task", None),
@@ -194,25 +282,13 @@ def run_comparison(
     return results
 
 
-def evaluate(module: L.LightningModule, dm: L.LightningDataModule, split: str) -> dict[str, float]:
-    """Generation metrics of ``module`` on the ``test`` or ``val`` split (a fresh, quiet Trainer)."""
-    trainer = L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="auto",
-        devices=1,
+def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str) -> str:
+    train = {k: v for k, v in cfg["train"].items() if k != "teacher_cache"}  # replay is exact: same run
+    return fingerprint(
+        {k: cfg[k] for k in ("data", "teacher", "student")}
+        | {"train": train, "method": cfg["methods"][method], "seed": seed, "split": split}
+        | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
     )
-    run = trainer.test if split == "test" else trainer.validate
-    res = run(module, datamodule=dm, verbose=False)[0]
-    return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
-
-
-def evaluate_teacher(teacher, dm: L.LightningDataModule, split: str) -> dict[str, float]:
-    from amad.lit import FineTuneModule
-
-    return evaluate(FineTuneModule(model=teacher, task=dm.task), dm, split)
 
 
 def quiet_libraries() -> None:
@@ -250,6 +326,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--eval-subset", type=int, default=None, help="quick check: evaluate students on this many examples"
     )
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' output instead of logging it")
     ns = parser.parse_args(argv)
     quiet_libraries()
     torch.set_float32_matmul_precision("high")
@@ -263,7 +340,7 @@ def main(argv: list[str]) -> int:
         path, record = ensure_teacher(cfg)
         print(json.dumps({"teacher": str(path), **{k: record.get(k) for k in ("metrics", "train_time_s")}}))
         return 0
-    results = run_comparison(cfg, ns.out, ns.logger, ns.split)
+    results = run_comparison(cfg, ns.out, ns.logger, ns.split, console=Console(enabled=not ns.verbose))
     print((Path(ns.out) / "results.md").read_text())
     print(f"compare: {len(results['runs'])} runs, {time.perf_counter() - start:.0f}s wall -> {ns.out}")
     return 0

@@ -30,7 +30,11 @@ def test_compare_smoke_writes_results_and_resumes(tmp_path, monkeypatch, capsys)
     table = (out / "results.md").read_text()
     assert all(f"| {m} |" in table for m in METHODS) and "| teacher |" in table
     assert (out / "results.png").is_file()
-    assert sorted(p.name for p in (out / "heatmaps" / "amad").glob("*.png"))
+    snapshots = json.loads((out / "heatmaps" / "amad" / "snapshots.json").read_text())
+    assert sorted(map(int, snapshots)) == [0, 2, 5], "first, middle and last step"
+    assert sorted(p.name for p in (out / "heatmaps" / "amad" / "step5").glob("*.png"))
+    assert {r["teacher"] for r in results["runs"]} == {"unused", "cached", "live"}  # gt; maps and KD; MiniLMv2
+    assert (out / "logs" / "amad-seed0.log").is_file()
     assert list((out / "wandb").glob("offline-run-*")), "runs are tracked in W&B (offline)"
     teacher_dirs = list((tmp_path / "cache" / "teachers").iterdir())
     assert len(teacher_dirs) == 1 and (teacher_dirs[0] / "teacher.json").is_file()
@@ -42,4 +46,4 @@ def test_compare_smoke_writes_results_and_resumes(tmp_path, monkeypatch, capsys)
     log = capsys.readouterr().out
     assert "teacher: reusing" in log
     assert log.count("done already") == len(METHODS) - 1
-    assert "amad seed 0: training" in log
+    assert "[1/1] amad seed 0: vqa_acc" in log, log

@@ -39,6 +39,7 @@ commands:
   test       evaluate a checkpoint on the test split
   predict    write predictions of a checkpoint
   compare    the main job: AMAD against every baseline, same budget, several seeds, one table
+  sweep      one comparison over a grid of student settings (heads, init), val to choose, test to report
   bench      benchmarks (losses, step overhead, memory, scaling, throughput) -> JSON
   export     write a student checkpoint as a Hugging Face save_pretrained directory
 
@@ -77,6 +78,10 @@ def _run(verb: str, rest: list[str]) -> int | None:
         from amad.compare.run import main as compare_main
 
         return compare_main(rest)
+    if verb == "sweep":
+        from amad.compare.sweep import main as sweep_main
+
+        return sweep_main(rest)
     if verb == "bench":
         from amad.bench import main as bench_main
 

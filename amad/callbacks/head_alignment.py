@@ -164,6 +164,36 @@ def weight_spread(weights: dict[str, Tensor]) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def student_head_diversity(pl_module: L.LightningModule, batch: dict[str, Any]) -> float | None:
+    """1 - the mean cosine between the flattened maps of two heads of the student, over every distilled
+    site, layer, head pair and example (valid query rows only): 0 when every head attends alike. None
+    for one-head students."""
+    student, attn = pl_module.student, pl_module.attn
+    sites = attn.capture_sites()[0]
+    if not sites:
+        return None
+    was = student.training
+    student.eval()
+    try:
+        out = student(batch, sites=sites)
+    finally:
+        student.train(was)
+    cosines = []
+    for site in sites:
+        mask = out.query_masks[site]
+        for maps in out.attentions[site]:
+            if maps is None or maps.shape[1] < 2:
+                continue
+            flat = (maps * mask[:, None, :, None]).flatten(2)  # (B, H, Q*K)
+            flat = torch.nn.functional.normalize(flat.float(), dim=-1)
+            cos = flat @ flat.transpose(1, 2)  # (B, H, H)
+            h = cos.shape[-1]
+            off = cos[:, ~torch.eye(h, dtype=torch.bool, device=cos.device)]
+            cosines.append(off.mean())
+    return None if not cosines else float(1 - torch.stack(cosines).mean())
+
+
 class AlignmentSnapshots(L.Callback):
     """The head weights at the first, middle and last training step of one run, on a fixed test batch.
 
@@ -194,6 +224,7 @@ class AlignmentSnapshots(L.Callback):
         plot_head_alignment(weights, self.out_dir / f"step{step}", title=f"step {step}")
         self.snapshots[step] = {
             "spread": weight_spread(weights),
+            "head_diversity": student_head_diversity(pl_module, batch),
             "weights": {k: v.tolist() for k, v in weights.items()},
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -89,12 +89,15 @@ def run_one(
     split: str,
     progress: ProgressLine | None = None,
     cache: Any = None,
+    also_test: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one student; returns its run record.
 
     Args:
         cache: a :class:`~amad.distill.cache.TeacherCache` of the training set, replayed when it serves
             this method's captures (else the live teacher runs).
+        also_test: with ``split="val"``, evaluate on test too (``metrics_test``): a sweep chooses on val
+            and reports test from the same students.
     """
     train = cfg["train"]
     module = build_module(cfg, method, seed, teacher_path, dm.task)
@@ -144,6 +147,8 @@ def run_one(
         "steps": int(train["max_steps"]),
         "config": cfg["methods"][method],
     }
+    if also_test and split != "test":
+        record["metrics_test"] = evaluate_model(module.student, dm, "test")
     if method.startswith("amad") and seed == 0:
         record["head_alignment"] = str(out / "heatmaps" / method)
     if logger:
@@ -203,8 +208,12 @@ def run_comparison(
     split: str = "test",
     log=print,
     console: Console | None = None,
+    also_test: bool = False,
 ) -> dict[str, Any]:
-    """Run (or resume) a comparison; writes results.json, results.md, the chart and heatmaps in ``out``."""
+    """Run (or resume) a comparison; writes results.json, results.md, the chart and heatmaps in ``out``.
+
+    ``also_test``: see :func:`run_one`.
+    """
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     console = console or Console(enabled=False)
@@ -232,7 +241,7 @@ def run_comparison(
     todo = []
     for method, seed in plan:
         path = out / "runs" / f"{method}-seed{seed}.json"
-        run_fp = _run_fingerprint(cfg, method, seed, split)
+        run_fp = _run_fingerprint(cfg, method, seed, split, also_test)
         record = json.loads(path.read_text()) if path.is_file() else None
         if record is not None and record.get("fingerprint") == run_fp:
             log(f"{method} seed {seed}: done already ({path})")
@@ -249,7 +258,7 @@ def run_comparison(
         prefix = f"[{k}/{len(todo)}] {method} seed {seed}:"
         progress = ProgressLine(prefix, every_n_steps=max(int(cfg["train"]["max_steps"]) // 4, 1), write=console.say)
         with console.quiet(out / "logs" / f"{method}-seed{seed}.log"):
-            record = run_one(cfg, method, seed, teacher_path, dm, out, logger_kind, split, progress, cache)
+            record = run_one(cfg, method, seed, teacher_path, dm, out, logger_kind, split, progress, cache, also_test)
         record["fingerprint"] = run_fp
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
@@ -282,12 +291,13 @@ def run_comparison(
     return results
 
 
-def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str) -> str:
+def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, also_test: bool = False) -> str:
     train = {k: v for k, v in cfg["train"].items() if k != "teacher_cache"}  # replay is exact: same run
     return fingerprint(
         {k: cfg[k] for k in ("data", "teacher", "student")}
         | {"train": train, "method": cfg["methods"][method], "seed": seed, "split": split}
         | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
+        | ({"also_test": True} if also_test else {})
     )
 
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CKPT_PLACEHOLDER = "runs/.../checkpoints/last.ckpt"
 REAL_DATA = ("vqav2", "coco-karpathy", "multi30k")
-VERBS = ("fit", "validate", "test", "predict", "compare", "bench", "export", "--help")
+VERBS = ("fit", "validate", "test", "predict", "compare", "sweep", "bench", "export", "--help")
 
 
 def _commands_in(text: str) -> list[str]:
@@ -73,7 +73,7 @@ def shortened(argv: list[str], tmp: Path) -> list[str]:
         ]
         if verb == "fit":
             argv += ["--trainer.max_steps=2", "--trainer.val_check_interval=1", "--trainer.limit_val_batches=1"]
-    elif verb == "compare":
+    elif verb in ("compare", "sweep"):
         if "--out" in argv:
             i = argv.index("--out") + 1
             argv[i] = str(tmp / argv[i])

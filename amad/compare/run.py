@@ -35,7 +35,7 @@ from amad.compare.config import (
 )
 from amad.compare.console import Console
 from amad.compare.report import summarise, write_report
-from amad.compare.teacher import ensure_teacher, evaluate_model
+from amad.compare.teacher import ensure_teacher, evaluate_model, quiet_trainer
 from amad.config import deep_merge
 
 
@@ -113,20 +113,7 @@ def run_one(
         from amad.callbacks.head_alignment import AlignmentSnapshots
 
         callbacks.append(AlignmentSnapshots(dm, out / "heatmaps" / method))
-    trainer = L.Trainer(
-        max_steps=int(train["max_steps"]),
-        logger=logger,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        accelerator="auto",
-        devices=1,
-        precision=train.get("precision", "32-true"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(int(train["max_steps"]), train.get("precision", "32-true"), callbacks, logger)
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=dm)

@@ -122,12 +122,11 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     return out, {**record, "source": str(out)}
 
 
-def _trainer(max_steps: int, precision: str, prefix: str, log) -> L.Trainer:
-    from amad.callbacks.progress import ProgressLine
-
+def quiet_trainer(max_steps: int = -1, precision: str = "32-true", callbacks=(), logger: Any = False) -> L.Trainer:
+    """A Trainer for the jobs of a comparison: one device, no validation loop, no checkpoints, no bar."""
     return L.Trainer(
         max_steps=max_steps,
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -136,8 +135,15 @@ def _trainer(max_steps: int, precision: str, prefix: str, log) -> L.Trainer:
         precision=precision,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[ProgressLine(prefix, every_n_steps=max(max_steps // 10, 1), write=log)],
+        log_every_n_steps=10,
+        callbacks=list(callbacks),
     )
+
+
+def _trainer(max_steps: int, precision: str, prefix: str, log) -> L.Trainer:
+    from amad.callbacks.progress import ProgressLine
+
+    return quiet_trainer(max_steps, precision, [ProgressLine(prefix, every_n_steps=max(max_steps // 10, 1), write=log)])
 
 
 def train_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[dict[str, Any]]]:
@@ -250,12 +256,7 @@ def evaluate_model(model: Any, dm: Any, split: str) -> dict[str, float]:
 
     module = FineTuneModule(model=model, task=dm.task)
     trainer = L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="auto",
-        devices=1,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
     )
     run = trainer.test if split == "test" else trainer.validate
     res = run(module, datamodule=dm, verbose=False)[0]

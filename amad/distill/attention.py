@@ -3,6 +3,13 @@
 ``L_attn`` (docs/method.md §3, multi-layer reduction): the mean over the distilled (site, teacher layer,
 student layer) pairs of the method's loss. Teacher and student see the same batch, so the maps of a
 site have the same Q and K.
+
+Two sources of the maps (``attention_source``): ``maps``, the post-softmax maps the adapters capture from
+eager attention, fed to the method's criterion; or ``qk``, the queries and keys the adapters capture from
+their SDPA attention (:class:`~amad.losses.qk.AttentionInputs`), fed to
+:func:`amad.losses.qk.qk_attention_loss`, which rebuilds the maps in chunks of query rows: the same loss,
+weights and gradients, without a whole map. Methods on Q/K/V relations (``minilm_relation``) take the
+projections under either source.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from amad.losses.methods import AttentionMethod
+from amad.losses.qk import QK_METHODS, qk_attention_loss
+from amad.models.capture import check_attention_source
 from amad.models.layer_map import resolve_layer_map
 
 #: a layer map: ``uniform`` / ``last`` / explicit list, or per site
@@ -29,6 +38,14 @@ class AttentionDistiller(nn.Module):
         sites: sites to distil (None: all; self-attention sites only for QKV methods).
         layer_map: ``uniform``, ``last``, an explicit list (student layer l ↔ teacher layer
             ``layer_map[l]``), or a dict site → one of those (docs/method.md §6).
+        attention_source: ``maps`` (the captured maps, the method's criterion) or ``qk`` (the captured
+            queries and keys, :func:`amad.losses.qk.qk_attention_loss`). Under ``qk`` the map methods are
+            those of :data:`amad.losses.qk.QK_METHODS` on equal grids; ``minilm_relation`` keeps its own
+            (q, k, v) path.
+
+    Raises:
+        ValueError: an unknown site or source, a bad layer map, or ``attention_source="qk"`` with a
+            method that needs whole maps (``amad_proj``, or a teacher grid resized to the student's).
     """
 
     def __init__(
@@ -38,9 +55,11 @@ class AttentionDistiller(nn.Module):
         method: AttentionMethod | None,
         sites: Sequence[str] | None = None,
         layer_map: LayerMapSpec = "uniform",
+        attention_source: str = "maps",
     ) -> None:
         super().__init__()
         self.method = method
+        self.attention_source = check_attention_source(attention_source)
         self.enabled = method is not None
         self.criteria = nn.ModuleDict()
         self.layer_maps: dict[str, list[int]] = {}
@@ -50,6 +69,18 @@ class AttentionDistiller(nn.Module):
         if method is None:
             return
         self.input_kind = method.input_kind
+        if attention_source == "qk" and self.input_kind == "maps":
+            if method.name not in QK_METHODS:
+                raise ValueError(
+                    f"attention_source 'qk' cannot serve method {method.name!r}: it needs whole maps (its n x n "
+                    f"projection mixes every row); use attention_source 'maps'. qk serves {list(QK_METHODS)}"
+                )
+            grids = method.teacher_grid, method.student_grid
+            if grids[0] is not None and tuple(grids[0]) != tuple(grids[1]):
+                raise ValueError(
+                    f"attention_source 'qk' cannot resize the teacher's maps (teacher_grid {tuple(grids[0])} != "
+                    f"student_grid {tuple(grids[1])}): the resize needs the maps; use attention_source 'maps'"
+                )
         all_sites = tuple(teacher.sites)
         if sites is None:
             sites = [s for s in all_sites if self.input_kind == "maps" or s.endswith(".self")]
@@ -69,6 +100,11 @@ class AttentionDistiller(nn.Module):
             for l_s in range(ls):
                 self.criteria[self.key(site, l_s)] = method.build(teacher.num_heads(site), student.num_heads(site))
         self._stack_ok = self.input_kind == "maps" and all(type(c).stackable for c in self.criteria.values())
+
+    @property
+    def from_qk(self) -> bool:
+        """Whether the map losses are computed from captured queries and keys (``attention_source="qk"``)."""
+        return self.attention_source == "qk" and getattr(self, "input_kind", None) == "maps"
 
     #: The layer pairs of a site are stacked along the batch into one criterion call only while a
     #: pair's two maps hold at most this many elements (CPU; 16x more on accelerators, where a call's
@@ -95,14 +131,30 @@ class AttentionDistiller(nn.Module):
         unpadded = site in self._unpadded  # no mask: no masked copies of the (largest) maps
         if self.input_kind == "maps":
             qm = None if unpadded else s_out.query_masks[site]
-            # keys of a self-attention site are its queries; cross-attention keys carry ~0 probability
-            # where padded, which the map methods that re-normalise (SHD, A2D, AttnDistill) tolerate
-            return (
-                t_out.attentions[site],
-                s_out.attentions[site],
-                {"query_mask": qm, "key_mask": qm if site.endswith(".self") else None},
-            )
+            # the key mask of the site: its own tokens (self), the memory's (cross: padded question or
+            # encoder tokens), which SHD, A2D and AttnDistill exclude from their own softmaxes
+            km = None if unpadded else s_out.key_masks[site]
+            kwargs = {"query_mask": qm, "key_mask": km}
+            if self.from_qk:
+                return (
+                    self._outputs_inputs(t_out, site, "teacher"),
+                    self._outputs_inputs(s_out, site, "student"),
+                    kwargs,
+                )
+            return t_out.attentions[site], s_out.attentions[site], kwargs
         return t_out.qkv[site], s_out.qkv[site], {"key_mask": None if unpadded else s_out.key_masks[site]}
+
+    @staticmethod
+    def _outputs_inputs(out: Any, site: str, who: str) -> tuple:
+        """The captured :class:`~amad.losses.qk.AttentionInputs` of ``site``, or an error saying what is missing."""
+        inputs = getattr(out, "attention_inputs", None) or {}
+        if site not in inputs:
+            raise ValueError(
+                f"attention_source 'qk': the {who}'s output has no queries and keys for site {site!r} (its "
+                f"attention_source is {getattr(out, 'attention_source', 'maps')!r}); run the adapter with "
+                "attention_source='qk' and this site in sites=..."
+            )
+        return inputs[site]
 
     def _pairs(self, t_out: Any, s_out: Any):
         for site, lmap in self.layer_maps.items():
@@ -113,13 +165,18 @@ class AttentionDistiller(nn.Module):
     def _call(self, site: str, l_s: Any, l_t: Any, t: Any, s: Any, kwargs: dict) -> tuple[Tensor, Any]:
         key = self.key(site, l_s if isinstance(l_s, int) else 0)
         try:
+            if self.from_qk:
+                # the A2D aligner of this pair (criteria are built per pair: parameter set 0)
+                aligners = getattr(self.criteria[key], "aligners", None)
+                module = None if aligners is None else aligners[0]
+                return qk_attention_loss(self.method, t, s, module=module, **kwargs)
             return self.criteria[key](t, s, **kwargs)
         except ValueError as err:
             raise ValueError(f"site {site!r}, teacher layer {l_t} -> student layer {l_s}: {err}") from err
 
     def _stackable(self, t_maps: list[Tensor], s_maps: list[Tensor]) -> bool:
         """Whether one call on the batch-stacked pairs gives the mean of the per-pair losses."""
-        if not self._stack_ok or len(s_maps) < 2:
+        if self.from_qk or not self._stack_ok or len(s_maps) < 2:
             return False
         t0, s0 = t_maps[0], s_maps[0]
         if t0.dim() != 4 or s0.dim() != 4 or (t0.shape[0], *t0.shape[2:]) != (s0.shape[0], *s0.shape[2:]):

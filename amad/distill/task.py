@@ -12,7 +12,7 @@ so the step that is benchmarked is the step that trains.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,13 @@ class DistillationTask(nn.Module):
         sites: the attention sites to distil (default: every site of the family; self-attention sites
             only for methods on query/key/value relations).
         layer_map: student layer → teacher layer per site (see :class:`AttentionDistiller`).
+        attention_source: where the attention losses take the maps from. ``maps`` (default): both models
+            run eager attention and return the maps of the distilled layers. ``qk``: both models run
+            their fast attention (SDPA) and return only the queries, keys, scale, mask and position bias
+            of the distilled layers; :func:`amad.losses.qk.qk_attention_loss` rebuilds the maps in chunks
+            of query rows (same loss and gradients; no whole map kept or built). ``qk`` serves every map
+            method but ``amad_proj`` on equal grids (``ValueError`` otherwise); ``minilm_relation`` takes
+            its Q/K/V projections under either.
     """
 
     def __init__(
@@ -51,11 +58,13 @@ class DistillationTask(nn.Module):
         gamma: float = 1.0,
         sites: Sequence[str] | None = None,
         layer_map: LayerMapSpec = "uniform",
+        attention_source: Literal["maps", "qk"] = "maps",
     ) -> None:
         super().__init__()
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         self.student = student
-        self.attn = AttentionDistiller(self.teacher.model, student, attention, sites, layer_map)
+        self.attention_source = attention_source
+        self.attn = AttentionDistiller(self.teacher.model, student, attention, sites, layer_map, attention_source)
         self.alpha, self.beta, self.gamma, self.kd_temperature = alpha, beta, gamma, kd_temperature
 
     def train(self, mode: bool = True) -> DistillationTask:
@@ -75,11 +84,16 @@ class DistillationTask(nn.Module):
 
     def capture(self) -> dict[str, Any]:
         """What both models must capture for this objective: ``sites``, ``qkv_sites`` (and, for the
-        teacher, ``layers``: only the teacher layers the layer map uses)."""
+        teacher, ``layers``: only the teacher layers the layer map uses), and under ``qk`` the
+        ``attention_source`` (the models then run SDPA even when nothing is captured)."""
         if not self.uses_attention:
-            return {"sites": (), "qkv_sites": ()}
+            return {"sites": (), "qkv_sites": (), **self._source()}
         map_sites, qkv_sites = self.attn.capture_sites()
-        return {"sites": map_sites, "qkv_sites": qkv_sites}
+        return {"sites": map_sites, "qkv_sites": qkv_sites, **self._source()}
+
+    def _source(self) -> dict[str, str]:
+        # "maps" is the adapters' default: passed only when it is "qk"
+        return {"attention_source": "qk"} if self.attention_source == "qk" else {}
 
     def teacher_outputs(self, batch: dict[str, Any]) -> Any:
         """The frozen teacher's forward with exactly the captures this objective needs (no graph)."""
@@ -131,8 +145,10 @@ class DistillationTask(nn.Module):
         self.student.eval()
         try:
             map_sites, qkv_sites = self.attn.capture_sites()
-            s_out = self.student(batch, sites=map_sites, qkv_sites=qkv_sites)
-            t_out = self.teacher(batch, sites=map_sites, qkv_sites=qkv_sites, layers=self.attn.teacher_layers())
+            s_out = self.student(batch, sites=map_sites, qkv_sites=qkv_sites, **self._source())
+            t_out = self.teacher(
+                batch, sites=map_sites, qkv_sites=qkv_sites, layers=self.attn.teacher_layers(), **self._source()
+            )
             return self.attn.weights(t_out, s_out)
         finally:
             self.student.train(was_training)

@@ -9,7 +9,7 @@ losses.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,10 @@ class DistillationModule(TaskModule):
             sites only for ``MiniLMRelation``).
         layer_map: ``uniform``, ``last``, an explicit list (student layer l ↔ teacher layer
             ``layer_map[l]``), or a dict site → one of those.
+        attention_source: ``maps`` (default: eager attention, the distilled layers' maps captured) or ``qk``
+            (both models run SDPA and keep only the queries, keys, masks and position biases of the
+            distilled layers; the losses rebuild the maps in chunks: same values, no whole map). See
+            :class:`~amad.distill.DistillationTask`.
         skip_nonfinite: on a non-finite loss, skip the batch (counted in ``train/skipped_batches``)
             instead of stopping with an error naming the step and the term.
         vocab_size: the data's vocabulary size (linked from the DataModule by the CLI); a teacher
@@ -66,6 +70,7 @@ class DistillationModule(TaskModule):
         gamma: float = 1.0,
         sites: list[str] | None = None,
         layer_map: LayerMapSpec = "uniform",
+        attention_source: Literal["maps", "qk"] = "maps",
         skip_nonfinite: bool = False,
         vocab_size: int | None = None,
         **kwargs: Any,
@@ -90,6 +95,7 @@ class DistillationModule(TaskModule):
             gamma=gamma,
             sites=sites,
             layer_map=layer_map,
+            attention_source=attention_source,
         )
         self.skip_nonfinite = skip_nonfinite
         self.register_buffer("skipped_batches", torch.zeros((), dtype=torch.long), persistent=True)

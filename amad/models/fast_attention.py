@@ -56,8 +56,13 @@ def hand_off(
             broadcastable to (B, H, Q, K), or None; bias: additive (1|B, H, Q, K) or None.
     """
     sink = getattr(module, QK_SINK_ATTR, None)
-    if sink is not None:
-        sink(AttentionInputs(query, key, float(scale), mask=mask, bias=bias))
+    if sink is None:
+        return
+    if not (query.requires_grad or key.requires_grad):
+        # a teacher's q and k live until the loss's backward: keep compact copies rather than views
+        # (BLIP's ViT q and k are views of one (B, L, 3d) qkv buffer, whose v third would stay alive)
+        query, key = query.contiguous(), key.contiguous()
+    sink(AttentionInputs(query, key, float(scale), mask=mask, bias=bias))
 
 
 def _as_sdpa_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:

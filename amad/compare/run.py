@@ -156,7 +156,8 @@ def _serves(cache: Any, module: Any) -> bool:
 
 def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, methods: list[str], log) -> Any:
     """One :class:`~amad.distill.cache.TeacherCache` for every method that can replay it (None when the
-    comparison turns it off, its training data are augmented, or no method uses the teacher)."""
+    comparison turns it off, its training data are augmented, no method uses the teacher, or the runs
+    would read fewer training examples than filling the cache computes)."""
     from amad.distill.cache import TeacherCache
 
     if not cfg["train"].get("teacher_cache", True):
@@ -177,8 +178,12 @@ def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, method
                 layers.setdefault(site, set()).update(ls)
     if not users:
         return None
-    start = time.perf_counter()
     dm.setup("fit")
+    examples = len(dm.datasets["train"])
+    if int(cfg["train"]["max_steps"]) * dm.batch_size * users <= examples:
+        log(f"teacher outputs: live (the runs read fewer examples than caching {examples} would compute)")
+        return None
+    start = time.perf_counter()
     loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collator())
     cache = TeacherCache(module.teacher, {s: sorted(ls) for s, ls in layers.items()}).fill(loader)
     log(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from amad.losses.methods import AttentionMethod
-from amad.losses.qk import QK_METHODS, qk_attention_loss
+from amad.losses.qk import QK_METHODS, AttentionInputs, qk_attention_loss
 from amad.models.capture import check_attention_source
 from amad.models.layer_map import resolve_layer_map
 
@@ -174,15 +174,46 @@ class AttentionDistiller(nn.Module):
         except ValueError as err:
             raise ValueError(f"site {site!r}, teacher layer {l_t} -> student layer {l_s}: {err}") from err
 
-    def _stackable(self, t_maps: list[Tensor], s_maps: list[Tensor]) -> bool:
+    def _stackable(self, t_maps: list, s_maps: list) -> bool:
         """Whether one call on the batch-stacked pairs gives the mean of the per-pair losses."""
-        if self.from_qk or not self._stack_ok or len(s_maps) < 2:
+        if not self._stack_ok or len(s_maps) < 2:
             return False
+        if self.from_qk:
+            return self._stackable_inputs(t_maps, s_maps)
         t0, s0 = t_maps[0], s_maps[0]
         if t0.dim() != 4 or s0.dim() != 4 or (t0.shape[0], *t0.shape[2:]) != (s0.shape[0], *s0.shape[2:]):
             return False  # let the per-pair call raise its error naming both shapes and the layer
         limit = self.STACK_MAX_NUMEL * (1 if s0.device.type == "cpu" else 16)
         return t0.numel() + s0.numel() <= limit
+
+    def _stackable_inputs(self, t_in: list[AttentionInputs], s_in: list[AttentionInputs]) -> bool:
+        """The qk version: small maps (the same bound), and per model one scale, mask and bias shared by
+        every layer of the site (as BLIP's and T5's stacks pass them), so that stacking copies only the
+        queries and keys (and repeats a (B, 1, Q, K) mask) -- never a (B, H, Q, K) bias."""
+        for ins in (t_in, s_in):
+            x0 = ins[0]
+            if not all(isinstance(x, AttentionInputs) for x in ins):
+                return False
+            if any(x.scale != x0.scale or x.mask is not x0.mask or x.bias is not x0.bias for x in ins):
+                return False
+            if any(x.shape != x0.shape for x in ins) or (x0.bias is not None and x0.bias.shape[0] != 1):
+                return False
+        (B, Ht, Q, K), Hs = t_in[0].shape, s_in[0].num_heads
+        if (B, Q, K) != (s_in[0].shape[0], *s_in[0].shape[2:]):
+            return False  # let the per-pair call raise its error naming both shapes and the layer
+        limit = self.STACK_MAX_NUMEL * (1 if s_in[0].q.device.type == "cpu" else 16)
+        return B * (Ht + Hs) * Q * K <= limit
+
+    @staticmethod
+    def _stack(items: list) -> Any:
+        """Maps, or :class:`AttentionInputs`, of several layers stacked along the batch (the pairs of a site)."""
+        if not isinstance(items[0], AttentionInputs):
+            return torch.cat(items)
+        x0, n = items[0], len(items)
+        mask = x0.mask if x0.mask is None or x0.mask.shape[0] == 1 else x0.mask.repeat(n, 1, 1, 1)
+        return AttentionInputs(
+            torch.cat([x.q for x in items]), torch.cat([x.k for x in items]), x0.scale, mask=mask, bias=x0.bias
+        )
 
     def forward(self, t_out: Any, s_out: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean attention loss over all distilled pairs, and the mean per site."""
@@ -192,10 +223,11 @@ class AttentionDistiller(nn.Module):
             t_all, s_all, kwargs = self._site_inputs(site, t_out, s_out)
             t_maps, s_maps = [t_all[l_t] for l_t in lmap], list(s_all[: len(lmap)])
             if self._stackable(t_maps, s_maps):
-                # pairs stacked along the batch: (L*B, H, Q, K); masks repeated to match
+                # pairs stacked along the batch: (L*B, H, Q, K) maps or (L*B, H, Q|K, d) queries and keys;
+                # masks repeated to match
                 rep = {k: None if v is None else v.repeat(len(lmap), 1) for k, v in kwargs.items()}
                 means[site], _ = self._call(
-                    site, list(range(len(lmap))), list(lmap), torch.cat(t_maps), torch.cat(s_maps), rep
+                    site, list(range(len(lmap))), list(lmap), self._stack(t_maps), self._stack(s_maps), rep
                 )
             else:
                 losses = [

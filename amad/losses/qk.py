@@ -30,7 +30,8 @@ Which losses are sums over query rows (equation numbers: ``docs/method.md`` sect
   custom ``autograd.Function``, :class:`_AMADKLChunked`, instead of a checkpoint per pass, which would
   rebuild each chunk twice in the backward): each chunk's gradient through the mixture, the cosines and
   the norms at once (the formulas of :mod:`amad.losses._fused`), then through the chunk's softmax and
-  ``q kᵀ`` by autograd on that chunk alone. Each chunk's maps are built three times in all.
+  ``q kᵀ`` by autograd on that chunk alone. Each chunk's maps are built three times in all (twice when
+  there is one chunk: pass 2 reuses pass 1's).
 * AMAD ``l2`` (Eq. 4-5): expanded as the map path, ``Σ_i |t̂_i|² - 2 a_i·w_i + a_i G a_iᵀ`` with
   ``G = ŝ ŝᵀ``: everything is a sum over rows, so pass 1 alone (``D``, ``S Sᵀ`` (B, Hs, Hs), ``|t|²``;
   ``|s|²`` is the diagonal of ``S Sᵀ``) gives the loss; no pass 2.
@@ -350,9 +351,15 @@ class _AMADKLChunked(torch.autograd.Function):
         B, Ht, Hs, dtype = p.B, p.Ht, p.Hs, p.dtype
         zeros = {"device": p.device, "dtype": dtype}
         D, tt, ss, entropy = (torch.zeros(*shape, **zeros) for shape in ((B, Ht, Hs), (B, Ht), (B, Hs), (B,)))
-        for rows in p.slices():
+        slices = p.slices()
+        # one chunk (small maps, or a large chunk_size): pass 2 reuses pass 1's maps (two builds, not three;
+        # they are freed before the backward either way)
+        kept = None
+        for rows in slices:
             t = p.probs(p.t, rows).reshape(B, Ht, -1)
             s = p.probs(p.s, rows).reshape(B, Hs, -1)
+            if len(slices) == 1:
+                kept = t, s
             D.baddbmm_(t, s.transpose(1, 2))
             tt += t.square().sum(-1)
             ss += s.square().sum(-1)
@@ -361,9 +368,12 @@ class _AMADKLChunked(torch.autograd.Function):
         w = D / (nt.unsqueeze(-1) * c.unsqueeze(-2))  # Eq. 2
         a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
         cross, dA = torch.zeros(B, **zeros), torch.zeros(B, Ht, Hs, **zeros)
-        for rows in p.slices():
-            t = p.probs(p.t, rows).reshape(B, Ht, -1)
-            s = p.probs(p.s, rows).reshape(B, Hs, -1)
+        for rows in slices:
+            if kept is not None:
+                t, s = kept
+            else:
+                t = p.probs(p.t, rows).reshape(B, Ht, -1)
+                s = p.probs(p.s, rows).reshape(B, Hs, -1)
             mix = torch.bmm(a, s)  # Eq. 9, this chunk's rows
             cross += mix.clamp_min(eps).log_().mul_(t).sum(dim=(1, 2))
             if not detach:

@@ -13,8 +13,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import amad.distill.attention as attention_module
 import amad.losses.qk as qk_module
-from amad.distill import DistillationTask
+from amad.distill import AttentionDistiller, DistillationTask
 from amad.lit import DistillationModule
 from amad.losses.methods import A2D, AMAD, SHD, AMADProjection, AttnDistill, HeadMean, MiniLMRelation, OneToOne
 from amad.models import build_model, derive_student, random_batch
@@ -78,18 +79,30 @@ def _pair(family, method, **kwargs):
 
 @pytest.mark.parametrize("name", list(METHODS))
 @pytest.mark.parametrize("family", FAMILIES)
-def test_qk_gives_the_loss_terms_and_gradients_of_maps(family, name):
+def test_qk_gives_the_loss_terms_and_gradients_of_maps(monkeypatch, family, name):
+    """Per pair, and with the pairs of a site stacked along the batch (the small-map speed path, as the map
+    path's): both give the map path's terms and gradients."""
     maps, qk, batch = _pair(family, METHODS[name])
     t_maps, g_maps = _run(maps, batch)
+    calls = []
+    real = attention_module.qk_attention_loss
+    monkeypatch.setattr(attention_module, "qk_attention_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    t_stacked, g_stacked = _run(qk, batch)
+    n_stacked = len(calls)
+    monkeypatch.setattr(AttentionDistiller, "STACK_MAX_NUMEL", 0)
     t_qk, g_qk = _run(qk, batch)
+    n_pairs = sum(len(v) for v in qk.attn.layer_maps.values())
+    assert len(calls) - n_stacked == n_pairs
+    assert n_stacked == (n_pairs if name == "a2d" else len(qk.attn.layer_maps))  # A2D: an aligner per pair
     assert t_maps.keys() == t_qk.keys() and "loss_attn" in t_qk
     assert {k for k in t_qk if k.startswith("loss_attn/")} == {f"loss_attn/{s}" for s in qk.student.sites}
-    for k in t_maps:
-        torch.testing.assert_close(t_qk[k], t_maps[k], rtol=0, atol=1e-12, msg=k)
-    assert g_maps.keys() == g_qk.keys()
-    assert any(n.startswith("attn.") for n in g_qk) == (name == "a2d")  # the aligners learn under qk too
-    for n, g in g_maps.items():
-        torch.testing.assert_close(g_qk[n], g, rtol=0, atol=1e-10, msg=n)
+    for terms, grads in ((t_qk, g_qk), (t_stacked, g_stacked)):
+        for k in t_maps:
+            torch.testing.assert_close(terms[k], t_maps[k], rtol=0, atol=1e-12, msg=k)
+        assert g_maps.keys() == grads.keys()
+        assert any(n.startswith("attn.") for n in grads) == (name == "a2d")  # the aligners learn under qk too
+        for n, g in g_maps.items():
+            torch.testing.assert_close(grads[n], g, rtol=0, atol=1e-10, msg=n)
 
 
 @pytest.mark.parametrize("family", ["blip-vqa", "vlt5"])
@@ -147,6 +160,31 @@ def test_distillation_module_takes_the_option():
     assert torch.isfinite(module.distillation_losses(batch)["loss"])
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+@pytest.mark.parametrize("family", ["blip-vqa", "vlt5"])
+def test_bf16_autocast_step_under_qk(family, device):
+    """The benches' precision on accelerators: bf16 autocast (fp32 weights). SDPA takes the model's fp32
+    additive mask cast to bf16, T5's biased attention runs in bf16 and rebuilds in fp32; the qk terms stay
+    within bf16 rounding of the map path's, and the gradients are finite."""
+    teacher = build_model(family, "tiny", seed=0).to(device)
+    student = derive_student(teacher, num_heads=2, init="teacher")
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in random_batch(family, 4, model=teacher).items()}
+    terms = {}
+    for source in ("maps", "qk"):
+        task = DistillationTask(teacher, student, AMAD(), attention_source=source).eval()
+        task.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            terms[source] = task(batch)
+        terms[source]["loss"].backward()
+        assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+    assert terms["qk"]["loss_attn"].dtype == torch.float32
+    for k in terms["maps"]:
+        torch.testing.assert_close(terms["qk"][k], terms["maps"][k], rtol=3e-2, atol=3e-3, msg=k)
+
+
 # ------------------------------------------------------------------------------------------- memory
 
 
@@ -181,9 +219,10 @@ def _map_sized(shapes, task, batch):
 def test_qk_step_keeps_and_builds_no_map_sized_tensor(monkeypatch, family, method):
     """A whole training step (teacher forward, student forward, every loss term, backward) under qk: no
     tensor the size of a distilled layer's B·H·Q·K map is saved for the backward or returned by any
-    operator, with chunks of one query row (losses and T5's position-bias attention). The same step under
-    maps has such tensors (the check sees them). Training mode, attention dropout 0: SDPA's fused CPU
-    kernel (with dropout PyTorch runs its math backend)."""
+    operator, with chunks of one query row (losses and T5's position-bias attention) and no stacking of
+    layer pairs: the regime of large maps (small maps are stacked, and then one site's (B, 1, Q, K) mask is
+    repeated for its layers). The same step under maps has such tensors (the check sees them). Training
+    mode, attention dropout 0: SDPA's fused CPU kernel (with dropout PyTorch runs its math backend)."""
     kw = {"dropout": 0.0} if family == "vlt5" else {}
     teacher = build_model(family, "tiny", seed=0, image_size=96, **kw)
     student = derive_student(teacher, num_heads=2, init="teacher")
@@ -194,6 +233,7 @@ def test_qk_step_keeps_and_builds_no_map_sized_tensor(monkeypatch, family, metho
         task = DistillationTask(teacher, student, METHODS[method], attention_source=source).train()
         monkeypatch.setattr(qk_module, "DEFAULT_CHUNK_ELEMENTS", 1)  # one query row per chunk
         monkeypatch.setattr(fa, "ROW_CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(AttentionDistiller, "STACK_MAX_NUMEL", 0)
         saved: list[tuple[int, ...]] = []
 
         def pack(x, saved=saved):

@@ -2,7 +2,9 @@
 
 Parts: ``losses`` (vectorised losses vs loop references), ``step`` (distillation step overhead over
 teacher forward + student step), ``memory`` (peak memory ratio), ``scaling`` (tokens and heads),
-``throughput`` (samples/s of the demo's training and data-wait fraction), or ``all``.
+``throughput`` (samples/s of the demo's training and data-wait fraction), or ``all`` (these five); and
+``qk`` (attention distillation from queries and keys against maps, at base shapes: about an hour on CPU,
+so only when named).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 from pathlib import Path
 
 PARTS = ("losses", "step", "memory", "scaling", "throughput")
+#: parts run only when named (not by ``all``)
+EXTRA_PARTS = ("qk",)
 
 
 def _part(name: str):
@@ -25,8 +29,10 @@ def _part(name: str):
         from amad.bench.scaling import run_scaling as run
     elif name == "throughput":
         from amad.bench.throughput import run
+    elif name == "qk":
+        from amad.bench.qk import run
     else:
-        raise ValueError(f"unknown bench part {name!r}; expected one of {PARTS} or 'all'")
+        raise ValueError(f"unknown bench part {name!r}; expected one of {PARTS + EXTRA_PARTS} or 'all'")
     return run
 
 
@@ -34,14 +40,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="amad bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, "all"))
+    parser.add_argument("part", nargs="?", default="all", choices=(*PARTS, *EXTRA_PARTS, "all"))
     parser.add_argument("--out", default="runs/bench.json", help="JSON file to write (merged by part)")
     parser.add_argument("--quick", action="store_true", help="small shapes only (seconds; for tests)")
     parser.add_argument(
         "--models",
         default=None,
-        help="step/memory only: comma-separated family/preset cases, e.g. blip-vqa/base "
-        "(default: tiny and small of both families, plus base on CUDA)",
+        help="step/memory/qk only: comma-separated family/preset cases, e.g. blip-vqa/base "
+        "(default: tiny and small of both families, plus base on CUDA; qk: base)",
     )
     ns = parser.parse_args(argv)
     parts = PARTS if ns.part == "all" else (ns.part,)
@@ -49,7 +55,7 @@ def main(argv: list[str]) -> int:
     results = json.loads(out.read_text()) if out.is_file() else {}
     models = None if ns.models is None else [tuple(m.split("/", 1)) for m in ns.models.split(",")]
     for part in parts:
-        kwargs = {"models": models} if part in ("step", "memory") else {}
+        kwargs = {"models": models} if part in ("step", "memory", "qk") else {}
         results[part] = _part(part)(out=None, quick=ns.quick, **kwargs)[part]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))

@@ -1,9 +1,30 @@
-"""``qk`` bench: AMAD-KL from maps against AMAD-KL rebuilt from queries and keys in chunks of rows.
+"""``amad bench qk``: attention distillation from maps against distillation from queries and keys.
 
-For synthetic queries and keys at BLIP-base vision shapes (B = 8, Ht = 12 -> Hs = 6 heads, Q = K = 577
-tokens, d = 64) and T5-base encoder shapes (B = 8, 12 -> 6 heads, Q = K = 256 with a T5 position bias
-per model and padded tokens), it measures the forward + backward (gradient w.r.t. the student's q and k)
-of
+Two parts, one JSON (``{"qk": {...}}``):
+
+**Models** (``steps``, ``memory``, ``batch_fit``): whole training steps of
+:class:`~amad.distill.DistillationTask` with AMAD-KL on every site and output KD, at BLIP-VQA base (ViT-B/16
+at 384 px, 577 image tokens) and VL-T5 base shapes, batch 8, the half-head student derived with
+``init="teacher"`` (:func:`amad.bench.common.build_case`), fp32 on CPU, bf16 autocast on CUDA:
+
+* ``steps``: interleaved rounds (medians) of the teacher forward and the student step (task loss only),
+  each with eager attention and with SDPA (``attention_source="qk"``, nothing captured), and of the
+  distillation step with ``attention_source="maps"`` (eager, maps captured) and ``"qk"`` (SDPA, queries and
+  keys captured, :mod:`amad.losses.qk`). ``time_qk_over_maps`` (target <= 1); ``overhead_qk`` = qk step /
+  (SDPA teacher + SDPA student step) beside ``overhead_maps`` = map step / (eager teacher + eager student).
+* ``memory``: peak resident set of one step per mode, each in a fresh process (build, warm-up step, reset
+  ``VmHWM``, one step; glibc's mmap threshold fixed at 64 KiB so that the resident set follows the live
+  tensors), or ``torch.cuda.max_memory_allocated`` on CUDA. ``peak_ratio_qk`` = qk step / SDPA student
+  step (target <= 1.15), beside the map path's ratios; "step extra" = peak minus the resident set just
+  before the step.
+* ``batch_fit`` (BLIP base): the largest batch whose step extra fits a budget (8 GiB), for each path, from
+  the step extra measured at two batch sizes (it is linear in the batch: activations, maps and queries
+  scale with it) -- ``max_batch_qk / max_batch_maps`` (target >= 2).
+
+**Losses** (``records``, ``chunk_sweep``): one layer pair's AMAD-KL alone. For synthetic queries and
+keys at BLIP-base vision shapes (B = 8, Ht = 12 -> Hs = 6 heads, Q = K = 577 tokens, d = 64) and T5-base
+encoder shapes (B = 8, 12 -> 6 heads, Q = K = 256 with a T5 position bias per model and padded tokens), it
+measures the forward + backward (gradient w.r.t. the student's q and k) of
 
 * (a) the map path: both models' maps built eagerly from q/k (``AttentionInputs.maps()``, the teacher's
   without autograd), then :func:`amad.losses.amad_loss`;
@@ -15,11 +36,14 @@ losses``), and reports ``time_ratio = qk / map``. Peak memory: each (case, path)
 subprocess (``python -m amad.bench.qk --child ...``) that builds its inputs, runs one warm-up step, resets
 its resident-set high-water mark (``/proc/self/clear_refs``), runs one step and reads ``VmHWM``, with
 glibc's mmap threshold fixed at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so that the resident set follows the
-live tensors (on CUDA: ``torch.cuda.max_memory_allocated`` in process). ``step_extra_mb`` = peak minus the resident set
-just before the step; ``mem_ratio = qk / map`` of it. The full run also sweeps the chunk size at the
-BLIP shapes.
+live tensors (on CUDA: ``torch.cuda.max_memory_allocated`` in process). ``step_extra_mb`` = peak minus
+the resident set just before the step; ``mem_ratio = qk / map`` of it. The full run also sweeps the chunk
+size at the BLIP shapes.
 
-``python -m amad.bench.qk --out runs/qk.json [--quick]``; from Python ``run(out=None, quick=False)``.
+``amad bench qk --out runs/bench_qk.json [--quick] [--models blip-vqa/base,vlt5/base]`` (or ``python -m
+amad.bench.qk``); from Python ``run(out=None, quick=False)``. ``--quick``: a tiny BLIP-VQA at batch 4 and a
+small loss case (seconds, for tests). Not part of ``amad bench all`` (the full run takes about an hour on
+the 2-core VM).
 """
 
 from __future__ import annotations
@@ -32,12 +56,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from amad.losses import amad_loss
+from amad.losses.methods import AMAD
 from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size, qk_attention_loss
 
 #: name -> (B, Ht, Hs, Q, K, d, T5-like: position bias, no scale, padded tokens)
@@ -232,8 +258,8 @@ def _record(name: str, chunk: int, timing: dict, mem: dict[str, dict]) -> dict:
     }
 
 
-def run(out: str | None = None, quick: bool = False) -> dict:
-    """Measure every case (and, in the full run, the chunk-size sweep); return ``{"qk": {...}}``."""
+def run_losses(quick: bool = False) -> dict:
+    """The loss part: every case (and, in the full run, the chunk-size sweep)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -257,20 +283,345 @@ def run(out: str | None = None, quick: bool = False) -> dict:
                 sweep.append(_record(name, c, timing, {"map": mem_map, "qk": mem[name, "qk", c]}))
     finally:
         torch.set_num_threads(threads)
-    result = {
-        "qk": {
-            "threads": 1,
-            "default_chunk_elements": DEFAULT_CHUNK_ELEMENTS,
-            "records": records,
-            "chunk_sweep": sweep,
-        }
-    }
     _print(records + sweep)
+    return {"threads": 1, "default_chunk_elements": DEFAULT_CHUNK_ELEMENTS, "records": records, "chunk_sweep": sweep}
+
+
+def run(
+    out: str | None = None,
+    quick: bool = False,
+    models: list[tuple[str, str]] | None = None,
+    parts: tuple[str, ...] = ("models", "losses"),
+) -> dict:
+    """Measure the model part (steps, memory, batch fit) and the loss part; return ``{"qk": {...}}``.
+
+    Args:
+        out: JSON file to write (None: none).
+        quick: tiny shapes (seconds; for tests).
+        models: ``(family, preset)`` cases of the model part (default: BLIP-VQA and VL-T5 base; quick:
+            BLIP-VQA tiny).
+        parts: ``"models"`` and/or ``"losses"``.
+    """
+    unknown = sorted(set(parts) - {"models", "losses"})
+    if unknown:
+        raise ValueError(f"unknown qk bench part(s) {unknown}; expected 'models' and/or 'losses'")
+    result: dict = {}
+    if "models" in parts:
+        result.update(run_models(quick=quick, models=models))
+    if "losses" in parts:
+        result.update(run_losses(quick=quick))
+    result = {"qk": result}
     if out is not None:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
     return result
+
+
+# ------------------------------------------------------------------------------------- model part
+
+#: (family, preset) cases of the model part, their batch size, and the quick case
+MODEL_CASES: tuple[tuple[str, str], ...] = (("blip-vqa", "base"), ("vlt5", "base"))
+QUICK_MODEL_CASES: tuple[tuple[str, str], ...] = (("blip-vqa", "tiny"),)
+MODEL_BATCH, QUICK_MODEL_BATCH = 8, 4
+#: the budget of ``batch_fit``: step extra (activations, maps or queries and keys, gradients) in GiB
+FIT_BUDGET_GIB = 8.0
+#: the modes of a step: the two paths of the distillation step, and the student-only steps beside them
+MODES = ("student_eager", "student_sdpa", "distill_maps", "distill_qk")
+
+
+#: (family, preset) -> (map-path task, qk task, optimizer) of the quick run, built once
+_BUILT: dict[tuple[str, str], tuple] = {}
+
+
+def _model_case(family: str, preset: str, batch_size: int, reuse: bool = False):
+    """(map-path task, qk task, batch, optimizer): one teacher, one half-head student, shared by both
+    tasks. ``reuse``: the models of an earlier call for the same case (the quick run builds once)."""
+    from amad.bench.common import build_case, device_under_test, to_device
+    from amad.distill import DistillationTask
+    from amad.models import random_batch
+
+    if reuse and (family, preset) in _BUILT:
+        task, qk_task, opt = _BUILT[family, preset]
+        batch = to_device(random_batch(family, batch_size, seed=0, model=task.teacher.model), device_under_test())
+        return task, qk_task, batch, opt
+    task, batch, opt = build_case(family, preset, batch_size)
+    qk_task = DistillationTask(task.teacher, task.student, AMAD(), attention_source="qk")
+    task.train()
+    qk_task.train()
+    if reuse:
+        _BUILT[family, preset] = task, qk_task, opt
+    return task, qk_task, batch, opt
+
+
+def _step_fns(task, qk_task, batch, opt, amp) -> dict:
+    """name -> one call: teacher forwards (no grad), student steps, distillation steps."""
+
+    def train(loss_fn):
+        def step():
+            with amp:
+                loss = loss_fn()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    def teacher(source: str):
+        def fwd():
+            with amp:
+                task.teacher(batch, sites=(), attention_source=source)
+
+        return fwd
+
+    return {
+        "teacher_eager": teacher("maps"),
+        "teacher_sdpa": teacher("qk"),
+        "student_eager": train(lambda: task.student(batch, sites=()).loss),
+        "student_sdpa": train(lambda: task.student(batch, sites=(), attention_source="qk").loss),
+        "distill_maps": train(lambda: task(batch)["loss"]),
+        "distill_qk": train(lambda: qk_task(batch)["loss"]),
+    }
+
+
+def measure_model_steps(family: str, preset: str, batch_size: int, reps: int, reuse: bool = False) -> dict:
+    """Interleaved rounds of every step function (one warm-up each); medians and ratios."""
+    from amad.bench.common import autocast, device_under_test, precision_under_test, timed
+
+    device, precision = device_under_test(), precision_under_test()
+    task, qk_task, batch, opt = _model_case(family, preset, batch_size, reuse)
+    amp = autocast(device, precision)
+    task.eval()  # the two paths' terms on the same weights, without dropout: equal up to rounding
+    with torch.no_grad(), amp:
+        t_maps = {k: float(v) for k, v in task(batch).items()}
+        t_qk = {k: float(v) for k, v in qk_task(batch).items()}
+    task.train()
+    fns = _step_fns(task, qk_task, batch, opt, amp)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            times[k] += timed(fn, 1)
+    del task, qk_task, batch, opt, fns
+    if device.type == "cuda":  # the case's models are gone: hand their cache back
+        gc.collect()
+        torch.cuda.empty_cache()
+    med = {f"{k}_s": statistics.median(v) for k, v in times.items()}
+    per_rep = [q / m for q, m in zip(times["distill_qk"], times["distill_maps"], strict=True)]
+    return {
+        "model": f"{family}/{preset}",
+        "batch_size": batch_size,
+        "device": device.type,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        **med,
+        "time_qk_over_maps": med["distill_qk_s"] / med["distill_maps_s"],
+        "time_qk_over_maps_iqr": _quartiles(per_rep),
+        "overhead_qk": med["distill_qk_s"] / (med["teacher_sdpa_s"] + med["student_sdpa_s"]),
+        "overhead_maps": med["distill_maps_s"] / (med["teacher_eager_s"] + med["student_eager_s"]),
+        "overhead_maps_over_sdpa": med["distill_maps_s"] / (med["teacher_sdpa_s"] + med["student_sdpa_s"]),
+        "terms_maps": t_maps,
+        "terms_qk": t_qk,
+        "loss_abs_diff": abs(t_maps["loss"] - t_qk["loss"]),
+        "reps": reps,
+    }
+
+
+def _captured_mb(task, qk_task, batch, amp) -> dict[str, float]:
+    """MB the teacher's capture holds per step: its maps (map path), its q/k/masks/biases (qk path)."""
+    seen: set[int] = set()
+
+    def size(x) -> int:
+        if x is None or x.untyped_storage().data_ptr() in seen:
+            return 0
+        seen.add(x.untyped_storage().data_ptr())
+        return x.untyped_storage().nbytes()
+
+    with torch.no_grad(), amp:
+        maps = task.teacher_outputs(batch)
+        n_maps = sum(size(m) for v in maps.attentions.values() for m in v)
+        del maps
+        seen.clear()
+        qk = qk_task.teacher_outputs(batch)
+        n_qk = sum(
+            size(t)
+            for v in qk.attention_inputs.values()
+            for x in v
+            if x is not None
+            for t in (x.q, x.k, x.mask, x.bias)
+        )
+    return {"teacher_maps_mb": n_maps / 2**20, "teacher_qk_inputs_mb": n_qk / 2**20}
+
+
+def measure_model_memory(
+    family: str, preset: str, batch_size: int, modes: Sequence[str], reuse: bool = False
+) -> dict[str, dict]:
+    """Per mode: a warm-up step, then one step between a reset of the high-water mark and its reading.
+
+    The full CPU run calls it in a fresh process per mode (``--model-child``); ``--quick`` and CUDA runs
+    measure every mode of a case on one build, in this process (``reuse``: the quick run's one build).
+    """
+    from amad.bench.common import autocast, device_under_test, precision_under_test
+
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"modes must be among {MODES}, got {bad}")
+    device = device_under_test()
+    amp = autocast(device, precision_under_test())
+    task, qk_task, batch, opt = _model_case(family, preset, batch_size, reuse)
+    fns = _step_fns(task, qk_task, batch, opt, amp)
+    out = {}
+    for mode in modes:
+        step = fns[mode]
+        step()  # warm-up: optimizer state and gradient buffers exist before the measured step
+        extra = _captured_mb(task, qk_task, batch, amp) if mode.startswith("distill") else {}
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            out[mode] = {"base_mb": base / 2**20, "peak_mb": torch.cuda.max_memory_allocated() / 2**20, **extra}
+            continue
+        with open("/proc/self/clear_refs", "w") as fh:  # VmHWM := the current resident set
+            fh.write("5")
+        base = _status_kb("VmRSS")
+        step()
+        out[mode] = {"base_mb": base / 1024, "peak_mb": _status_kb("VmHWM") / 1024, **extra}
+    del task, qk_task, batch, opt, fns
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
+
+
+def _model_memory(jobs: list[tuple[str, str, int, str]], fresh: bool) -> list[dict]:
+    """The measurement of each (family, preset, batch, mode): in a fresh process each (``fresh``, CPU; one
+    at a time, a base-size case needs about 12 GB), else one build per case in this process."""
+    if fresh and not torch.cuda.is_available():
+
+        def child(job: tuple[str, str, int, str]) -> dict:
+            family, preset, bs, mode = job
+            cmd = [sys.executable, "-m", "amad.bench.qk", "--model-child", family, preset, str(bs), mode]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=_CHILD_ENV)
+            return json.loads(res.stdout.strip().splitlines()[-1])[mode]
+
+        return [child(job) for job in jobs]
+    cases: dict[tuple[str, str, int], list[str]] = {}
+    for family, preset, bs, mode in jobs:
+        cases.setdefault((family, preset, bs), []).append(mode)
+    got = {case: measure_model_memory(*case, modes, reuse=not fresh) for case, modes in cases.items()}
+    return [got[job[:3]][job[3]] for job in jobs]
+
+
+def _fit(batches: tuple[int, int], extra_mb: dict[str, list[float]], budget_gib: float) -> dict:
+    """The largest batch whose step extra fits ``budget_gib``, per path, from a line through the two points."""
+    b0, b1 = batches
+    per_sample, intercept, max_batch = {}, {}, {}
+    for path, (e0, e1) in extra_mb.items():
+        slope = (e1 - e0) / (b1 - b0)
+        per_sample[path], intercept[path] = slope, e1 - slope * b1
+        max_batch[path] = int((budget_gib * 1024 - intercept[path]) // slope) if slope > 0 else None
+    ok = max_batch.get("distill_maps") and max_batch.get("distill_qk") is not None
+    return {
+        "budget_gib": budget_gib,
+        "batches": list(batches),
+        "step_extra_mb": extra_mb,
+        "per_sample_mb": per_sample,
+        "intercept_mb": intercept,
+        "max_batch": max_batch,
+        "max_batch_qk_over_maps": max_batch["distill_qk"] / max_batch["distill_maps"] if ok else None,
+    }
+
+
+def run_models(quick: bool = False, models: list[tuple[str, str]] | None = None) -> dict:
+    """The model part: ``{"steps": [...], "memory": [...], "batch_fit": [...]}`` (see the module doc)."""
+    cases = tuple(models) if models else (QUICK_MODEL_CASES if quick else MODEL_CASES)
+    bs = QUICK_MODEL_BATCH if quick else MODEL_BATCH
+    reps = 1 if quick else 3
+    fit_batches = (max(bs // 4, 1), bs)
+    jobs = [(f, p, bs, m) for f, p in cases for m in MODES]
+    jobs += [(f, p, fit_batches[0], m) for f, p in cases if f == "blip-vqa" for m in ("distill_maps", "distill_qk")]
+    mem = {} if quick else dict(zip(jobs, _model_memory(jobs, fresh=True), strict=True))  # fresh: all threads
+    threads = torch.get_num_threads()
+    # timings on one intra-op thread, as the loss benches: with two, OpenMP barriers stall whenever the
+    # other tenants of the shared VM hold a core, which swamped a trial run (a 0.5 s step measured 8.7 s)
+    torch.set_num_threads(1)
+    try:
+        if quick:
+            mem = dict(zip(jobs, _model_memory(jobs, fresh=False), strict=True))
+        steps = [measure_model_steps(f, p, bs, reps, reuse=quick) for f, p in cases]
+    finally:
+        torch.set_num_threads(threads)
+    memory, fits = [], []
+    for family, preset in cases:
+        m = {mode: mem[family, preset, bs, mode] for mode in MODES}
+        ext = {mode: max(r["peak_mb"] - r["base_mb"], 0.0) for mode, r in m.items()}
+        memory.append(
+            {
+                "model": f"{family}/{preset}",
+                "batch_size": bs,
+                "device": "cuda" if torch.cuda.is_available() else "cpu",
+                **{f"{mode}_peak_mb": r["peak_mb"] for mode, r in m.items()},
+                **{f"{mode}_step_extra_mb": e for mode, e in ext.items()},
+                "peak_ratio_qk": m["distill_qk"]["peak_mb"] / m["student_sdpa"]["peak_mb"],
+                "peak_ratio_maps": m["distill_maps"]["peak_mb"] / m["student_sdpa"]["peak_mb"],
+                "peak_ratio_maps_over_eager_student": m["distill_maps"]["peak_mb"] / m["student_eager"]["peak_mb"],
+                "step_extra_ratio_qk": ext["distill_qk"] / ext["student_sdpa"] if ext["student_sdpa"] else None,
+                "step_extra_ratio_maps": ext["distill_maps"] / ext["student_sdpa"] if ext["student_sdpa"] else None,
+                "teacher_maps_mb": m["distill_maps"].get("teacher_maps_mb"),
+                "teacher_qk_inputs_mb": m["distill_qk"].get("teacher_qk_inputs_mb"),
+            }
+        )
+        if family == "blip-vqa":
+            extra = {
+                path: [
+                    max(mem[family, preset, b, path]["peak_mb"] - mem[family, preset, b, path]["base_mb"], 0.0)
+                    for b in fit_batches
+                ]
+                for path in ("distill_maps", "distill_qk")
+            }
+            fits.append({"model": f"{family}/{preset}", **_fit(fit_batches, extra, FIT_BUDGET_GIB)})
+    _BUILT.clear()
+    _print_models(steps, memory, fits)
+    return {"steps": steps, "memory": memory, "batch_fit": fits}
+
+
+def _print_models(steps: list[dict], memory: list[dict], fits: list[dict]) -> None:
+    from amad.bench.common import print_table
+
+    print_table(
+        "qk steps",
+        steps,
+        (
+            "model",
+            "teacher_sdpa_s",
+            "student_sdpa_s",
+            "distill_maps_s",
+            "distill_qk_s",
+            "time_qk_over_maps",
+            "overhead_qk",
+            "overhead_maps",
+        ),
+    )
+    print_table(
+        "qk memory",
+        memory,
+        (
+            "model",
+            "student_sdpa_peak_mb",
+            "distill_qk_peak_mb",
+            "distill_maps_peak_mb",
+            "peak_ratio_qk",
+            "peak_ratio_maps",
+            "teacher_maps_mb",
+            "teacher_qk_inputs_mb",
+        ),
+    )
+    for f in fits:
+        print(f"[qk batch fit] {f['model']}: {f['budget_gib']} GiB -> {f['max_batch']} ({f['max_batch_qk_over_maps']})")
 
 
 def _print(records: list[dict]) -> None:
@@ -285,16 +636,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON file to write")
     parser.add_argument("--quick", action="store_true", help="small shapes (seconds; for tests)")
     parser.add_argument(
+        "--models", default=None, help="model part: comma-separated family/preset cases (default: base)"
+    )
+    parser.add_argument("--parts", default="models,losses", help="comma-separated: models, losses")
+    parser.add_argument(
         "--child", nargs=3, metavar=("CASE", "PATH", "CHUNK"), help="internal: measure one step's peak memory"
     )
+    parser.add_argument(
+        "--model-child",
+        nargs=4,
+        metavar=("FAMILY", "PRESET", "BATCH", "MODE"),
+        help="internal: measure one model step's peak memory",
+    )
     ns = parser.parse_args(argv)
+    if ns.model_child:
+        family, preset, bs, mode = ns.model_child
+        print(json.dumps(measure_model_memory(family, preset, int(bs), [mode])))
+        return 0
     if ns.child:
         name, path, chunk = ns.child
         if path not in PATHS:
             parser.error(f"PATH must be one of {PATHS}")
         print(json.dumps(_measure_memory(name, path, int(chunk) or None)))
         return 0
-    run(out=ns.out, quick=ns.quick)
+    models = None if ns.models is None else [tuple(m.split("/", 1)) for m in ns.models.split(",")]
+    run(out=ns.out, quick=ns.quick, models=models, parts=tuple(ns.parts.split(",")))
     if ns.out:
         print(f"wrote {ns.out}")
     return 0

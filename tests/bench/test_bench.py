@@ -44,6 +44,24 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert 0.0 <= data["throughput"][0]["data_wait_fraction"] <= 1.0
 
 
+def test_bench_qk_quick_writes_its_records(tmp_path):
+    """``amad bench qk --quick`` (tiny BLIP-VQA and a small loss case; about 12 s on the 2-core VM):
+    the keys docs/performance.md cites ("Attention from queries and keys")."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "qk", "--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())["qk"]
+    (step,) = data["steps"]
+    keys = {"distill_maps_s", "distill_qk_s", "time_qk_over_maps", "overhead_qk", "overhead_maps", "loss_abs_diff"}
+    assert keys <= set(step) and step["model"] == "blip-vqa/tiny"
+    assert step["loss_abs_diff"] < 1e-4  # the two paths' loss on the same weights
+    (mem,) = data["memory"]
+    assert {"peak_ratio_qk", "peak_ratio_maps", "teacher_maps_mb", "teacher_qk_inputs_mb"} <= set(mem)
+    (fit,) = data["batch_fit"]
+    assert {"budget_gib", "batches", "per_sample_mb", "max_batch", "max_batch_qk_over_maps"} <= set(fit)
+    (loss,) = data["records"]
+    assert {"map_ms", "qk_ms", "time_ratio", "mem_ratio"} <= set(loss)
+
+
 def test_bench_models_option_picks_the_cases(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "step", "--quick", "--models", "vlt5/tiny", "--out", str(out)]) == 0

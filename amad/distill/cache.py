@@ -63,9 +63,7 @@ class TeacherCache:
         rows = {site: out.query_masks[site].sum(1).tolist() for site in self.layers}
         for b, key in enumerate(batch["ids"]):
             maps = {
-                site: {
-                    layer: out.attentions[site][layer][b, :, : rows[site][b]].clone() for layer in self.layers[site]
-                }
+                site: {layer: out.attentions[site][layer][b, :, : rows[site][b]].clone() for layer in self.layers[site]}
                 for site in self.layers
             }
             self.examples[_key(key)] = {"logits": out.logits[b, : rows_t[b]].clone(), "maps": maps}

@@ -96,7 +96,8 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
         log(f"teacher: reusing {out}")
         return out, {**json.loads(meta.read_text()), "source": str(out)}
     log(f"teacher: training {t['model']} (cached as {out})")
-    model, stages = train_teacher(cfg, dm, log)
+    partial = out.with_name(out.name + ".partial")
+    model, stages = train_teacher(cfg, dm, log, resume_dir=partial)
     test = evaluate_model(model, dm, "test")
     oracle = oracle_metrics(dm, "test")
     tmp = out.with_name(out.name + ".tmp")
@@ -118,6 +119,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     (tmp / "teacher.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: a half-trained or half-written teacher is never "cached"
+    shutil.rmtree(partial, ignore_errors=True)
     log(f"teacher: test {test} after {record['train_time_s']:.0f}s of training")
     return out, {**record, "source": str(out)}
 
@@ -146,7 +148,9 @@ def _trainer(max_steps: int, precision: str, prefix: str, log) -> L.Trainer:
     return quiet_trainer(max_steps, precision, [ProgressLine(prefix, every_n_steps=max(max_steps // 10, 1), write=log)])
 
 
-def train_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[dict[str, Any]]]:
+def train_teacher(
+    cfg: dict[str, Any], dm: Any, log=print, resume_dir: Path | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
     """Run the teacher's recipe, stage by stage; returns (the model, one record per stage).
 
     Stages (``teacher:`` of a comparison YAML), each optional but the last:
@@ -161,6 +165,9 @@ def train_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[di
        ``teacher:`` itself.
 
     Every stage is seeded from ``teacher.seed``; the validation split of each stage's end is recorded.
+    With ``resume_dir``, the weights and record after each pre-training stage are kept there
+    (``stage<i>.pt``) and a rerun resumes after the last one kept: each stage reseeds itself, so a
+    resumed recipe trains what an uninterrupted one does. The caller removes the folder when done.
     """
     from amad.config import deep_merge
     from amad.lit import FineTuneModule
@@ -174,11 +181,20 @@ def train_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[di
     )
     model = finetune.model
     model.tokenizer = dm.tokenizer
-    stages: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = _resume(model, resume_dir, log)
 
-    if "attributes" in pre:
-        stages.append(_attribute_stage(model, pre["attributes"], dm, precision, seed, log))
-    if "task" in pre:
+    def keep(record: dict[str, Any]) -> None:
+        stages.append(record)
+        if resume_dir is not None:
+            resume_dir.mkdir(parents=True, exist_ok=True)
+            tmp = resume_dir / f"stage{len(stages)}.pt.tmp"
+            torch.save({"state_dict": model.state_dict(), "stages": stages}, tmp)
+            os.replace(tmp, resume_dir / f"stage{len(stages)}.pt")
+
+    names = [s["stage"] for s in stages]
+    if "attributes" in pre and "pretrain.attributes" not in names:
+        keep(_attribute_stage(model, pre["attributes"], dm, precision, seed, log))
+    if "task" in pre and "pretrain.task" not in names:
         st = pre["task"]
         L.seed_everything(seed + 1, workers=True, verbose=False)
         scenes = {"train_scenes": int(st["max_steps"]) * dm.batch_size, "scene_seed": int(st.get("seed", 1))}
@@ -186,11 +202,26 @@ def train_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[di
             scenes["scene_pool"] = int(st["scenes"])
         scene_dm = make_datamodule(deep_merge(teacher_datamodule_config(cfg), {"init_args": scenes}))
         module = FineTuneModule(model=model, task=dm.task, freeze=st.get("freeze"), **optimization_kwargs(st))
-        stages.append(_fit("pretrain.task", module, scene_dm, int(st["max_steps"]), precision, log))
+        keep(_fit("pretrain.task", module, scene_dm, int(st["max_steps"]), precision, log))
     if stages:  # a recipe without pre-training keeps the one seeded stream it always had
         L.seed_everything(seed + 2, workers=True, verbose=False)
     stages.append(_fit("finetune", finetune, dm, int(t["max_steps"]), precision, log))
     return model, stages
+
+
+def _resume(model: Any, resume_dir: Path | None, log) -> list[dict[str, Any]]:
+    """Load the last stage kept in ``resume_dir`` into ``model``; its stage records (or [])."""
+    kept = sorted(resume_dir.glob("stage*.pt")) if resume_dir is not None and resume_dir.is_dir() else []
+    if not kept:
+        return []
+    try:
+        state = torch.load(kept[-1], map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+    except Exception as err:  # a stage file cut short by a crash: start over, never fail on it
+        log(f"teacher: cannot resume from {kept[-1]} ({type(err).__name__}: {err}); training from the start")
+        return []
+    log(f"teacher: resuming after {', '.join(s['stage'] for s in state['stages'])} (kept in {resume_dir})")
+    return list(state["stages"])
 
 
 def _fit(name: str, module: Any, dm: Any, steps: int, precision: str, log) -> dict[str, Any]:

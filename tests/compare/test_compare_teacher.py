@@ -123,3 +123,39 @@ def test_a_staged_recipe_records_every_stage_and_the_breakdown(tmp_path, monkeyp
 
     facts = make_datamodule(teacher_datamodule_config(cfg)).metadata
     assert teacher_fingerprint(cfg, facts) != record["fingerprint"]
+
+
+def test_an_interrupted_recipe_resumes_after_its_last_stage_and_trains_the_same_teacher(tmp_path, monkeypatch):
+    from amad.compare import teacher as teacher_mod
+    from amad.compare.config import load_compare_config, make_datamodule
+    from amad.compare.teacher import teacher_datamodule_config, train_teacher
+
+    cfg = load_compare_config(str(_staged_comparison(tmp_path, "easyvqa_blip.yaml", "resumed")))
+    dm = make_datamodule(teacher_datamodule_config(cfg))
+    whole, _ = train_teacher(cfg, dm, log=lambda line: None)
+
+    real_fit = teacher_mod._fit
+
+    def crash_in_finetune(name, *args, **kwargs):
+        if name == "finetune":
+            raise KeyboardInterrupt("the session ended")
+        return real_fit(name, *args, **kwargs)
+
+    keep = tmp_path / "partial"
+    monkeypatch.setattr(teacher_mod, "_fit", crash_in_finetune)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(cfg, dm, log=lambda line: None, resume_dir=keep)
+    assert sorted(p.name for p in keep.iterdir()) == ["stage1.pt", "stage2.pt"]
+    monkeypatch.setattr(teacher_mod, "_fit", real_fit)
+    lines: list[str] = []
+    resumed, stages = train_teacher(cfg, dm, log=lines.append, resume_dir=keep)
+    assert any("resuming after pretrain.attributes, pretrain.task" in line for line in lines)
+    assert not any("pretrain.attributes:" in line for line in lines), "a kept stage is not trained again"
+    assert [s["stage"] for s in stages] == ["pretrain.attributes", "pretrain.task", "finetune"]
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resuming trains what one run trains"
+
+    (keep / "stage3.pt").write_bytes(b"cut short")  # a corrupt file never fails the run: start over
+    lines.clear()
+    train_teacher(cfg, dm, log=lines.append, resume_dir=keep)
+    assert any("cannot resume from" in line and "stage3.pt" in line for line in lines)

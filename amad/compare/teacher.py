@@ -57,6 +57,19 @@ def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
     )
 
 
+def pretrain_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
+    """Hash of what the pre-training stages depend on (model, seed, precision, ``pretrain``, data), not of
+    the fine-tuning keys: recipes that differ only in fine-tuning share their pre-trained stages."""
+    t = cfg["teacher"]
+    return fingerprint(
+        {
+            "teacher": {k: t.get(k) for k in ("model", "seed", "precision", "pretrain")},
+            "data": teacher_datamodule_config(cfg),
+            "data_facts": data_facts,
+        }
+    )
+
+
 def teacher_datamodule_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The teacher trains on the full data unless its own ``teacher.data`` overrides (e.g. fraction)."""
     from amad.config import deep_merge
@@ -96,8 +109,13 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
         log(f"teacher: reusing {out}")
         return out, {**json.loads(meta.read_text()), "source": str(out)}
     log(f"teacher: training {t['model']} (cached as {out})")
-    partial = out.with_name(out.name + ".partial")
-    model, stages = train_teacher(cfg, dm, log, resume_dir=partial)
+    # pre-trained stages are kept by their own recipe: an interrupted run resumes after the last one,
+    # and a recipe that changes only its fine-tuning starts from them
+    stages_dir = None
+    if t.get("pretrain"):
+        key = f"{cfg['name']}-{pretrain_fingerprint(cfg, getattr(dm, 'metadata', {}))}"
+        stages_dir = cache_root() / "teacher_stages" / key
+    model, stages = train_teacher(cfg, dm, log, resume_dir=stages_dir)
     test = evaluate_model(model, dm, "test")
     oracle = oracle_metrics(dm, "test")
     tmp = out.with_name(out.name + ".tmp")
@@ -119,7 +137,6 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     (tmp / "teacher.json").write_text(json.dumps(record, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # atomic: a half-trained or half-written teacher is never "cached"
-    shutil.rmtree(partial, ignore_errors=True)
     log(f"teacher: test {test} after {record['train_time_s']:.0f}s of training")
     return out, {**record, "source": str(out)}
 
@@ -167,7 +184,8 @@ def train_teacher(
     Every stage is seeded from ``teacher.seed``; the validation split of each stage's end is recorded.
     With ``resume_dir``, the weights and record after each pre-training stage are kept there
     (``stage<i>.pt``) and a rerun resumes after the last one kept: each stage reseeds itself, so a
-    resumed recipe trains what an uninterrupted one does. The caller removes the folder when done.
+    resumed recipe trains what an uninterrupted one does. Resumed stages keep their own records
+    (``train_time_s`` is the time that stage took when it ran) and are marked ``"resumed": true``.
     """
     from amad.config import deep_merge
     from amad.lit import FineTuneModule
@@ -221,7 +239,7 @@ def _resume(model: Any, resume_dir: Path | None, log) -> list[dict[str, Any]]:
         log(f"teacher: cannot resume from {kept[-1]} ({type(err).__name__}: {err}); training from the start")
         return []
     log(f"teacher: resuming after {', '.join(s['stage'] for s in state['stages'])} (kept in {resume_dir})")
-    return list(state["stages"])
+    return [{**s, "resumed": True} for s in state["stages"]]
 
 
 def _fit(name: str, module: Any, dm: Any, steps: int, precision: str, log) -> dict[str, Any]:

@@ -159,3 +159,22 @@ def test_an_interrupted_recipe_resumes_after_its_last_stage_and_trains_the_same_
     lines.clear()
     train_teacher(cfg, dm, log=lines.append, resume_dir=keep)
     assert any("cannot resume from" in line and "stage3.pt" in line for line in lines)
+
+
+def test_a_recipe_that_changes_only_its_finetuning_starts_from_the_kept_pretraining(tmp_path, monkeypatch):
+    from amad.compare.config import load_compare_config
+    from amad.compare.teacher import ensure_teacher
+
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    cfg = load_compare_config(str(_staged_comparison(tmp_path, "easyvqa_blip.yaml", "refit")))
+    first, _ = ensure_teacher(cfg, log=lambda line: None)
+    cfg["teacher"]["max_steps"] = 3
+    lines: list[str] = []
+    second, record = ensure_teacher(cfg, log=lines.append)
+    assert second != first, "another fine-tuning is another teacher"
+    assert any("resuming after pretrain.attributes, pretrain.task" in line for line in lines)
+    assert [s.get("resumed", False) for s in record["stages"]] == [True, True, False]
+    cfg["teacher"]["pretrain"]["task"]["max_steps"] = 3  # another pre-training: nothing to start from
+    lines.clear()
+    ensure_teacher(cfg, log=lines.append)
+    assert not any("resuming" in line for line in lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import yaml
 from jsonargparse import ArgumentError
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int | None:
     debug = os.environ.get("AMAD_DEBUG", "") not in ("", "0")
     if argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
+    # Lightning's own use of torch's pytree warns once per process; nothing a user can act on, and it
+    # would be the first line of every console (run logs keep everything else)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

@@ -49,7 +49,8 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, 
 
 def separation(summary: list[dict[str, Any]], teacher: dict[str, float], metric: str) -> dict[str, dict[str, float]]:
     """Per method (but ``gt``): ``sigmas`` above ``gt`` (pooled std; inf when both stds are 0 and the
-    means differ) and ``gap_closed``, the share of the gt→teacher gap closed (None without a gap)."""
+    means differ; nan when either has a single seed, whose spread is unknown) and ``gap_closed``, the
+    share of the gt→teacher gap closed (None without a gap)."""
     by = {s["method"]: s for s in summary if metric in s}
     if "gt" not in by:
         return {}
@@ -61,6 +62,8 @@ def separation(summary: list[dict[str, Any]], teacher: dict[str, float], metric:
         diff = s[metric]["mean"] - gt["mean"]
         pooled = math.sqrt((s[metric]["std"] ** 2 + gt["std"] ** 2) / 2)
         sig = diff / pooled if pooled > 0 else (math.inf if diff > 0 else (-math.inf if diff < 0 else 0.0))
+        if min(s.get("n", 2), by["gt"].get("n", 2)) < 2:
+            sig = math.nan  # one seed says nothing about the spread: never "separates"
         gap = teacher.get(metric, math.nan) - gt["mean"]
         out[name] = {"sigmas": sig, "gap_closed": diff / gap if gap and not math.isnan(gap) else None}
     return out
@@ -116,7 +119,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     for s in results["summary"]:
         cells = [f"{_fmt(s[m]['mean'], m)} ± {_fmt(s[m]['std'], m)}" if m in s else "" for m in metrics]
         v = sep.get(s["method"])
-        sig = "" if v is None else f"{v['sigmas']:+.1f}"
+        sig = "" if v is None else ("n/a (1 seed)" if math.isnan(v["sigmas"]) else f"{v['sigmas']:+.1f}")
         gap = "" if v is None or v["gap_closed"] is None else f"{100 * v['gap_closed']:.0f} %"
         lines.append(
             f"| {s['method']} | "
@@ -129,7 +132,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         gap_text = "n/a" if v["gap_closed"] is None else f"{100 * v['gap_closed']:.0f} %"
         lines += [
             "",
-            f"Best distillation method: **{best}**, {v['sigmas']:+.1f} pooled σ above gt, closing {gap_text} of "
+            f"Best distillation method: **{best}**, "
+            + ("(σ unknown with one seed)" if math.isnan(v["sigmas"]) else f"{v['sigmas']:+.1f} pooled σ above gt")
+            + f", closing {gap_text} of "
             f"the gap to the teacher: the comparison **{'separates' if separates else 'does not separate'}** "
             f"the methods (criterion: ≥ {SEPARATION_SIGMAS:g} σ and ≥ {100 * SEPARATION_GAP:.0f} %).",
         ]

@@ -29,7 +29,14 @@ def test_separation_in_pooled_sigmas_and_gap_closed():
 
 
 def test_zero_spread_and_no_gap_do_not_divide_by_zero():
-    summary = summarise(_runs("gt", [0.5]) + _runs("amad", [0.6]), ["gt", "amad"])
+    summary = summarise(_runs("gt", [0.5, 0.5]) + _runs("amad", [0.6, 0.6]), ["gt", "amad"])
     sep = separation(summary, {"vqa_acc": 0.5}, "vqa_acc")
     assert sep["amad"]["sigmas"] == math.inf and sep["amad"]["gap_closed"] is None
+
+
+def test_one_seed_has_no_spread_and_never_separates():
+    summary = summarise(_runs("gt", [0.5]) + _runs("amad", [0.9]), ["gt", "amad"])
+    sep = separation(summary, {"vqa_acc": 0.95}, "vqa_acc")
+    assert math.isnan(sep["amad"]["sigmas"]) and sep["amad"]["gap_closed"] == pytest.approx(0.4 / 0.45)
+    assert verdict(sep) == ("amad", False)
     assert separation(summarise(_runs("amad", [0.6]), ["amad"]), {}, "vqa_acc") == {}

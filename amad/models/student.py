@@ -7,6 +7,7 @@ count at a fixed hidden size: a smaller student needs a smaller ``hidden_size`` 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -71,6 +72,14 @@ def derive_student(
         student.init_report = {"init": "random"}
     else:
         student.init_report = copy_from_teacher(teacher, student, layer_map)
+        share = student.init_report["copied_fraction"]
+        if share < 0.5:  # e.g. a narrower student: only same-shape tensors copy, the rest stays random
+            warnings.warn(
+                f"init='teacher' copied only {100 * share:.0f} % of the student's parameters (a student "
+                f"narrower than its teacher keeps random weights wherever shapes differ); student.init_report "
+                "lists what was skipped and why",
+                stacklevel=2,
+            )
     return student
 
 

@@ -79,7 +79,8 @@ def test_layer_map_last_and_random_init(family):
 
 def test_smaller_hidden_scales_intermediate_and_reports_skips():
     teacher = build_model("blip-vqa", "tiny", seed=0)  # hidden 64, intermediate 128
-    student = derive_student(teacher, hidden_size=32)
+    with pytest.warns(UserWarning, match=r"init='teacher' copied only \d+ %"):  # never silently random
+        student = derive_student(teacher, hidden_size=32)
     cfg = student.model.config
     assert cfg.vision_config.intermediate_size == 64 and cfg.text_config.intermediate_size == 64
     assert cfg.text_config.encoder_hidden_size == 32

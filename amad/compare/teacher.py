@@ -41,7 +41,8 @@ TEACHER_KEYS = (
     "max_new_tokens",
     "data",
 )
-#: recipe keys added later: in the fingerprint only where a recipe sets them (older fingerprints hold)
+#: recipe keys added later: in the fingerprint only where a recipe sets them (older fingerprints hold;
+#: null, which a preset uses to drop an inherited stage, counts as unset)
 RECIPE_KEYS = ("pretrain", "freeze")
 
 
@@ -50,7 +51,8 @@ def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
     t = cfg["teacher"]
     return fingerprint(
         {
-            "teacher": {k: t.get(k) for k in TEACHER_KEYS if k != "data"} | {k: t[k] for k in RECIPE_KEYS if k in t},
+            "teacher": {k: t.get(k) for k in TEACHER_KEYS if k != "data"}
+            | {k: t[k] for k in RECIPE_KEYS if t.get(k) is not None},
             "data": teacher_datamodule_config(cfg),
             "data_facts": data_facts,
         }

@@ -26,6 +26,8 @@ def _tiny_comparison(tmp_path: Path) -> Path:
         "teacher": {
             "path": None,
             "model": {"preset": "tiny"},
+            "pretrain": None,  # the comparison's own staged recipe is not what these tests are about
+            "freeze": None,
             "max_steps": 2,
             "data": {"init_args": {"fraction": 0.01}},
         },

@@ -47,7 +47,7 @@ def test_a_tiny_sweep_runs_and_scores_val_and_test(tmp_path, monkeypatch):
             "pretrain": None,  # the comparison's own staged recipe is not what these tests are about
             "freeze": None,
             "max_steps": 2,
-            "data": {"init_args": {"fraction": 0.01}},
+            "data": {"init_args": {"fraction": 0.01, "eval_subset": 16}},
         },
         "train": {"max_steps": 3},
     }

@@ -29,7 +29,7 @@ def _tiny_comparison(tmp_path: Path) -> Path:
             "pretrain": None,  # the comparison's own staged recipe is not what these tests are about
             "freeze": None,
             "max_steps": 2,
-            "data": {"init_args": {"fraction": 0.01}},
+            "data": {"init_args": {"fraction": 0.01, "eval_subset": 16}},
         },
     }
     path = tmp_path / "tiny.yaml"
@@ -85,7 +85,7 @@ def _staged_comparison(tmp_path: Path, base: str, name: str) -> Path:
         "teacher": {
             "path": None,
             "model": {"preset": "tiny"},
-            "data": {"init_args": {"fraction": 0.01, "batch_size": 8}},
+            "data": {"init_args": {"fraction": 0.01, "batch_size": 8, "eval_subset": 16}},
             "pretrain": {
                 "attributes": {"max_steps": 3, "batch_size": 8, "scenes": 24},
                 "task": {"max_steps": 2, "scenes": 16, "freeze": ["model.vision_model."]},

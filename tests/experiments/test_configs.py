@@ -153,7 +153,10 @@ def test_compare_config_loads_and_its_data_and_student_build(path, preset):
     from amad.compare.config import make_datamodule
 
     cfg = load_compare_config(str(path), preset)
-    assert {"gt", "kd", "one_to_one", "head_mean", "minilm_relation", "amad"} <= set(cfg["methods"])
+    # every preset compares AMAD with ground truth and one-to-one (the demo's default runs just those three)
+    assert {"gt", "one_to_one", "amad"} <= set(cfg["methods"])
+    if preset != "default":  # smoke runs every default path end to end, full every method
+        assert {"gt", "kd", "one_to_one", "head_mean", "minilm_relation", "amad"} <= set(cfg["methods"])
     if preset == "smoke":  # building the data is the expensive part: once per comparison
         dm = make_datamodule(cfg["data"])
         from amad.models import build_model, derive_student

@@ -49,27 +49,19 @@ RECIPE_KEYS = ("pretrain", "freeze")
 def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
     """Hash of the teacher's recipe, its data config and the data's own facts (source, sizes, version)."""
     t = cfg["teacher"]
-    return fingerprint(
-        {
-            "teacher": {k: t.get(k) for k in TEACHER_KEYS if k != "data"}
-            | {k: t[k] for k in RECIPE_KEYS if t.get(k) is not None},
-            "data": teacher_datamodule_config(cfg),
-            "data_facts": data_facts,
-        }
-    )
+    recipe = {k: t.get(k) for k in TEACHER_KEYS if k != "data"} | {k: t[k] for k in RECIPE_KEYS if t.get(k) is not None}
+    return _recipe_fingerprint(cfg, recipe, data_facts)
 
 
 def pretrain_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
     """Hash of what the pre-training stages depend on (model, seed, precision, ``pretrain``, data), not of
     the fine-tuning keys: recipes that differ only in fine-tuning share their pre-trained stages."""
     t = cfg["teacher"]
-    return fingerprint(
-        {
-            "teacher": {k: t.get(k) for k in ("model", "seed", "precision", "pretrain")},
-            "data": teacher_datamodule_config(cfg),
-            "data_facts": data_facts,
-        }
-    )
+    return _recipe_fingerprint(cfg, {k: t.get(k) for k in ("model", "seed", "precision", "pretrain")}, data_facts)
+
+
+def _recipe_fingerprint(cfg: dict[str, Any], recipe: dict[str, Any], data_facts: dict[str, Any]) -> str:
+    return fingerprint({"teacher": recipe, "data": teacher_datamodule_config(cfg), "data_facts": data_facts})
 
 
 def teacher_datamodule_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +80,8 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     """
     t = cfg["teacher"]
     dm = make_datamodule(teacher_datamodule_config(cfg))
-    fp = teacher_fingerprint(cfg, getattr(dm, "metadata", {}))
+    facts = getattr(dm, "metadata", {})
+    fp = teacher_fingerprint(cfg, facts)
     if t.get("path"):
         path = Path(t["path"])
         if not path.exists():
@@ -115,7 +108,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     # and a recipe that changes only its fine-tuning starts from them
     stages_dir = None
     if t.get("pretrain"):
-        key = f"{cfg['name']}-{pretrain_fingerprint(cfg, getattr(dm, 'metadata', {}))}"
+        key = f"{cfg['name']}-{pretrain_fingerprint(cfg, facts)}"
         stages_dir = cache_root() / "teacher_stages" / key
     model, stages = train_teacher(cfg, dm, log, resume_dir=stages_dir)
     test = evaluate_model(model, dm, "test")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from amad.compare.config import (
 )
 from amad.compare.console import Console
 from amad.compare.report import summarise, write_report
-from amad.compare.teacher import ensure_teacher, evaluate_model, quiet_trainer
+from amad.compare.teacher import ensure_teacher, evaluate_model, quiet_trainer, teacher_shortfalls
 from amad.config import deep_merge
 
 
@@ -341,6 +342,10 @@ def main(argv: list[str]) -> int:
     if ns.teacher_only:
         path, record = ensure_teacher(cfg)
         print(json.dumps({"teacher": str(path), **{k: record.get(k) for k in ("metrics", "train_time_s")}}))
+        missed = teacher_shortfalls(record, cfg["teacher"].get("target"))
+        if missed:  # a weak teacher is never silent: the comparison would judge students against it
+            print(f"amad: error: teacher {path} misses its target: {'; '.join(missed)}", file=sys.stderr)
+            return 1
         return 0
     results = run_comparison(cfg, ns.out, ns.logger, ns.split, console=Console(enabled=not ns.verbose))
     print((Path(ns.out) / "results.md").read_text())

@@ -24,6 +24,7 @@ import lightning as L
 import torch
 
 from amad.compare.config import fingerprint, load_compare_config, make_datamodule, optimization_kwargs
+from amad.compare.tower_stage import shared_attribute_stage
 from amad.lit.base import COMPARE_PREFIX
 from amad.models.io import save_pretrained
 from amad.paths import cache_root
@@ -136,6 +137,23 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     return out, {**record, "source": str(out)}
 
 
+def teacher_shortfalls(record: dict[str, Any], target: dict[str, Any] | None) -> list[str]:
+    """What a teacher misses of its ``teacher.target`` (``metric``, ``min``, and ``kinds_min`` for every
+    breakdown ``<metric>_<kind>`` of it, e.g. VQA's question kinds); [] when it meets it or has none."""
+    if not target:
+        return []
+    metrics, metric = record.get("metrics") or {}, target["metric"]
+    if metric not in metrics:
+        return [f"{metric} not measured (have {sorted(metrics)})"]
+    out = []
+    if metrics[metric] < float(target.get("min", 0.0)):
+        out.append(f"{metric} {metrics[metric]:.4f} < {float(target['min']):.2f}")
+    if target.get("kinds_min") is not None:
+        kinds = {k: v for k, v in metrics.items() if k.startswith(metric + "_")}
+        out += [f"{k} {v:.4f} < {float(target['kinds_min']):.2f}" for k, v in kinds.items() if v < target["kinds_min"]]
+    return out
+
+
 def quiet_trainer(max_steps: int = -1, precision: str = "32-true", callbacks=(), logger: Any = False) -> L.Trainer:
     """A Trainer for the jobs of a comparison: one device, no validation loop, no checkpoints, no bar."""
     return L.Trainer(
@@ -206,7 +224,11 @@ def train_teacher(
 
     names = [s["stage"] for s in stages]
     if "attributes" in pre and "pretrain.attributes" not in names:
-        keep(_attribute_stage(model, pre["attributes"], dm, precision, seed, log))
+        st = pre["attributes"]
+        if st.get("shared"):  # one tower stage per family group, trained once and reused by every teacher
+            keep(shared_attribute_stage(model, t["model"], st, dm, precision, seed, log))
+        else:
+            keep(attribute_stage(model, st, dm, precision, seed, log))
     if "task" in pre and "pretrain.task" not in names:
         st = pre["task"]
         L.seed_everything(seed + 1, workers=True, verbose=False)
@@ -247,7 +269,7 @@ def _fit(name: str, module: Any, dm: Any, steps: int, precision: str, log) -> di
     return {"stage": name, "steps": steps, "train_time_s": round(elapsed, 1), "val": val}
 
 
-def _attribute_stage(model: Any, st: dict[str, Any], dm: Any, precision: str, seed: int, log) -> dict[str, Any]:
+def attribute_stage(model: Any, st: dict[str, Any], dm: Any, precision: str, seed: int, log) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from amad.data.scene_data import AttributeCollator, SceneAttributeDataset

@@ -4,6 +4,7 @@ teacher on first use changes nothing about what is built after it."""
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from amad.compare.teacher import resolve_teacher_reference
+from amad.compare.teacher import ensure_teacher, resolve_teacher_reference
 
 ROOT = Path(__file__).parents[2]
 AMAD_YAML = ROOT / "experiments/easyvqa/blip/amad.yaml"
@@ -180,3 +181,69 @@ def test_a_recipe_that_changes_only_its_finetuning_starts_from_the_kept_pretrain
     lines.clear()
     ensure_teacher(cfg, log=lines.append)
     assert not any("resuming" in line for line in lines)
+
+
+def _shared(tmp_path: Path, base: str, name: str, family: str) -> Path:
+    path = _staged_comparison(tmp_path, base, name)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["init_args"]["image_size"] = 32
+    cfg["teacher"]["model"] = {"family": family, "preset": "tiny", "image_size": 32, "patch_size": 8}
+    # the same stage settings whatever the base file's recipe says
+    cfg["teacher"]["pretrain"]["attributes"].update(shared=True, lr=1e-3, warmup_ratio=0.05, schedule="cosine")
+    prefix = "visual." if family == "vlt5" else "model.vision_model."
+    cfg["teacher"]["pretrain"]["task"]["freeze"] = cfg["teacher"]["freeze"] = [prefix]
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("easyvqa_blip.yaml", "blip-vqa"), ("shapes-caption_blip.yaml", "blip-caption")),
+        (("shapes-caption_vlt5.yaml", "vlt5"), ("easyvqa_vlt5.yaml", "vlt5")),
+    ],
+)
+def test_teachers_of_one_family_share_one_trained_tower_whoever_asks_first(tmp_path, monkeypatch, first, second):
+    from amad.compare.config import load_compare_config
+    from amad.compare.tower_stage import TOWER_PREFIXES, family_group
+    from amad.models.io import load_pretrained
+
+    def teacher(cache: str, spec: tuple[str, str], lines: list[str]):
+        monkeypatch.setenv("AMAD_CACHE", str(tmp_path / cache))
+        cfg = load_compare_config(str(_shared(tmp_path, spec[0], f"{cache}-{spec[1]}", spec[1])))
+        path, record = ensure_teacher(cfg, log=lines.append)
+        return load_pretrained(path), record
+
+    lines: list[str] = []
+    _, rec_a = teacher("one", first, lines)
+    b, rec_b = teacher("one", second, lines)
+    assert sum("pretrain.attributes: 3 steps" in line for line in lines) == 1, "the tower is trained once"
+    assert rec_b["stages"][0].get("shared_from_cache") and rec_b["stages"][0]["tower"] == rec_a["stages"][0]["tower"]
+    # the other order, in another cache: the same tower (it is trained on a canonical model, not the asker)
+    c, _ = teacher("two", second, [])
+    group = family_group(second[1])
+    tb, tc = b.state_dict(), c.state_dict()
+    tower = [k for k in tb if k.startswith(TOWER_PREFIXES[group])]
+    assert tower
+    # after the shared stage the tower may still be fine-tuned by a later stage that does not freeze all of
+    # it (VL-T5's encoder); the frozen part is the shared one, bit for bit
+    frozen = [k for k in tower if k.startswith(("visual.", "model.vision_model."))]
+    assert frozen and all(torch.equal(tb[k], tc[k]) for k in frozen)
+
+
+def test_a_torn_shared_tower_is_set_aside_and_trained_again(tmp_path, monkeypatch):
+    from amad.compare.config import load_compare_config
+
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    cfg = load_compare_config(str(_shared(tmp_path, "easyvqa_blip.yaml", "torn", "blip-vqa")))
+    _, record = ensure_teacher(cfg, log=lambda line: None)
+    stages = tmp_path / "cache" / "teacher_stages"
+    (stages / record["stages"][0]["tower"] / "tower.pt").write_bytes(b"cut")
+    cfg["teacher"]["max_steps"] = 3  # another teacher, same tower
+    for d in stages.iterdir():
+        if not d.name.startswith("tower-"):
+            shutil.rmtree(d)
+    lines: list[str] = []
+    ensure_teacher(cfg, log=lines.append)
+    assert any("unreadable" in line and "set aside" in line for line in lines)
+    assert any(d.name.startswith(record["stages"][0]["tower"] + ".corrupt-") for d in stages.iterdir())

@@ -247,3 +247,22 @@ def test_a_torn_shared_tower_is_set_aside_and_trained_again(tmp_path, monkeypatc
     ensure_teacher(cfg, log=lines.append)
     assert any("unreadable" in line and "set aside" in line for line in lines)
     assert any(d.name.startswith(record["stages"][0]["tower"] + ".corrupt-") for d in stages.iterdir())
+
+
+def test_teacher_only_fails_loudly_below_the_teachers_target(tmp_path, monkeypatch, capsys):
+    from amad.compare.run import main
+
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "cache"))
+    path = _tiny_comparison(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["teacher"]["target"] = {"metric": "vqa_acc", "min": 0.99, "kinds_min": 0.9}  # a 2-step teacher misses it
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path), "--out", str(tmp_path / "out"), "--teacher-only"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("amad: error: teacher ") and "vqa_acc 0." in err[0] and "< 0.99" in err[0]
+    )
+    assert "vqa_acc_shape" in err[0], "every question kind below kinds_min is named"
+    cfg["teacher"]["target"] = {"metric": "vqa_acc", "min": 0.0}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["--config", str(path), "--out", str(tmp_path / "out"), "--teacher-only"]) == 0  # cached: no retraining

@@ -59,3 +59,29 @@ def test_a_config_naming_a_comparisons_teacher_builds_data_that_teacher_reads(le
     assert dm.pixel_size == teacher_dm.pixel_size and dm.text_prefix == teacher_dm.text_prefix
     teacher = build_model(**cmp["teacher"]["model"], tokenizer=teacher_dm.tokenizer)
     assert teacher.image_size in (None, dm.pixel_size), (leaf, teacher.image_size, dm.pixel_size)
+
+
+#: shipped teachers known to miss their target (docs/results.md#teachers says by how much)
+BELOW_TARGET = {"easyvqa_blip": "94.7 % < 95 % (yes/no colour 92.2 %); its staged successor is being trained"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=BELOW_TARGET[p.stem]))
+        if p.stem in BELOW_TARGET
+        else p
+        for p in COMPARES
+    ],
+    ids=lambda p: p.stem,
+)
+def test_a_shipped_teacher_meets_its_target(path):
+    """A comparison is only as good as its teacher: the shipped one clears the bar its recipe sets."""
+    from amad.compare.teacher import teacher_shortfalls
+
+    cfg = load_compare_config(str(path))
+    if not cfg["teacher"].get("path"):
+        pytest.skip(f"{path.name} ships no teacher")
+    assert cfg["teacher"].get("target"), f"{path.name}: a shipped teacher needs a target"
+    record = json.loads((ROOT / cfg["teacher"]["path"] / "teacher.json").read_text())
+    assert teacher_shortfalls(record, cfg["teacher"]["target"]) == []

@@ -78,6 +78,26 @@ def verdict(sep: dict[str, dict[str, float]]) -> tuple[str | None, bool]:
     return best, v["sigmas"] >= SEPARATION_SIGMAS and (v["gap_closed"] or 0) >= SEPARATION_GAP
 
 
+def headline(results: dict[str, Any], sep: dict[str, dict[str, float]], best: str | None, separates: bool) -> str:
+    """One line for the top of the report: whether the instrument (teacher, separation) can be trusted."""
+    missed = results.get("teacher_shortfalls") or []
+    parts = [f"**Weak teacher**: it misses its target ({'; '.join(missed)})."] if missed else []
+    if best is None:
+        parts.append("No distillation method ran beside gt: nothing to separate.")
+    elif separates:
+        v = sep[best]
+        parts.append(
+            f"**Separates**: {best} is {v['sigmas']:+.1f} pooled σ above gt and closes "
+            f"{100 * v['gap_closed']:.0f} % of the gap to the teacher."
+        )
+    else:
+        parts.append(
+            f"**Does not separate**: no method is ≥ {SEPARATION_SIGMAS:g} pooled σ above gt while closing "
+            f"≥ {100 * SEPARATION_GAP:.0f} % of the gap to the teacher (best: {best}); read the table as inconclusive."
+        )
+    return " ".join(parts)
+
+
 def _fmt(x: float, metric: str) -> str:
     if metric in PERCENT:
         return f"{100 * x:.1f}"
@@ -96,8 +116,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     main = metrics[0] if metrics else None
     teacher = results["teacher"].get("metrics", {})
     sep = separation(results["summary"], teacher, main) if main else {}
+    best, separates = verdict(sep)
     lines = [
         f"# {results['name']}: {results.get('task_description', '')}".rstrip(": "),
+        "",
+        headline(results, sep, best, separates),
         "",
         f"preset `{results['preset']}`, {results['seeds']} seed(s), evaluated on the **{results['split']}** "
         f"split; student {results['student']}, {results['train'].get('max_steps')} steps each. Percentages: "
@@ -126,7 +149,6 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             + " | ".join(cells)
             + f" | {sig} | {gap} | {s['params']:,} | {s['train_time_s']} | {s.get('teacher', '')} |"
         )
-    best, separates = verdict(sep)
     if best is not None:
         v = sep[best]
         gap_text = "n/a" if v["gap_closed"] is None else f"{100 * v['gap_closed']:.0f} %"

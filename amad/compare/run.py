@@ -276,6 +276,8 @@ def run_comparison(
         "student": cfg["student"],
         "train": cfg["train"],
         "teacher": teacher_record,
+        "teacher_target": cfg["teacher"].get("target"),
+        "teacher_shortfalls": teacher_shortfalls(teacher_record, cfg["teacher"].get("target")),
         "runs": runs,
         "summary": summarise(runs, methods),
     }

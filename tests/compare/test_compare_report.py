@@ -40,3 +40,38 @@ def test_one_seed_has_no_spread_and_never_separates():
     assert math.isnan(sep["amad"]["sigmas"]) and sep["amad"]["gap_closed"] == pytest.approx(0.4 / 0.45)
     assert verdict(sep) == ("amad", False)
     assert separation(summarise(_runs("amad", [0.6]), ["amad"]), {}, "vqa_acc") == {}
+
+
+def _results(values_gt, values_amad, shortfalls=()):
+    runs = _runs("gt", values_gt) + _runs("amad", values_amad)
+    return {
+        "name": "x",
+        "task": "vqa",
+        "preset": "default",
+        "seeds": len(values_gt),
+        "split": "test",
+        "student": {},
+        "train": {"max_steps": 1},
+        "teacher": {"metrics": {"vqa_acc": 0.92}, "params": 10, "train_time_s": 1},
+        "teacher_shortfalls": list(shortfalls),
+        "runs": runs,
+        "summary": summarise(runs, ["gt", "amad"]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("gt", "amad", "shortfalls", "first"),
+    [
+        ([0.60, 0.62, 0.64], [0.70, 0.72, 0.74], [], "**Separates**: amad is +5.0 pooled σ above gt and closes 33 %"),
+        ([0.60, 0.62, 0.64], [0.61, 0.63, 0.65], [], "**Does not separate**"),
+        ([0.60, 0.62, 0.64], [0.70, 0.72, 0.74], ["vqa_acc 0.9200 < 0.95"], "**Weak teacher**: it misses its target"),
+    ],
+)
+def test_the_report_says_in_its_first_line_whether_the_instrument_can_be_trusted(tmp_path, gt, amad, shortfalls, first):
+    from amad.compare.report import write_report
+
+    write_report(_results(gt, amad, shortfalls), tmp_path)
+    line = (tmp_path / "results.md").read_text().splitlines()[2]
+    assert line.startswith(first), line
+    table = (tmp_path / "results.md").read_text().split("| method |", 1)[1].splitlines()
+    assert table[2].startswith("| teacher | 92.0"), "the teacher's metric is the table's first row"

@@ -122,7 +122,7 @@ def run_one(
         dm.train_batch_hooks = []
     train_time = time.perf_counter() - start
     start = time.perf_counter()
-    metrics = evaluate_model(module.student, dm, split)
+    metrics = evaluate_model(module.student, dm, split, module.max_new_tokens)
     record = {
         "method": method,
         "seed": seed,
@@ -136,7 +136,7 @@ def run_one(
         "config": cfg["methods"][method],
     }
     if also_test and split != "test":
-        record["metrics_test"] = evaluate_model(module.student, dm, "test")
+        record["metrics_test"] = evaluate_model(module.student, dm, "test", module.max_new_tokens)
     if method.startswith("amad") and seed == 0:
         record["head_alignment"] = str(out / "heatmaps" / method)
     if logger:
@@ -226,7 +226,7 @@ def run_comparison(
         "layers": {s: teacher.num_layers(s) for s in teacher.sites},
     }
     if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
-        teacher_record["metrics"] = evaluate_model(teacher, dm, split)
+        teacher_record["metrics"] = evaluate_model(teacher, dm, split, cfg["teacher"]["max_new_tokens"])
     del teacher
     methods = ordered_methods(list(cfg["methods"]))
     plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]

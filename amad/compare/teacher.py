@@ -112,7 +112,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
         key = f"{cfg['name']}-{pretrain_fingerprint(cfg, facts)}"
         stages_dir = cache_root() / "teacher_stages" / key
     model, stages = train_teacher(cfg, dm, log, resume_dir=stages_dir)
-    test = evaluate_model(model, dm, "test")
+    test = evaluate_model(model, dm, "test", t["max_new_tokens"])
     oracle = oracle_metrics(dm, "test")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -264,7 +264,7 @@ def _fit(name: str, module: Any, dm: Any, steps: int, precision: str, log) -> di
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     elapsed = time.perf_counter() - start
-    val = evaluate_model(module.trainable, dm, "val")
+    val = evaluate_model(module.trainable, dm, "val", module.max_new_tokens)
     log(f"teacher {name}: {steps} steps in {elapsed:.0f}s; val {val}")
     return {"stage": name, "steps": steps, "train_time_s": round(elapsed, 1), "val": val}
 
@@ -316,11 +316,12 @@ def oracle_metrics(dm: Any, split: str = "test") -> dict[str, float] | None:
     return metric_dict(metric)
 
 
-def evaluate_model(model: Any, dm: Any, split: str) -> dict[str, float]:
-    """The task metrics of ``model`` on ``split`` (``val`` or ``test``) of ``dm``."""
+def evaluate_model(model: Any, dm: Any, split: str, max_new_tokens: int) -> dict[str, float]:
+    """The task metrics of ``model`` on ``split`` (``val`` or ``test``) of ``dm``, generating up to
+    ``max_new_tokens`` (required: a caption cut at a default length loses the words that are scored)."""
     from amad.lit import FineTuneModule
 
-    module = FineTuneModule(model=model, task=dm.task)
+    module = FineTuneModule(model=model, task=dm.task, max_new_tokens=int(max_new_tokens))
     trainer = L.Trainer(
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
     )

@@ -263,6 +263,26 @@ def test_teacher_only_fails_loudly_below_the_teachers_target(tmp_path, monkeypat
         len(err) == 1 and err[0].startswith("amad: error: teacher ") and "vqa_acc 0." in err[0] and "< 0.99" in err[0]
     )
     assert "vqa_acc_shape" in err[0], "every question kind below kinds_min is named"
-    cfg["teacher"]["target"] = {"metric": "vqa_acc", "min": 0.0}
+    cfg["teacher"]["target"] = {"metric": "vqa_acc", "min": 0.0, "kinds_min": None}
     path.write_text(yaml.safe_dump(cfg))
     assert main(["--config", str(path), "--out", str(tmp_path / "out"), "--teacher-only"]) == 0  # cached: no retraining
+
+
+def test_evaluation_generates_up_to_the_recipes_length_not_a_default(monkeypatch):
+    """A caption cut at a default 8 tokens loses its shape word: the length is the caller's, always."""
+    from amad.compare.teacher import evaluate_model
+    from amad.data import ShapesCaptionDataModule
+    from amad.models import build_model
+
+    dm = ShapesCaptionDataModule(batch_size=4, eval_batch_size=4, eval_subset=4)
+    model = build_model("blip-caption", "tiny", tokenizer=dm.tokenizer)
+    seen: list[int] = []
+    real = model.generate
+
+    def generate(batch, max_new_tokens=10):
+        seen.append(max_new_tokens)
+        return real(batch, max_new_tokens=max_new_tokens)
+
+    monkeypatch.setattr(model, "generate", generate)
+    evaluate_model(model, dm, "val", 16)
+    assert seen and set(seen) == {16}

@@ -18,10 +18,18 @@ from typing import Any
 TABLE_METRICS: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_acc", "vqa_acc_shape", "vqa_acc_colour", "vqa_acc_yesno_shape", "vqa_acc_yesno_colour"),
     "caption": ("cider", "bleu4", "attr_acc"),
-    "translate": ("bleu", "attr_acc"),
+    "translate": ("bleu", "attr_acc", "ref_attr_acc"),
 }
 #: metrics on a 0-1 scale shown as percentages
-PERCENT = {"vqa_acc", "vqa_acc_shape", "vqa_acc_colour", "vqa_acc_yesno_shape", "vqa_acc_yesno_colour", "attr_acc"}
+PERCENT = {
+    "vqa_acc",
+    "vqa_acc_shape",
+    "vqa_acc_colour",
+    "vqa_acc_yesno_shape",
+    "vqa_acc_yesno_colour",
+    "attr_acc",
+    "ref_attr_acc",
+}
 SEPARATION_SIGMAS, SEPARATION_GAP = 3.0, 1 / 3
 
 

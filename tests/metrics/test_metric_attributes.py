@@ -141,3 +141,26 @@ def test_sync_with_fake_gather_counts_sampler_padding_once():
     for m, mine in zip(ranks, shards, strict=True):
         assert _values(m) == pytest.approx(want) == {"attr_acc": 0.75, "shape_acc": 1.0, "colour_acc": 0.75}
         assert len(decode_records(m.records)) == len(mine)  # local state restored after compute
+
+
+def test_translation_scores_faithfulness_to_the_references_beside_the_image_attributes():
+    """Template 6 says "shape" / "Form": a faithful translation names no shape, so attr_acc cannot count it
+    right, while ref_attr_acc (names what a reference names) does; naming a shape the source did not is
+    unfaithful."""
+    from amad.metrics import ShapesTranslationBLEU
+
+    form = render(TEAL_TRIANGLE, 6)[1]  # German sentence of the template that names no shape
+    named = render(TEAL_TRIANGLE, 0)[1]
+    m = ShapesTranslationBLEU()
+    m.update(
+        [form, named, "Ein kleines blaugrünes Dreieck unten."],
+        [[form], [named], [form]],
+        ids=[0, 1, 2],
+        attributes=[TEAL_TRIANGLE] * 3,
+    )
+    got = {k: float(v) for k, v in m.compute().items()}
+    assert got["attr_acc"] == pytest.approx(2 / 3) and got["ref_attr_acc"] == pytest.approx(2 / 3)
+    m = ShapesTranslationBLEU()
+    m.update([form], [[form]], ids=[0], attributes=[TEAL_TRIANGLE])
+    got = {k: float(v) for k, v in m.compute().items()}
+    assert got["attr_acc"] == 0.0 and got["ref_attr_acc"] == 1.0

@@ -29,6 +29,7 @@ from amad.compare.config import (
     fingerprint,
     load_compare_config,
     make_datamodule,
+    method_attention,
     method_kwargs,
     optimization_kwargs,
     ordered_methods,
@@ -109,7 +110,9 @@ def run_one(
     )
     timer = StepTimer(skip=1)
     callbacks = [timer] + ([progress] if progress else [])
-    if method.startswith("amad") and seed == 0:
+    attention = method_attention(cfg["methods"][method], f"methods.{method}")
+    snapshots = attention is not None and attention.has_head_weights and seed == 0
+    if snapshots:
         from amad.callbacks.head_alignment import AlignmentSnapshots
 
         callbacks.append(AlignmentSnapshots(dm, out / "heatmaps" / method))
@@ -136,7 +139,7 @@ def run_one(
     }
     if also_test and split != "test":
         record["metrics_test"] = evaluate_model(module.student, dm, "test")
-    if method.startswith("amad") and seed == 0:
+    if snapshots:
         record["head_alignment"] = str(out / "heatmaps" / method)
     if logger:
         logger.finalize("success")
@@ -227,7 +230,7 @@ def run_comparison(
     if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
         teacher_record["metrics"] = evaluate_model(teacher, dm, split)
     del teacher
-    methods = ordered_methods(list(cfg["methods"]))
+    methods = ordered_methods(cfg["methods"])
     plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -278,6 +281,9 @@ def run_comparison(
         "runs": runs,
         "summary": summarise(runs, methods),
     }
+    for rec in results["summary"]:  # the report highlights AMAD: asked of the method, not of its name
+        attention = method_attention(cfg["methods"][rec["method"]], f"methods.{rec['method']}")
+        rec["is_amad"] = attention is not None and attention.is_amad
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
     return results

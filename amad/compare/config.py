@@ -232,6 +232,43 @@ def _namespace(parser: Any, entry: dict[str, Any], where: str) -> Any:
     return Namespace(c=_parse(parser, entry, where))
 
 
+def comparison_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A loaded comparison (:func:`load_compare_config`) as the YAML of ``--print_config``: every setting
+    of the students and methods with its default filled in; ``data`` and ``teacher`` as written (their
+    fingerprint hashes what the file says, so nothing is added to them). Loading the printed YAML gives
+    the same comparison."""
+    from amad.compare.schema import as_dict
+
+    typed = validate_comparison({k: v for k, v in cfg.items() if k != "preset"})
+    train = as_dict(typed.train)
+    for key, default in _task_defaults().items():
+        if train.get(key) is None:
+            train[key] = default
+    out = {
+        "name": typed.name,
+        "description": typed.description,
+        "data": cfg["data"],
+        "teacher": cfg["teacher"],
+        "student": as_dict(typed.student),
+        "train": train,
+        "methods": {name: method_settings(entry, f"methods.{name}") for name, entry in typed.methods.items()},
+        "seeds": typed.seeds,
+    }
+    if typed.eval_subset is not None:
+        out["eval_subset"] = typed.eval_subset
+    return out
+
+
+def _task_defaults() -> dict[str, Any]:
+    """The students' optimisation defaults (:class:`~amad.lit.TaskModule`'s signature)."""
+    import inspect
+
+    from amad.lit import TaskModule
+
+    params = inspect.signature(TaskModule.__init__).parameters
+    return {k: params[k].default for k in OPTIMIZATION_KEYS}
+
+
 def method_settings(entry: dict[str, Any], where: str = "method") -> dict[str, Any]:
     """A method entry with every DistillationModule default filled in, as YAML-able data
     (``--print_config``); reading it back gives the same method."""

@@ -26,6 +26,7 @@ import torch
 from amad.callbacks.progress import ProgressLine, format_seconds
 from amad.callbacks.timing import StepTimer
 from amad.compare.config import (
+    comparison_settings,
     fingerprint,
     load_compare_config,
     make_datamodule,
@@ -299,6 +300,13 @@ def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, al
     )
 
 
+def print_settings(settings: dict[str, Any]) -> None:
+    """``--print_config``: the settings as YAML on stdout, in their own order."""
+    import yaml
+
+    print(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=120), end="")
+
+
 def quiet_libraries() -> None:
     """Dozens of runs: keep the console to our progress lines (warnings still show)."""
     import logging
@@ -314,7 +322,7 @@ def quiet_libraries() -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amad compare", description=__doc__)
     parser.add_argument("--config", default="experiments/compare/easyvqa_blip.yaml")
-    parser.add_argument("--out", required=True, help="output folder (resumes if it holds a partial run)")
+    parser.add_argument("--out", help="output folder (resumes if it holds a partial run)")
     parser.add_argument("--preset", default="default", help="smoke | default | full (as the YAML defines)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the YAML's)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the YAML's methods")
@@ -335,14 +343,22 @@ def main(argv: list[str]) -> int:
         "--eval-subset", type=int, default=None, help="quick check: evaluate students on this many examples"
     )
     parser.add_argument("--verbose", action="store_true", help="show the libraries' output instead of logging it")
+    parser.add_argument(
+        "--print_config", action="store_true", help="print the resolved comparison with its defaults (YAML) and exit"
+    )
     ns = parser.parse_args(argv)
-    quiet_libraries()
-    torch.set_float32_matmul_precision("high")
+    if ns.out is None and not (ns.print_config or ns.teacher_only):
+        parser.error("the following arguments are required: --out")
     cfg = load_compare_config(ns.config, ns.preset, ns.seeds, ns.methods.split(",") if ns.methods else None)
     if ns.max_steps is not None:
         cfg["train"]["max_steps"] = ns.max_steps
     if ns.eval_subset is not None:  # the students' data only: the teacher's recipe (and fingerprint) stays
         cfg["eval_subset"] = ns.eval_subset
+    if ns.print_config:
+        print_settings(comparison_settings(cfg))
+        return 0
+    quiet_libraries()
+    torch.set_float32_matmul_precision("high")
     start = time.perf_counter()
     if ns.teacher_only:
         path, record = ensure_teacher(cfg)

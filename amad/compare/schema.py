@@ -287,6 +287,7 @@ class SweepConfig:
         train: budget overrides (over the comparison's).
         grid: student setting -> values; a cell per combination.
         methods: the methods of every cell (:class:`~amad.lit.DistillationModule` keyword arguments).
+        eval_subset: quick checks: evaluate the students on this many examples.
     """
 
     comparison: str
@@ -296,6 +297,7 @@ class SweepConfig:
     train: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]]
     methods: dict[str, dict[str, Any]]
+    eval_subset: int | None = None
 
 
 # --------------------------------------------------------------------------------------- reading

@@ -13,8 +13,12 @@ Layout (``experiments/compare/*.yaml``)::
     seeds: 3
     presets: {smoke: {<overrides>}, full: {<overrides>}}   # "default" = the file as written
 
-Method entries are keyword arguments of :class:`amad.lit.DistillationModule`, read with the same
-parser as ``amad fit`` reads a YAML: a misspelt or mistyped option fails when the file is loaded.
+Every section is typed (:mod:`amad.compare.schema`) and checked when the file is read, after ``base:``
+and for every preset: a misspelt or mistyped key fails at once, in one line naming the file, the key
+and the closest valid key. Method entries are keyword arguments of :class:`amad.lit.DistillationModule`,
+read with the same parser as ``amad fit`` reads a YAML, once per distinct entry; what a method does is
+asked of its attention method (:func:`method_attention`: ``is_amad``, ``has_head_weights``), never of
+its name. ``amad compare --print_config`` prints :func:`comparison_settings`.
 """
 
 from __future__ import annotations

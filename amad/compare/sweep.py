@@ -371,8 +371,12 @@ def sweep_table(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     missing = report.get("missing") or []
     if missing:
-        names = sorted({cell_name({k: m[k] for k in keys}) + f" {m['method']}" for m in missing})
-        lines += ["", f"Not run yet ({len(missing)}): " + ", ".join(names) + "."]
+        by_cell: dict[str, list[str]] = {}
+        for m in missing:
+            by_cell.setdefault(cell_name({k: m[k] for k in keys}), []).append(m["method"])
+        done = {cell_name({k: r[k] for k in keys}) for r in report["rows"]}
+        parts = [f"{c} ({'all' if c not in done else ', '.join(ms)})" for c, ms in by_cell.items()]
+        lines += ["", f"Not run yet ({len(missing)} cell methods): " + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
 

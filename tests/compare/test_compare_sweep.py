@@ -60,7 +60,7 @@ def test_one_seed_prints_its_spread_as_unknown_not_zero():
     table = sweep_table(report)
     assert "| 2 | amad | 1 | 50.0 ± n/a | 25.0 ± n/a |" in table
     assert "| 2 | amad | 2 | 50.0 ± n/a | 50.0 ± 10.0 |" in table
-    assert "Not run yet (1): num_heads4 amad." in table
+    assert "Not run yet (1 cell methods): num_heads4 (all)." in table
 
 
 @pytest.mark.slow

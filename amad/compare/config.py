@@ -263,6 +263,13 @@ def comparison_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def print_settings(settings: dict[str, Any]) -> None:
+    """``--print_config``: the settings as YAML on stdout, in their own order."""
+    import yaml
+
+    print(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=120), end="")
+
+
 def _task_defaults() -> dict[str, Any]:
     """The students' optimisation defaults (:class:`~amad.lit.TaskModule`'s signature)."""
     import inspect

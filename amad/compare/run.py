@@ -34,6 +34,7 @@ from amad.compare.config import (
     method_kwargs,
     optimization_kwargs,
     ordered_methods,
+    print_settings,
 )
 from amad.compare.console import Console
 from amad.compare.report import summarise, write_report
@@ -298,13 +299,6 @@ def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, al
         | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
         | ({"also_test": True} if also_test else {})
     )
-
-
-def print_settings(settings: dict[str, Any]) -> None:
-    """``--print_config``: the settings as YAML on stdout, in their own order."""
-    import yaml
-
-    print(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=120), end="")
 
 
 def quiet_libraries() -> None:

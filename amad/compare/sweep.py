@@ -44,6 +44,7 @@ from amad.compare.config import (
     load_compare_config,
     method_kwargs,
     method_settings,
+    print_settings,
     validate_comparison,
 )
 from amad.compare.console import Console
@@ -410,8 +411,6 @@ def main(argv: list[str]) -> int:
     methods = ns.methods.split(",") if ns.methods else None
     quick = {"max_steps": ns.max_steps, "seeds": ns.seeds, "eval_subset": ns.eval_subset}
     if ns.print_config:
-        from amad.compare.run import print_settings
-
         print_settings(sweep_settings(restrict(sweep, only, methods, **quick), ns.config))
         return 0
     from amad.compare.run import quiet_libraries

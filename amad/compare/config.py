@@ -103,6 +103,8 @@ def validate_comparison(cfg: dict[str, Any]) -> ComparisonConfig:
     if missing:
         raise SchemaError(f"required key(s) {missing} missing (see amad/compare/schema.py)")
     typed: ComparisonConfig = build(ComparisonConfig, {k: v for k, v in cfg.items() if k != "preset"}, "")
+    if typed.teacher.path is None and typed.teacher.max_steps is None:
+        raise SchemaError("teacher.max_steps: required key missing (to train the teacher; or give teacher.path)")
     check_data(cfg["data"], "data")
     if typed.teacher.data is not None:
         check_data(deep_merge(cfg["data"], cfg["teacher"]["data"]), "teacher.data")

@@ -180,7 +180,7 @@ class TeacherSection(Optimization):
         model: the architecture.
         path: a shipped or user-given teacher (used while its recorded fingerprint matches the recipe).
         data: overrides of ``data:`` for the teacher.
-        max_steps: fine-tuning updates.
+        max_steps: fine-tuning updates (needed to train one: without ``path``).
         seed: seed of every stage (None: 0).
         precision: Lightning precision (None: ``32-true``).
         pretrain: stages before fine-tuning.
@@ -190,7 +190,7 @@ class TeacherSection(Optimization):
     model: ModelSection
     path: str | None = None
     data: DataOverride | None = None
-    max_steps: int
+    max_steps: int | None = None
     seed: int | None = None
     precision: str | None = None
     pretrain: PretrainSection | None = None

@@ -73,6 +73,7 @@ def test_a_misspelt_comparison_key_fails_at_load_in_one_line(override, key, vali
         ({"methods": {"amad": {"gamma": "much"}}}, "methods.amad.gamma: Expected a <class 'float'>"),
         ({"teacher": {"model": {"family": "blip"}}}, "teacher.model.family: unknown model family 'blip'"),
         ({"methods": {"amad": {"lr": 0.1}}}, "methods.amad: ['lr'] are set by the comparison"),
+        ({"teacher": {"path": None, "max_steps": None}}, "teacher.max_steps: required key missing"),
     ],
 )
 def test_a_mistyped_comparison_value_fails_in_one_line(override, expected, tmp_path, capsys, monkeypatch):

@@ -1,7 +1,8 @@
 """The ``amad`` command: a table from verb to function (litgpt style). The work lives elsewhere.
 
 amad fit|validate|test|predict --config experiments/<task>/<model>/<method>.yaml
-amad compare --config experiments/compare/easyvqa_blip.yaml --out runs/demo [--preset smoke]
+amad compare --config experiments/compare/easyvqa_blip.yaml --out runs/demo [--preset smoke] [--print_config]
+amad sweep --config experiments/sweeps/amad_heads.yaml --out runs/sweep [--cells num_heads=4] [--print_config]
 amad bench [losses|step|memory|scaling|throughput|all] --out bench.json
 amad export CKPT DIR
 """

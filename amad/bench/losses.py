@@ -44,6 +44,7 @@ from amad.losses import (
     amad_loss,
     attn_distill_loss,
     head_mean_loss,
+    method_class,
     one_to_one_loss,
     shd_loss,
 )
@@ -196,7 +197,7 @@ def _bench_case(teacher, student, mask, case, repeats, loop_repeats) -> dict:
         "one_to_one_peak_over_inputs": o2o_ratio,
         "repeats": {"vectorised": len(times["vec"]), "one_to_one": len(times["o2o"]), "loop": len(times["loop"])},
     }
-    if method in ("amad", "amad_proj"):
+    if method_class(method).is_amad:
         record["amad_over_one_to_one"] = record["over_one_to_one"]
     return record
 

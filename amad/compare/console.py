@@ -20,15 +20,18 @@ class Console:
     """Progress lines on the terminal, library output in per-run log files.
 
     Args:
-        enabled: False leaves every output where it is (``--verbose``, tests).
+        enabled: False leaves every output where it is (``--verbose``, tests); lines are still prefixed.
     """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
+        #: written before every line (``amad sweep``: which cell the run belongs to)
+        self.prefix = ""
         self._terminal: int | None = None
 
     def say(self, line: str) -> None:
         """Write one line to the terminal, also while a run's output goes to its log file."""
+        line = self.prefix + line
         if self._terminal is None:
             print(line, flush=True)
         else:

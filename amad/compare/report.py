@@ -191,7 +191,7 @@ def _bar_chart(results: dict[str, Any], metric: str, path: Path) -> None:
     means = [s[metric]["mean"] for s in summary]
     stds = [s[metric]["std"] for s in summary]
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
-    colors = ["tab:red" if n.startswith("amad") else "tab:gray" for n in names]
+    colors = ["tab:red" if s.get("is_amad") else "tab:gray" for s in summary]
     ax.bar(names, means, yerr=stds, capsize=4, color=colors)
     t = results["teacher"].get("metrics", {}).get(metric)
     if t is not None:

@@ -27,12 +27,15 @@ import torch
 from amad.callbacks.progress import ProgressLine, format_seconds
 from amad.callbacks.timing import StepTimer
 from amad.compare.config import (
+    comparison_settings,
     fingerprint,
     load_compare_config,
     make_datamodule,
+    method_attention,
     method_kwargs,
     optimization_kwargs,
     ordered_methods,
+    print_settings,
 )
 from amad.compare.console import Console
 from amad.compare.report import summarise, write_report
@@ -110,7 +113,9 @@ def run_one(
     )
     timer = StepTimer(skip=1)
     callbacks = [timer] + ([progress] if progress else [])
-    if method.startswith("amad") and seed == 0:
+    attention = method_attention(cfg["methods"][method], f"methods.{method}")
+    snapshots = attention is not None and attention.has_head_weights and seed == 0
+    if snapshots:
         from amad.callbacks.head_alignment import AlignmentSnapshots
 
         callbacks.append(AlignmentSnapshots(dm, out / "heatmaps" / method))
@@ -137,7 +142,7 @@ def run_one(
     }
     if also_test and split != "test":
         record["metrics_test"] = evaluate_model(module.student, dm, "test", module.max_new_tokens)
-    if method.startswith("amad") and seed == 0:
+    if snapshots:
         record["head_alignment"] = str(out / "heatmaps" / method)
     if logger:
         logger.finalize("success")
@@ -228,7 +233,7 @@ def run_comparison(
     if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
         teacher_record["metrics"] = evaluate_model(teacher, dm, split, cfg["teacher"]["max_new_tokens"])
     del teacher
-    methods = ordered_methods(list(cfg["methods"]))
+    methods = ordered_methods(cfg["methods"])
     plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -281,6 +286,9 @@ def run_comparison(
         "runs": runs,
         "summary": summarise(runs, methods),
     }
+    for rec in results["summary"]:  # the report highlights AMAD: asked of the method, not of its name
+        attention = method_attention(cfg["methods"][rec["method"]], f"methods.{rec['method']}")
+        rec["is_amad"] = attention is not None and attention.is_amad
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
     return results
@@ -311,7 +319,7 @@ def quiet_libraries() -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="amad compare", description=__doc__)
     parser.add_argument("--config", default="experiments/compare/easyvqa_blip.yaml")
-    parser.add_argument("--out", required=True, help="output folder (resumes if it holds a partial run)")
+    parser.add_argument("--out", help="output folder (resumes if it holds a partial run)")
     parser.add_argument("--preset", default="default", help="smoke | default | full (as the YAML defines)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the YAML's)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the YAML's methods")
@@ -332,14 +340,22 @@ def main(argv: list[str]) -> int:
         "--eval-subset", type=int, default=None, help="quick check: evaluate students on this many examples"
     )
     parser.add_argument("--verbose", action="store_true", help="show the libraries' output instead of logging it")
+    parser.add_argument(
+        "--print_config", action="store_true", help="print the resolved comparison with its defaults (YAML) and exit"
+    )
     ns = parser.parse_args(argv)
-    quiet_libraries()
-    torch.set_float32_matmul_precision("high")
+    if ns.out is None and not (ns.print_config or ns.teacher_only):
+        parser.error("the following arguments are required: --out")
     cfg = load_compare_config(ns.config, ns.preset, ns.seeds, ns.methods.split(",") if ns.methods else None)
     if ns.max_steps is not None:
         cfg["train"]["max_steps"] = ns.max_steps
     if ns.eval_subset is not None:  # the students' data only: the teacher's recipe (and fingerprint) stays
         cfg["eval_subset"] = ns.eval_subset
+    if ns.print_config:
+        print_settings(comparison_settings(cfg))
+        return 0
+    quiet_libraries()
+    torch.set_float32_matmul_precision("high")
     start = time.perf_counter()
     if ns.teacher_only:
         path, record = ensure_teacher(cfg)

@@ -1,58 +1,146 @@
 """``amad sweep``: one comparison repeated over a grid of student and method settings.
 
-The sweep YAML names a base comparison and the grid::
+The sweep YAML (:class:`amad.compare.schema.SweepConfig`) names a base comparison and the grid::
 
-    comparison: experiments/compare/easyvqa_blip.yaml   # teacher, data and budget
+    comparison: ../compare/easyvqa_blip.yaml   # teacher, data and budget (relative to here or the cwd)
     name: amad_heads
     seeds: 3
     student: {hidden_size: 128, intermediate_size: 512}   # shared by every cell
     grid:
-      num_heads: [1, 2, 4]            # student heads (a cell per value × init)
+      num_heads: [1, 2, 4, 8]         # student heads (a cell per value × init)
       init: [random, teacher]         # student initialisation
     methods:                          # methods of every cell (DistillationModule arguments)
       one_to_one: {attention: amad.losses.OneToOne}
       amad_t1: {attention: {class_path: amad.losses.AMAD, init_args: {weight_temperature: 1.0}}}
 
-Every cell is an ordinary comparison (resumable, teacher outputs cached once per cell) written to
-``<out>/<cell>/``. Each student is evaluated on the validation split (for choosing) **and** on the test
-split (for reporting): the choice of a setting never sees test. ``<out>/sweep.json`` and ``sweep.md``
-gather the cells: per method, the val and test metric (mean ± std over seeds), and for AMAD the spread of
-its weights a_ij and the student heads' diversity at the end of training (seed 0).
+Every cell is an ordinary comparison written to ``<out>/<cell>/``: the console shows one line per run as
+``amad compare`` does (prefixed by the cell), each finished run is kept at once and a rerun resumes
+after it, and the comparison's teacher is shared by every cell. ``--cells num_heads=4,8 --cells
+init=teacher`` runs part of the grid, ``--methods`` and ``--seeds`` part of the methods and seeds, so the
+sweep can be spread over sittings. Each student is evaluated on the validation split (for choosing)
+**and** on the test split (for reporting): the choice of a setting never sees test.
+
+``<out>/sweep.json`` and ``sweep.md`` gather every finished run of the whole grid (from any sitting): per
+cell and method, the val and test metric (mean ± std over seeds; n/a with one seed), and for methods with
+head weights (AMAD) the spread of the a_ij and the student heads' diversity at the end of training
+(seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import functools
 import itertools
 import json
 import statistics
+import typing
 from pathlib import Path
 from typing import Any
 
-from amad.compare.config import load_compare_config
+from amad.compare.config import (
+    check_student_overrides,
+    load_compare_config,
+    method_kwargs,
+    method_settings,
+    print_settings,
+    validate_comparison,
+)
 from amad.compare.console import Console
+from amad.compare.schema import (
+    GRID_KEYS,
+    SchemaError,
+    StudentSection,
+    SweepConfig,
+    TrainSection,
+    build,
+    check_keys,
+    check_value,
+    close_key,
+)
 from amad.config import deep_merge, load_config
-
-GRID_KEYS = ("num_heads", "init", "num_layers", "hidden_size")
 
 
 def load_sweep(path: str) -> dict[str, Any]:
-    """The sweep YAML, checked: a comparison, a grid over student settings, methods."""
+    """The sweep YAML, checked against :class:`~amad.compare.schema.SweepConfig` and every cell's
+    comparison against the comparison schema; ``comparison`` resolved to a path that exists.
+
+    Raises:
+        ValueError: one line naming the file and the key (an unknown key with the closest valid one).
+    """
     cfg = load_config(path)
-    missing = [k for k in ("comparison", "grid", "methods") if k not in cfg]
-    if missing:
-        raise ValueError(f"sweep {path} lacks {missing}; see amad/compare/sweep.py")
-    unknown = sorted(set(cfg["grid"]) - set(GRID_KEYS))
-    if unknown:
-        raise ValueError(f"sweep {path}: grid keys {unknown} are not student settings {list(GRID_KEYS)}")
+    try:
+        typed: SweepConfig = build(SweepConfig, cfg, "")
+        cfg["comparison"] = str(_comparison_path(typed.comparison, path))
+        check_keys(typed.grid, GRID_KEYS, "grid")
+        hints = typing.get_type_hints(StudentSection)
+        for key, values in typed.grid.items():
+            if not values:
+                raise SchemaError(f"grid.{key}: no values")
+            for k, value in enumerate(values):
+                check_value(hints[key], value, f"grid.{key}[{k}]")
+        family = _comparison(Path(cfg["comparison"]).resolve())["teacher"]["model"]["family"]
+        check_student_overrides(build(StudentSection, typed.student, "student"), family, "student")
+        check_partial(TrainSection, typed.train, "train")
+        for name, entry in typed.methods.items():
+            method_kwargs(entry, f"methods.{name}")
+        for cell in cells(cfg):
+            try:
+                validate_comparison({k: v for k, v in cell_config(cfg, cell, path).items() if k != "preset"})
+            except SchemaError as err:
+                raise SchemaError(f"cell {cell_name(cell)}: {err}") from None
+    except SchemaError as err:
+        raise SchemaError(f"{path}: {err}") from None
     return cfg
 
 
-def cells(sweep: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the grid, as student overrides, in the grid's order."""
+def check_partial(cls: type, values: dict[str, Any], where: str) -> None:
+    """Overrides of some fields of dataclass ``cls``: known keys of the right types."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    check_keys(values, fields, where)
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        check_value(hints[key], value, f"{where}.{key}")
+
+
+def _comparison_path(name: str, sweep_path: str) -> Path:
+    base = Path(name)
+    if not base.is_absolute() and not base.exists():
+        base = Path(sweep_path).parent / base
+    if not base.is_file():
+        raise SchemaError(f"comparison: {name} does not exist (relative to the working directory or the sweep)")
+    return base
+
+
+def cells(sweep: dict[str, Any], only: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    """Every combination of the grid, as student overrides, in the grid's order (``only``: the values
+    kept per key, see :func:`parse_cells`)."""
     keys = list(sweep["grid"])
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(sweep["grid"][k] for k in keys))]
+    grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(sweep["grid"][k] for k in keys))]
+    return [c for c in grid if all(c[k] in vs for k, vs in (only or {}).items())]
+
+
+def parse_cells(specs: list[str], grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``--cells`` values (``num_heads=4,8``; repeated for other keys) as grid values per key.
+
+    Raises:
+        ValueError: a key that is not in the grid, or a value that is not one of its values.
+    """
+    only: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if not sep or not values:
+            raise ValueError(f"--cells {spec!r}: expected KEY=VALUE[,VALUE...], e.g. num_heads=4")
+        if key not in grid:
+            raise ValueError(f"--cells {spec!r}: {key!r} is not a key of the grid{close_key(key, grid)}")
+        by_text = {str(v): v for v in grid[key]}
+        for text in values.split(","):
+            if text.strip() not in by_text:
+                raise ValueError(f"--cells {spec!r}: {text.strip()!r} is not a value of {key} {list(by_text)}")
+            only.setdefault(key, []).append(by_text[text.strip()])
+    return only
 
 
 def cell_name(cell: dict[str, Any]) -> str:
@@ -60,69 +148,172 @@ def cell_name(cell: dict[str, Any]) -> str:
 
 
 def cell_config(sweep: dict[str, Any], cell: dict[str, Any], sweep_path: str) -> dict[str, Any]:
-    """The comparison config of one cell: the base comparison, the sweep's student settings and methods."""
-    base = Path(sweep["comparison"])
-    if not base.is_absolute() and not base.exists():
-        base = Path(sweep_path).parent / base
-    cfg = load_compare_config(str(base), methods=None)
-    cfg = copy.deepcopy(cfg)
-    cfg["name"] = f"{sweep.get('name', 'sweep')}-{cell_name(cell)}"
+    """The comparison config of one cell: the base comparison, the sweep's student settings and methods.
+
+    The cell keeps the comparison's name, which names its teacher's cache: every cell (and ``amad
+    compare`` of that comparison) uses the same teacher.
+    """
+    cfg = copy.deepcopy(_comparison(_comparison_path(sweep["comparison"], sweep_path).resolve()))
+    cfg["description"] = f"{sweep.get('name', 'sweep')} cell {cell_name(cell)}: {cfg.get('description', '')}"
     cfg["student"] = {**cfg["student"], **(sweep.get("student") or {}), **cell}
     if sweep.get("train"):
         cfg["train"] = deep_merge(cfg["train"], sweep["train"])
     cfg["methods"] = dict(sweep["methods"])
-    cfg["seeds"] = int(sweep.get("seeds", cfg["seeds"]))
+    if sweep.get("seeds") is not None:
+        cfg["seeds"] = int(sweep["seeds"])
+    if sweep.get("eval_subset") is not None:
+        cfg["eval_subset"] = sweep["eval_subset"]
     return cfg
+
+
+def _comparison(path: Path) -> dict[str, Any]:
+    return _comparison_at(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _comparison_at(path: str, mtime_ns: int) -> dict[str, Any]:
+    """The comparison, loaded (and checked) once for every cell of a sweep, while its file is unchanged."""
+    return load_compare_config(path)
+
+
+def restrict(
+    sweep: dict[str, Any],
+    only: dict[str, list[Any]] | None = None,
+    methods: list[str] | None = None,
+    seeds: int | None = None,
+    max_steps: int | None = None,
+    eval_subset: int | None = None,
+) -> dict[str, Any]:
+    """The sweep limited from the command line: part of the grid and methods, other seeds or budget.
+
+    Raises:
+        ValueError: a method that is not in the sweep.
+    """
+    sweep = copy.deepcopy(sweep)
+    for key, values in (only or {}).items():
+        sweep["grid"][key] = [v for v in sweep["grid"][key] if v in values]
+    if methods:
+        unknown = [m for m in methods if m not in sweep["methods"]]
+        if unknown:
+            raise ValueError(f"--methods: {unknown} are not in the sweep; available: {list(sweep['methods'])}")
+        sweep["methods"] = {m: sweep["methods"][m] for m in methods}
+    if seeds is not None:
+        sweep["seeds"] = seeds
+    if max_steps is not None:
+        sweep["train"] = {**(sweep.get("train") or {}), "max_steps": max_steps}
+    if eval_subset is not None:
+        sweep["eval_subset"] = eval_subset
+    return sweep
+
+
+def sweep_settings(sweep: dict[str, Any], path: str) -> dict[str, Any]:
+    """The sweep as the YAML of ``--print_config``: the comparison's path as found, the seeds it resolves
+    to, every method with its defaults; loading the printed YAML gives the same sweep."""
+    comparison = Path(sweep["comparison"]).resolve()
+    here = Path.cwd().resolve()
+    seeds = sweep.get("seeds")
+    if seeds is None:
+        seeds = _comparison(comparison)["seeds"]
+    out = {
+        "comparison": str(comparison.relative_to(here) if comparison.is_relative_to(here) else comparison),
+        "name": sweep.get("name", "sweep"),
+        "seeds": int(seeds),
+        "student": sweep.get("student") or {},
+        "train": sweep.get("train") or {},
+        "grid": sweep["grid"],
+        "methods": {name: method_settings(entry, f"methods.{name}") for name, entry in sweep["methods"].items()},
+    }
+    if sweep.get("eval_subset") is not None:
+        out["eval_subset"] = sweep["eval_subset"]
+    return out
 
 
 def run_sweep(
     path: str,
     out: str | Path,
     logger: str = "none",
-    log=print,
+    log=None,
     console: Console | None = None,
     overrides: dict[str, Any] | None = None,
+    only: dict[str, list[Any]] | None = None,
+    methods: list[str] | None = None,
 ) -> dict:
-    """Run (or resume) every cell; write ``sweep.json`` and ``sweep.md`` in ``out``.
+    """Run (or resume) the cells of the sweep, or those of ``only``; write ``sweep.json`` and ``sweep.md``
+    in ``out`` from every finished run of the whole grid.
 
-    ``overrides`` (quick checks): ``max_steps``, ``seeds``, ``eval_subset``.
+    Args:
+        overrides: quick checks and sittings: ``max_steps``, ``seeds``, ``eval_subset``.
+        only: grid values kept per key (:func:`parse_cells`).
+        methods: the methods to train (default: all of the sweep's).
     """
-    overrides = overrides or {}
-    from amad.compare.config import method_kwargs
     from amad.compare.run import run_comparison
 
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    console = console or Console(enabled=False)
     sweep = load_sweep(path)
+    full = restrict(sweep, **overrides)
+    part = restrict(full, only, methods)
     out = Path(out)
-    rows = []
-    grid = cells(sweep)
-    for k, cell in enumerate(grid, 1):
-        cfg = cell_config(sweep, cell, path)
-        if overrides.get("max_steps"):
-            cfg["train"]["max_steps"] = overrides["max_steps"]
-        if overrides.get("seeds"):
-            cfg["seeds"] = overrides["seeds"]
-        if overrides.get("eval_subset"):
-            cfg["eval_subset"] = overrides["eval_subset"]
-        for name, entry in cfg["methods"].items():
-            method_kwargs(entry, f"{path}: methods.{name}")
-        log(f"sweep cell {k}/{len(grid)}: {cell_name(cell)}")
-        results = run_comparison(cfg, out / cell_name(cell), logger, "val", log=log, console=console, also_test=True)
-        rows += _cell_rows(cell, results)
-    report = {"sweep": str(path), "name": sweep.get("name"), "grid": sweep["grid"], "rows": rows}
+    todo = cells(part)
+    for k, cell in enumerate(todo, 1):
+        console.prefix = f"[cell {k}/{len(todo)} {cell_name(cell)}] "
+        try:
+            cfg = cell_config(part, cell, path)
+            run_comparison(
+                cfg, out / cell_name(cell), logger, "val", log=log or console.say, console=console, also_test=True
+            )
+        finally:
+            console.prefix = ""
+    rows, missing = [], []
+    for cell in cells(full):
+        cell_rows = _cell_rows(cell, cell_config(full, cell, path), out / cell_name(cell))
+        rows += cell_rows
+        done = {r["method"] for r in cell_rows}
+        missing += [{**cell, "method": m} for m in full["methods"] if m not in done]
+    report = {"sweep": str(path), "name": sweep.get("name"), "grid": sweep["grid"], "rows": rows, "missing": missing}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(report, indent=1))
     (out / "sweep.md").write_text(sweep_table(report))
     return report
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+def _stats(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample std; the std of one value is unknown (None), never 0."""
+    if not values:
+        return {}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
-def _cell_rows(cell: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
-    metric = next(iter(results["runs"][0]["metrics"]))
+def finished_runs(cfg: dict[str, Any], cell_out: Path) -> list[dict[str, Any]]:
+    """The runs of one cell kept in ``cell_out/runs`` whose config is the cell's (any number of seeds,
+    from any sitting), in method then seed order."""
+    from amad.compare.run import _run_fingerprint
+
+    records = []
+    for method in cfg["methods"]:
+        paths = sorted(
+            (cell_out / "runs").glob(f"{method}-seed*.json"), key=lambda p: int(p.stem.rpartition("seed")[2] or 0)
+        )
+        for path in paths:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # half-written: the run is not finished
+            if record.get("method") != method or not isinstance(record.get("seed"), int):
+                continue
+            if record.get("fingerprint") == _run_fingerprint(cfg, method, record["seed"], "val", True):
+                records.append(record)
+    return records
+
+
+def _cell_rows(cell: dict[str, Any], cfg: dict[str, Any], cell_out: Path) -> list[dict[str, Any]]:
+    runs = finished_runs(cfg, cell_out)
+    if not runs:
+        return []
+    metric = next(iter(runs[0]["metrics"]))
     rows = []
-    for method in dict.fromkeys(r["method"] for r in results["runs"]):
-        rs = [r for r in results["runs"] if r["method"] == method]
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == method]
         row = {
             **cell,
             "method": method,
@@ -131,45 +322,62 @@ def _cell_rows(cell: dict[str, Any], results: dict[str, Any]) -> list[dict[str, 
             "val": _stats([r["metrics"][metric] for r in rs]),
             "test": _stats([r["metrics_test"][metric] for r in rs if "metrics_test" in r]),
         }
-        snap = _last_snapshot(results, method)
+        snap = _last_snapshot(cell_out, method, rs)
         if snap:
             row["weight_spread"], row["head_diversity"] = snap.get("spread"), snap.get("head_diversity")
         rows.append(row)
     return rows
 
 
-def _last_snapshot(results: dict[str, Any], method: str) -> dict[str, Any] | None:
-    for r in results["runs"]:
-        if r["method"] == method and r.get("head_alignment"):
-            path = Path(r["head_alignment"]) / "snapshots.json"
-            if path.is_file():
-                snaps = json.loads(path.read_text())
-                return snaps[max(snaps, key=int)]
-    return None
+def _last_snapshot(cell_out: Path, method: str, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The head-weight snapshot at the last step of the seed-0 run (methods with head weights only)."""
+    if not any(r["seed"] == 0 and r.get("head_alignment") for r in runs):
+        return None
+    path = cell_out / "heatmaps" / method / "snapshots.json"
+    if not path.is_file():
+        return None
+    snaps = json.loads(path.read_text())
+    return snaps[max(snaps, key=int)] if snaps else None
+
+
+def _pm(stats: dict[str, Any]) -> str:
+    if not stats:
+        return ""
+    spread = "n/a" if stats["std"] is None else f"{100 * stats['std']:.1f}"
+    return f"{100 * stats['mean']:.1f} ± {spread}"
 
 
 def sweep_table(report: dict[str, Any]) -> str:
-    """Markdown: one row per (cell, method): val (choose) and test (report) in %, AMAD's weight spread (the
-    mean over rows of max - min of a_ij; 0 = uniform) and the student heads' diversity (1 - mean cosine
-    between a student's heads' maps; seed 0, last step)."""
+    """Markdown: one row per (cell, method): seeds, val (choose) and test (report) in % (± n/a with one
+    seed), AMAD's weight spread (the mean over rows of max - min of a_ij; 0 = uniform) and the student
+    heads' diversity (1 - mean cosine between a student's heads' maps; seed 0, last step)."""
     keys = list(report["grid"])
     lines = [
         f"# sweep {report.get('name') or ''}",
         "",
-        "| " + " | ".join(keys) + " | method | val % | test % | a_ij row range | head diversity |",
-        "|" + "---|" * (len(keys) + 5),
+        "| " + " | ".join(keys) + " | method | n | val % | test % | a_ij row range | head diversity |",
+        "|" + "---|" * (len(keys) + 6),
     ]
     for r in report["rows"]:
         spread = (r.get("weight_spread") or {}).get("mean_row_range")
         div = r.get("head_diversity")
-        cells = [str(r[k]) for k in keys] + [
+        row = [str(r[k]) for k in keys] + [
             r["method"],
-            f"{100 * r['val']['mean']:.1f} ± {100 * r['val']['std']:.1f}",
-            f"{100 * r['test']['mean']:.1f} ± {100 * r['test']['std']:.1f}" if r["test"] else "",
+            str(r["n"]),
+            _pm(r["val"]),
+            _pm(r["test"]),
             "" if spread is None else f"{spread:.3f}",
             "" if div is None else f"{div:.3f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(row) + " |")
+    missing = report.get("missing") or []
+    if missing:
+        by_cell: dict[str, list[str]] = {}
+        for m in missing:
+            by_cell.setdefault(cell_name({k: m[k] for k in keys}), []).append(m["method"])
+        done = {cell_name({k: r[k] for k in keys}) for r in report["rows"]}
+        parts = [f"{c} ({'all' if c not in done else ', '.join(ms)})" for c, ms in by_cell.items()]
+        lines += ["", f"Not run yet ({len(missing)} cell methods): " + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -178,17 +386,48 @@ def main(argv: list[str]) -> int:
         prog="amad sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="the sweep YAML (e.g. experiments/sweeps/amad_heads.yaml)")
-    parser.add_argument("--out", required=True, help="output folder (resumes)")
+    parser.add_argument("--out", help="output folder (resumes)")
     parser.add_argument("--logger", default="none", choices=("wandb", "csv", "none"))
+    parser.add_argument(
+        "--cells",
+        action="append",
+        default=[],
+        metavar="KEY=V1[,V2]",
+        help="run only these cells of the grid (repeat for other keys), e.g. --cells num_heads=4,8 --cells init=random",
+    )
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the sweep's methods")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the YAML's)")
     parser.add_argument("--max-steps", type=int, default=None, help="quick check: cap every student's steps")
     parser.add_argument("--eval-subset", type=int, default=None, help="quick check: evaluate on this many examples")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' output instead of logging it")
+    parser.add_argument(
+        "--print_config", action="store_true", help="print the resolved sweep with its defaults (YAML) and exit"
+    )
     ns = parser.parse_args(argv)
+    if ns.out is None and not ns.print_config:
+        parser.error("the following arguments are required: --out")
+    sweep = load_sweep(ns.config)
+    only = parse_cells(ns.cells, sweep["grid"])
+    methods = ns.methods.split(",") if ns.methods else None
+    quick = {"max_steps": ns.max_steps, "seeds": ns.seeds, "eval_subset": ns.eval_subset}
+    if ns.print_config:
+        print_settings(sweep_settings(restrict(sweep, only, methods, **quick), ns.config))
+        return 0
     from amad.compare.run import quiet_libraries
 
     quiet_libraries()
-    quick = {"max_steps": ns.max_steps, "seeds": ns.seeds, "eval_subset": ns.eval_subset}
-    report = run_sweep(ns.config, ns.out, ns.logger, console=Console(), overrides=quick)
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    report = run_sweep(
+        ns.config,
+        ns.out,
+        ns.logger,
+        console=Console(enabled=not ns.verbose),
+        overrides=quick,
+        only=only,
+        methods=methods,
+    )
     print((Path(ns.out) / "sweep.md").read_text())
-    print(f"sweep: {len(report['rows'])} rows -> {ns.out}")
+    print(f"sweep: {len(report['rows'])} rows, {len(report['missing'])} cell methods not run yet -> {ns.out}")
     return 0

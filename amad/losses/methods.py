@@ -52,6 +52,12 @@ class AttentionMethod:
     name: ClassVar[str] = ""
     #: the criterion class that computes the loss (amad.losses.criteria)
     criterion: ClassVar[type[C.AttentionCriterion]]
+    #: the paper's method or one of its variants: ``amad compare`` lists it after the baselines and
+    #: highlights it (ask this, never the method's name in a config)
+    is_amad: ClassVar[bool] = False
+    #: its criterion weighs every student head per teacher head with weights a_ij that follow the maps
+    #: (Eq. 3, rows sum to 1): ``amad compare`` records their spread and the student heads' diversity
+    has_head_weights: ClassVar[bool] = False
 
     teacher_grid: tuple[int, int] | None = None
     student_grid: tuple[int, int] | None = None
@@ -102,6 +108,8 @@ class AMAD(AttentionMethod):
 
     name: ClassVar[str] = "amad"
     criterion: ClassVar[type[C.AttentionCriterion]] = C.AMADCriterion
+    is_amad: ClassVar[bool] = True
+    has_head_weights: ClassVar[bool] = True
 
     variant: Literal["kl", "l2", "token"] = "kl"
     weight_temperature: float = 1.0
@@ -128,6 +136,8 @@ class AMADProjection(AttentionMethod):
 
     name: ClassVar[str] = "amad_proj"
     criterion: ClassVar[type[C.AttentionCriterion]] = C.AMADProjectionCriterion
+    is_amad: ClassVar[bool] = True
+    has_head_weights: ClassVar[bool] = True
 
     map_size: tuple[int, int] | None = None
     weight_temperature: float = 1.0

@@ -27,6 +27,7 @@ def test_compare_smoke_writes_results_and_resumes(tmp_path, monkeypatch, capsys)
         assert {"method", "seed", "metrics", "params", "train_time_s"} <= set(r)
         assert 0.0 <= r["metrics"]["vqa_acc"] <= 1.0
     assert all(s["vqa_acc"]["std"] == 0.0 and "mean" in s["vqa_acc"] for s in results["summary"])
+    assert [s["is_amad"] for s in results["summary"]] == [m == "amad" for m in METHODS], "asked of the method"
     table = (out / "results.md").read_text()
     assert all(f"| {m} |" in table for m in METHODS) and "| teacher |" in table
     assert (out / "results.png").is_file()

@@ -64,7 +64,8 @@ import torch
 
 from amad.losses import amad_loss
 from amad.losses.methods import AMAD
-from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size, qk_attention_loss
+from amad.losses.qk import qk_attention_loss
+from amad.models.attention_inputs import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size
 
 #: name -> (B, Ht, Hs, Q, K, d, T5-like: position bias, no scale, padded tokens)
 CASES: dict[str, tuple[int, int, int, int, int, int, bool]] = {

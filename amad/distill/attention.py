@@ -6,7 +6,7 @@ site have the same Q and K.
 
 Two sources of the maps (``attention_source``): ``maps``, the post-softmax maps the adapters capture from
 eager attention, fed to the method's criterion; or ``qk``, the queries and keys the adapters capture from
-their SDPA attention (:class:`~amad.losses.qk.AttentionInputs`), fed to
+their SDPA attention (:class:`~amad.models.attention_inputs.AttentionInputs`), fed to
 :func:`amad.losses.qk.qk_attention_loss`, which rebuilds the maps in chunks of query rows: the same loss,
 weights and gradients, without a whole map. Methods on Q/K/V relations (``minilm_relation``) take the
 projections under either source.
@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from amad.losses.methods import AttentionMethod
-from amad.losses.qk import QK_METHODS, AttentionInputs, qk_attention_loss
+from amad.losses.qk import QK_METHODS, qk_attention_loss
+from amad.models.attention_inputs import AttentionInputs
 from amad.models.capture import check_attention_source
 from amad.models.layer_map import resolve_layer_map
 
@@ -146,7 +147,8 @@ class AttentionDistiller(nn.Module):
 
     @staticmethod
     def _outputs_inputs(out: Any, site: str, who: str) -> tuple:
-        """The captured :class:`~amad.losses.qk.AttentionInputs` of ``site``, or an error saying what is missing."""
+        """The captured :class:`~amad.models.attention_inputs.AttentionInputs` of ``site``, or an error naming
+        what is missing."""
         inputs = getattr(out, "attention_inputs", None) or {}
         if site not in inputs:
             raise ValueError(

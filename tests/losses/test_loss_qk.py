@@ -20,7 +20,8 @@ from torch.utils._pytree import tree_flatten
 
 from amad.losses import attention_method, build_attention_criterion
 from amad.losses.a2d import A2DLoss
-from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, QK_METHODS, AttentionInputs, default_chunk_size, qk_attention_loss
+from amad.losses.qk import QK_METHODS, qk_attention_loss
+from amad.models.attention_inputs import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size
 
 F64 = torch.float64
 MIN = torch.finfo(F64).min

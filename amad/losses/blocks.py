@@ -198,6 +198,29 @@ class MapBlocks(RowBlocks):
         return total
 
     def two_pass(self, hooks: TwoPassHooks) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError(
-            "MapBlocks.two_pass: a two-pass loss on whole maps has its own fused map path (amad.losses._fused)"
-        )
+        return _TwoPassMaps.apply(self, hooks, self.s)
+
+
+class _TwoPassMaps(torch.autograd.Function):
+    """:meth:`MapBlocks.two_pass`: the hooks on the one block of all rows; the backward hands the hooks'
+    gradient w.r.t. that block to autograd (which carries it through the masking and the upcast)."""
+
+    @staticmethod
+    def forward(ctx, blocks: MapBlocks, hooks: TwoPassHooks, s: Tensor):
+        t = blocks.t
+        stats = hooks.stats(t, s)
+        state = hooks.state(stats)
+        sums = hooks.value(t, s, state)
+        per_example, weights = hooks.output(stats, state, sums)
+        ctx.blocks, ctx.hooks, ctx.n_state = blocks, hooks, len(state)
+        ctx.save_for_backward(s, *state, *sums)
+        ctx.mark_non_differentiable(weights)
+        return per_example, weights
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor, _grad_weights: Tensor | None):
+        s, *saved = ctx.saved_tensors
+        state, sums = saved[: ctx.n_state], saved[ctx.n_state :]
+        prep = ctx.hooks.backward(state, sums, grad.to(s.dtype))
+        return None, None, ctx.hooks.block_grad(ctx.blocks.t, s, prep).view_as(s)

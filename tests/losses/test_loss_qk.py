@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 import amad.losses.qk as qk_module
 from amad.losses import METHODS, AttentionCriterion, AttentionMethod, build_attention_criterion
+from amad.losses.blocks import MapBlocks
 from amad.losses.qk import qk_attention_loss
 from amad.models.attention_inputs import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size
 
@@ -153,6 +154,24 @@ def test_equals_the_map_path(config, case):
         got_g = torch.autograd.grad(loss, grads)
         for g_got, g_want in zip(got_g, want_g, strict=True):
             torch.testing.assert_close(g_got, g_want, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
+def test_the_block_definition_on_whole_maps_is_the_map_path(config):
+    """Each criterion's block definition run on whole maps (one block, ``MapBlocks``) gives what its map path
+    gives (for AMAD "kl" the fused whole-map kernel against the two-pass hooks): one definition."""
+    method, opts = config
+    t, s, qmask, kmask, grads = _case("cross")
+    crit = build_attention_criterion(method, teacher_heads=t.num_heads, student_heads=s.num_heads, **opts).double()
+    tm, sm = _reference_maps(t), _reference_maps(s)
+    want, want_w = crit(tm, sm, query_mask=qmask, key_mask=kmask)
+    want_g = torch.autograd.grad(want, grads, retain_graph=True)  # the maps' graph serves both
+    loss, weights = crit.loss_from_blocks(MapBlocks(tm, sm, qmask, kmask))
+    torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
+    if want_w is not None:
+        torch.testing.assert_close(weights, want_w, atol=1e-10, rtol=0)
+    for g_got, g_want in zip(torch.autograd.grad(loss, grads), want_g, strict=True):
+        torch.testing.assert_close(g_got, g_want, atol=1e-10, rtol=0)
 
 
 def _amad(t, s):

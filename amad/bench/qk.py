@@ -28,7 +28,7 @@ measures the forward + backward (gradient w.r.t. the student's q and k) of
 
 * (a) the map path: both models' maps built eagerly from q/k (``AttentionInputs.maps()``, the teacher's
   without autograd), then :func:`amad.losses.amad_loss`;
-* (b) the qk path: :func:`amad.losses.qk.qk_attention_loss` (``"amad"``, default options), which never
+* (b) the qk path: :func:`amad.losses.qk.qk_attention_loss` (``AMAD()``'s criterion), which never
   holds a whole map;
 
 side by side in one process (interleaved repetitions, medians, one intra-op thread as ``amad bench
@@ -64,7 +64,8 @@ import torch
 
 from amad.losses import amad_loss
 from amad.losses.methods import AMAD
-from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size, qk_attention_loss
+from amad.losses.qk import qk_attention_loss
+from amad.models.attention_inputs import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size
 
 #: name -> (B, Ht, Hs, Q, K, d, T5-like: position bias, no scale, padded tokens)
 CASES: dict[str, tuple[int, int, int, int, int, int, bool]] = {
@@ -137,7 +138,8 @@ def _step(path: str, teacher: AttentionInputs, student: AttentionInputs, qmask, 
             t = teacher.maps()
         loss = amad_loss(t, student.maps(), query_mask=qmask)
     else:
-        loss, _ = qk_attention_loss("amad", teacher, student, query_mask=qmask, chunk_size=chunk_size)
+        criterion = AMAD().build(teacher.num_heads, student.num_heads)
+        loss, _ = qk_attention_loss(criterion, teacher, student, query_mask=qmask, chunk_size=chunk_size)
     loss.backward()
     return float(loss.detach())
 

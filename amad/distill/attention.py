@@ -6,9 +6,9 @@ site have the same Q and K.
 
 Two sources of the maps (``attention_source``): ``maps``, the post-softmax maps the adapters capture from
 eager attention, fed to the method's criterion; or ``qk``, the queries and keys the adapters capture from
-their SDPA attention (:class:`~amad.losses.qk.AttentionInputs`), fed to
-:func:`amad.losses.qk.qk_attention_loss`, which rebuilds the maps in chunks of query rows: the same loss,
-weights and gradients, without a whole map. Methods on Q/K/V relations (``minilm_relation``) take the
+their SDPA attention (:class:`~amad.models.attention_inputs.AttentionInputs`), fed to the same criterion
+through :func:`amad.losses.qk.qk_attention_loss`, which rebuilds the maps in chunks of query rows: the same
+loss, weights and gradients, without a whole map. Methods on Q/K/V relations (``minilm_relation``) take the
 projections under either source.
 """
 
@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from amad.losses.methods import AttentionMethod
-from amad.losses.qk import QK_METHODS, AttentionInputs, qk_attention_loss
+from amad.losses.qk import qk_attention_loss
+from amad.models.attention_inputs import AttentionInputs
 from amad.models.capture import check_attention_source
 from amad.models.layer_map import resolve_layer_map
 
@@ -40,8 +41,8 @@ class AttentionDistiller(nn.Module):
             ``layer_map[l]``), or a dict site → one of those (docs/method.md §6).
         attention_source: ``maps`` (the captured maps, the method's criterion) or ``qk`` (the captured
             queries and keys, :func:`amad.losses.qk.qk_attention_loss`). Under ``qk`` the map methods are
-            those of :data:`amad.losses.qk.QK_METHODS` on equal grids; ``minilm_relation`` keeps its own
-            (q, k, v) path.
+            those whose criterion ``supports_qk``, on equal grids; ``minilm_relation`` keeps its own (q, k, v)
+            path.
 
     Raises:
         ValueError: an unknown site or source, a bad layer map, or ``attention_source="qk"`` with a
@@ -70,10 +71,11 @@ class AttentionDistiller(nn.Module):
             return
         self.input_kind = method.input_kind
         if attention_source == "qk" and self.input_kind == "maps":
-            if method.name not in QK_METHODS:
+            if not method.criterion.supports_qk:
                 raise ValueError(
-                    f"attention_source 'qk' cannot serve method {method.name!r}: it needs whole maps (its n x n "
-                    f"projection mixes every row); use attention_source 'maps'. qk serves {list(QK_METHODS)}"
+                    f"attention_source 'qk' cannot serve method {method.name!r}: it needs whole maps (its "
+                    f"criterion {method.criterion.__name__} has no computation on blocks of query rows); use "
+                    "attention_source 'maps'"
                 )
             grids = method.teacher_grid, method.student_grid
             if grids[0] is not None and tuple(grids[0]) != tuple(grids[1]):
@@ -146,7 +148,8 @@ class AttentionDistiller(nn.Module):
 
     @staticmethod
     def _outputs_inputs(out: Any, site: str, who: str) -> tuple:
-        """The captured :class:`~amad.losses.qk.AttentionInputs` of ``site``, or an error saying what is missing."""
+        """The captured :class:`~amad.models.attention_inputs.AttentionInputs` of ``site``, or an error naming
+        what is missing."""
         inputs = getattr(out, "attention_inputs", None) or {}
         if site not in inputs:
             raise ValueError(
@@ -165,11 +168,8 @@ class AttentionDistiller(nn.Module):
     def _call(self, site: str, l_s: Any, l_t: Any, t: Any, s: Any, kwargs: dict) -> tuple[Tensor, Any]:
         key = self.key(site, l_s if isinstance(l_s, int) else 0)
         try:
-            if self.from_qk:
-                # the A2D aligner of this pair (criteria are built per pair: parameter set 0)
-                aligners = getattr(self.criteria[key], "aligners", None)
-                module = None if aligners is None else aligners[0]
-                return qk_attention_loss(self.method, t, s, module=module, **kwargs)
+            if self.from_qk:  # criteria are built per pair: parameter set 0
+                return qk_attention_loss(self.criteria[key], t, s, **kwargs)
             return self.criteria[key](t, s, **kwargs)
         except ValueError as err:
             raise ValueError(f"site {site!r}, teacher layer {l_t} -> student layer {l_s}: {err}") from err

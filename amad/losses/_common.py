@@ -181,6 +181,12 @@ def masked_row_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     return total / mask.sum(-1, keepdim=True).clamp_min(1).to(x.dtype)
 
 
+def sqrt_clamped(sq: Tensor) -> Tensor:
+    """``max(sqrt(sq), 1e-12)`` of a sum of squares, with the gradient of ``clamp_min(vector_norm(x), 1e-12)``
+    (0 below the floor, never inf * 0 at sq = 0): norms from sums accumulated over blocks of rows."""
+    return sq.clamp_min(NORM_EPS * NORM_EPS).sqrt()
+
+
 def cosine_matrix(tf: Tensor, sf: Tensor) -> Tensor:
     """Cosine of every teacher row against every student row, batched (Eq. 2).
 

@@ -32,6 +32,15 @@ Gradient (per example b, with r_b = dL/dper_example_b / #valid rows):
     dL/ds_j += sum_i dL/dw_ij t_i / (|t_i| c_j)  -  [sum_i dL/dw_ij w_ij] s_j / (c_j |s_j|)
     (the last term only where |s_j| >= 1e-12, as ``clamp_min`` passes no gradient below it),
     with s the student maps, padded rows zeroed.
+
+:class:`AMADKLBlockHooks` is the same loss written on blocks of query rows (for maps rebuilt from queries
+and keys, :mod:`amad.losses.qk`): the cosines need the whole maps, so pass 1 accumulates over blocks
+``D = Σ_c T_c S_cᵀ`` (B, Ht, Hs), ``|t_i|²``, ``|s_j|²`` and the teacher's ``Σ t log t``; then ``w`` (Eq. 2) and
+``a`` (Eq. 3) on these small tensors. Pass 2: per block ``Σ T_c log max(a S_c, eps)`` (Eq. 9: the mixture of
+a block's rows needs only those rows and ``a``) and -- the loss being linear in its upstream gradient -- the
+whole ``dCE/da = Σ_c G_c S_cᵀ``. The backward, per block: ``dL/dS_c = r aᵀ G_c + (dL/dD)ᵀ T_c +
+(dL/d|s| / |s|) S_c`` (r = -upstream), with ``dL/dD``, ``dL/d|s|`` from ``dL/da = r dCE/da`` through the
+softmax and the cosine.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from amad.losses._common import NORM_EPS
+from amad.losses._common import NORM_EPS, row_entropy_term, sqrt_clamped
 
 
 def _below(x: Tensor, eps: float) -> Tensor | None:
@@ -152,3 +161,69 @@ class AMADKLFunction(torch.autograd.Function):
             grad_sf.addcmul_(sf, coef.unsqueeze(-1))
         # Padded rows get no gradient: G and tf are zero there (t = 0) and so is the masked sf.
         return None, grad_sf.to(ctx.s_dtype), None, None, None, None, None, None
+
+
+def _block_mix_grad(t: Tensor, mix: Tensor, eps: float) -> Tensor:
+    """``d/dmix Σ t log max(mix, eps)`` = ``t / mix`` where ``mix >= eps``, else 0; in ``mix``'s buffer."""
+    below = mix < eps
+    return torch.div(t, mix.clamp_min_(eps), out=mix).masked_fill_(below, 0)
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+class AMADKLBlockHooks:
+    """AMAD "kl" (Eq. 2, 3, 9) on blocks of query rows: the :class:`amad.losses.blocks.TwoPassHooks` of
+    :meth:`RowBlocks.two_pass <amad.losses.blocks.RowBlocks.two_pass>` (module docstring). Blocks are
+    (B, H, r, K) maps, padded rows zeroed; ``output`` is the per-example sum over valid rows and ``a``.
+
+    Args:
+        temperature, detach_weights, eps: as in :func:`amad.losses.amad_loss`.
+    """
+
+    def __init__(self, temperature: float, detach_weights: bool, eps: float) -> None:
+        self.temperature, self.detach, self.eps = temperature, detach_weights, eps
+
+    def stats(self, t: Tensor, s: Tensor) -> tuple[Tensor, ...]:
+        t, s = _flat(t), _flat(s)
+        return torch.bmm(t, s.transpose(1, 2)), t.square().sum(-1), s.square().sum(-1), row_entropy_term(t).sum(-1)
+
+    def state(self, stats):
+        D, tt, ss, entropy = stats
+        nt, c = sqrt_clamped(tt), sqrt_clamped(ss)
+        w = D / (nt.unsqueeze(-1) * c.unsqueeze(-2))  # Eq. 2
+        a = torch.softmax(w / self.temperature, dim=-1)  # Eq. 3
+        return a, w, nt, c, ss, entropy
+
+    def value(self, t: Tensor, s: Tensor, state) -> tuple[Tensor, ...]:
+        t, s, a = _flat(t), _flat(s), state[0]
+        mix = torch.bmm(a, s)  # Eq. 9, this block's rows
+        cross = mix.clamp_min(self.eps).log_().mul_(t).sum(dim=(1, 2))
+        if self.detach:
+            return (cross,)
+        return cross, torch.bmm(_block_mix_grad(t, mix, self.eps), s.transpose(1, 2))  # dCE/da of the block
+
+    def output(self, stats, state, sums) -> tuple[Tensor, Tensor]:
+        return state[5] - sums[0], state[0]  # Σ t log t - Σ t log max(mix, eps), a
+
+    def backward(self, state, sums, grad: Tensor) -> tuple:
+        a, w, nt, c, ss, _ = state
+        r = -grad[:, None, None]  # dL/dCE per example
+        a_r = (a * r).transpose(1, 2)  # (B, Hs, Ht): the mixture's share, scaled
+        if self.detach:
+            return a, a_r, None, None
+        ga = r * sums[1]  # dL/da
+        gw = a * (ga - (a * ga).sum(-1, keepdim=True)) / self.temperature  # softmax over student heads
+        gD = (gw / (nt.unsqueeze(-1) * c.unsqueeze(-2))).transpose(1, 2)  # (B, Hs, Ht)
+        gc = -(gw * w).sum(1) / c  # dL/dc, c = max(|s|, 1e-12)
+        coef = torch.where(ss >= NORM_EPS * NORM_EPS, gc / c, torch.zeros_like(gc))  # dL/ds = coef s
+        return a, a_r, gD, coef
+
+    def block_grad(self, t: Tensor, s: Tensor, prep: tuple) -> Tensor:
+        a, a_r, gD, coef = prep
+        t, sd = _flat(t), _flat(s)
+        dS = torch.bmm(a_r, _block_mix_grad(t, torch.bmm(a, sd), self.eps))
+        if gD is not None:
+            dS.baddbmm_(gD, t).addcmul_(sd, coef.unsqueeze(-1))
+        return dS

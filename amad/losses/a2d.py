@@ -54,6 +54,24 @@ class A2DLoss(nn.Module):
         w, b = self.aligner.weight.to(student.dtype), self.aligner.bias.to(student.dtype)
         return F.conv2d(student, w, b)
 
+    def row_kl(self, teacher: Tensor, student: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Per head and query row ``KL(p_T row || softmax(aligned row))`` over real keys: (B, Ht, r, K) teacher
+        and (B, Hs, r, K) student maps (or blocks of their rows; padded rows zeroed) -> (B, Ht, r)."""
+        fill = torch.finfo(teacher.dtype).min
+        aligned = self.align(student)  # 1x1 convolution over heads, within each row
+        keys = None if key_mask is None else key_mask[:, None, None, :]
+        if keys is not None:
+            aligned = aligned.masked_fill(~keys, fill)
+        ls = torch.log_softmax(aligned, dim=-1)
+        if self.teacher_as_logits:
+            lt = torch.log_softmax(teacher if keys is None else teacher.masked_fill(~keys, fill), dim=-1)
+            kl = lt.exp() * (lt - ls)
+        else:
+            kl = torch.xlogy(teacher, teacher) - teacher * ls
+        if keys is not None:
+            kl = torch.where(keys, kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
+        return kl.sum(-1)
+
     def forward(
         self,
         teacher_attn: Tensor,
@@ -73,20 +91,6 @@ class A2DLoss(nn.Module):
         dtype = compute_dtype(teacher_attn)
         with no_autocast(teacher_attn.device.type):
             t, s = prepare_maps(teacher_attn, student_attn, qmask)
-            zero = torch.zeros((), dtype=dtype, device=t.device)
-            fill = torch.finfo(dtype).min
-            aligned = self.align(s)
-            if kmask is not None:
-                keys = kmask[:, None, None, :]
-                aligned = aligned.masked_fill(~keys, fill)
-            ls = torch.log_softmax(aligned, dim=-1)
-            if self.teacher_as_logits:
-                lt = torch.log_softmax(t if kmask is None else t.masked_fill(~keys, fill), dim=-1)
-                kl = lt.exp() * (lt - ls)
-            else:
-                kl = torch.xlogy(t, t) - t * ls
-            if kmask is not None:
-                kl = torch.where(keys, kl, zero)
-            loss = masked_row_mean(kl.sum(-1), qmask).sum(1).mean()
+            loss = masked_row_mean(self.row_kl(t, s, kmask), qmask).sum(1).mean()
             weights = self.aligner.weight[:, :, 0, 0].to(dtype).expand(t.shape[0], Ht, Hs)
         return loss, weights

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from amad.losses._common import (
-    NORM_EPS,
     check_choice,
     check_maps,
     check_mask,
@@ -29,6 +28,7 @@ from amad.losses._common import (
     no_autocast,
     prepare_maps,
     row_kl,
+    sqrt_clamped,
 )
 from amad.losses._fused import AMADKLFunction
 
@@ -164,33 +164,43 @@ def _amad_l2(
     t: Tensor, s: Tensor, mask: Tensor | None, temperature: float, detach: bool, eps: float
 ) -> tuple[Tensor, Tensor]:
     B, Ht, Q, K = t.shape
-    tf, sf = t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K)
-    # "l2", Eq. 4-5, expanded on the unit-normalised maps t^, s^:
-    # sum_i |t^_i - sum_j a_ij s^_j|^2 = sum_i (|t^_i|^2 - 2 a_i.w_i + a_i G a_i^T), w = t^ s^T, G = s^ s^T,
-    # so only (Ht x Hs) and (Hs x Hs) matrices are formed (no mixture map at all).
-    nt_raw, ns_raw = torch.linalg.vector_norm(tf, dim=-1), torch.linalg.vector_norm(sf, dim=-1)
-    nt, ns = nt_raw.clamp_min(NORM_EPS), ns_raw.clamp_min(NORM_EPS)
-    w = torch.bmm(tf, sf.transpose(1, 2)) / (nt.unsqueeze(-1) * ns.unsqueeze(-2))  # cosines, Eq. 2
-    gram = torch.bmm(sf, sf.transpose(1, 2)) / (ns.unsqueeze(-1) * ns.unsqueeze(-2))
+    stats = amad_l2_stats(t.reshape(B, Ht, Q * K), s.reshape(B, s.shape[1], Q * K))
+    return amad_l2_from_stats(*stats, temperature, detach)
+
+
+def amad_l2_stats(tf: Tensor, sf: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The sums "l2" needs of (B, Ht, n) / (B, Hs, n) flattened maps (or of a block of their rows: they add
+    up over blocks): ``D = t sᵀ`` (B, Ht, Hs), ``|t|²`` (B, Ht) and ``s sᵀ`` (B, Hs, Hs)."""
+    return (
+        torch.bmm(tf, sf.transpose(1, 2)),
+        torch.linalg.vector_norm(tf, dim=-1).square(),
+        torch.bmm(sf, sf.transpose(1, 2)),
+    )
+
+
+def amad_l2_from_stats(d: Tensor, tt: Tensor, sst: Tensor, temperature: float, detach: bool) -> tuple[Tensor, Tensor]:
+    """ "l2" (Eq. 4-5) from :func:`amad_l2_stats`: per-example loss (B,) and the weights a (B, Ht, Hs).
+
+    Expanded on the unit-normalised maps t^, s^: ``sum_i |t^_i - sum_j a_ij s^_j|^2 = sum_i (|t^_i|^2 -
+    2 a_i.w_i + a_i G a_i^T)``, ``w = t^ s^T``, ``G = s^ s^T``: only (Ht x Hs) and (Hs x Hs) matrices, no
+    mixture map at all, and everything a sum over rows.
+    """
+    nt = sqrt_clamped(tt)
+    ns = sqrt_clamped(torch.diagonal(sst, dim1=1, dim2=2))  # |s|² is the diagonal of s sᵀ
+    w = d / (nt.unsqueeze(-1) * ns.unsqueeze(-2))  # cosines, Eq. 2
+    gram = sst / (ns.unsqueeze(-1) * ns.unsqueeze(-2))
     a = torch.softmax(w / temperature, dim=-1)
     aw = a.detach() if detach else a
-    per_head = (nt_raw / nt).square() - 2 * (aw * w).sum(-1) + (torch.bmm(aw, gram) * aw).sum(-1)
+    per_head = tt / nt.square() - 2 * (aw * w).sum(-1) + (torch.bmm(aw, gram) * aw).sum(-1)
     return per_head.sum(-1).clamp_min(0), a  # clamp: rounding of an exact match can dip below 0
 
 
 def _amad_token(
     t: Tensor, s: Tensor, mask: Tensor | None, temperature: float, detach: bool, eps: float
 ) -> tuple[Tensor, Tensor]:
-    # Eq. 12: each query row l is its own AMAD-KL problem, T_l (Ht, K) against S_l (Hs, K), so the
-    # fused KL function runs on B*Q one-row "examples" (padded rows are zero and contribute 0).
-    B, Ht, Q, K = t.shape
-    Hs = s.shape[1]
-    tq = t.transpose(1, 2).reshape(B * Q, Ht, K)
-    sq = s.transpose(1, 2).reshape(B * Q, Hs, K)
-    ones = torch.ones(B * Q, dtype=t.dtype, device=t.device)
-    per_row, a = AMADKLFunction.apply(tq, sq, ones, temperature, detach, eps, None, False)
+    B, Q = t.shape[0], t.shape[2]
+    per_row, a = amad_token_rows(t, s, temperature, detach, eps)
     per_example = masked_row_mean(per_row.view(B, 1, Q), mask).squeeze(1)
-    a = a.view(B, Q, Ht, Hs)
     if mask is None:
         weights = a.mean(1)
     else:
@@ -201,6 +211,25 @@ def _amad_token(
             (n_valid > 0)[:, None, None], summed / n_valid.clamp_min(1)[:, None, None].to(a.dtype), a.mean(1)
         )
     return per_example, weights
+
+
+def amad_token_rows(t: Tensor, s: Tensor, temperature: float, detach: bool, eps: float) -> tuple[Tensor, Tensor]:
+    """Eq. 12 on (B, Ht, r, K) / (B, Hs, r, K) maps (padded rows zeroed): per row l its own AMAD-KL problem,
+    T_l (Ht, K) against S_l (Hs, K), so the fused KL function runs on B*r one-row "examples" (a zero row
+    gives 0). Returns the per-row loss (B, r), summed over teacher heads, and the weights (B, r, Ht, Hs)."""
+    B, Ht, r, K = t.shape
+    Hs = s.shape[1]
+    tq = t.transpose(1, 2).reshape(B * r, Ht, K)
+    sq = s.transpose(1, 2).reshape(B * r, Hs, K)
+    ones = torch.ones(B * r, dtype=t.dtype, device=t.device)
+    per_row, a = AMADKLFunction.apply(tq, sq, ones, temperature, detach, eps, None, False)
+    return per_row.view(B, r), a.view(B, r, Ht, Hs)
+
+
+def row_loss(t: Tensor, s: Tensor, kind: str, eps: float) -> Tensor:
+    """The row loss of one-to-one and head-mean: (B, H, r, K) maps -> (B, H, r), ``kind`` "kl" (row KL,
+    ``sum_k t log t - t log max(s, eps)``) or "mse" (``sum_k (t - s)^2``)."""
+    return row_kl(t, s, eps) if kind == "kl" else (t - s).pow(2).sum(-1)
 
 
 def one_to_one_loss(
@@ -242,8 +271,7 @@ def one_to_one_loss(
     mask = check_mask(query_mask, teacher_attn, (0, 2))
     with no_autocast(teacher_attn.device.type):
         t, s = prepare_maps(teacher_attn[:, :Hs], student_attn, mask)
-        row = row_kl(t, s, eps) if kind == "kl" else (t - s).pow(2).sum(-1)
-        return masked_row_mean(row, mask).sum(1).mean()
+        return masked_row_mean(row_loss(t, s, kind, eps), mask).sum(1).mean()
 
 
 def head_mean_loss(
@@ -276,5 +304,4 @@ def head_mean_loss(
     with no_autocast(teacher_attn.device.type):
         t, s = prepare_maps(teacher_attn, student_attn, mask)
         t, s = t.mean(1, keepdim=True), s.mean(1, keepdim=True)
-        row = row_kl(t, s, eps) if kind == "kl" else (t - s).pow(2).sum(-1)
-        return masked_row_mean(row, mask).squeeze(1).mean()
+        return masked_row_mean(row_loss(t, s, kind, eps), mask).squeeze(1).mean()

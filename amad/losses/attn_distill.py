@@ -28,6 +28,33 @@ def aggregate_heads(attn: Tensor, temperature: float, key_mask: Tensor | None, e
     return torch.softmax(z, dim=-1)
 
 
+def attn_distill_rows(
+    t: Tensor,
+    s: Tensor,
+    temperature: float,
+    key_mask: Tensor | None,
+    prob_clamp: tuple[float, float] | None,
+    eps: float,
+) -> Tensor:
+    """Per query row ``KL(p_T || p_S)`` of the aggregated maps: (B, Ht, r, K), (B, Hs, r, K) -> (B, r).
+
+    ``p = aggregate_heads(A)``, then (with ``prob_clamp``) clamped to [lo, hi], zero on padded keys and
+    renormalised (L1) as the code; ``sum_k p_T log p_T - p_T log max(p_S, eps)``.
+    """
+    pt = aggregate_heads(t, temperature, key_mask, eps)
+    ps = aggregate_heads(s, temperature, key_mask, eps)
+    if prob_clamp is not None:
+        lo, hi = prob_clamp
+        pt, ps = pt.clamp(lo, hi), ps.clamp(lo, hi)
+        if key_mask is not None:
+            zero = torch.zeros((), dtype=pt.dtype, device=pt.device)
+            pt = torch.where(key_mask[:, None, :], pt, zero)
+            ps = torch.where(key_mask[:, None, :], ps, zero)
+        pt = pt / pt.sum(-1, keepdim=True).clamp_min(eps)
+        ps = ps / ps.sum(-1, keepdim=True).clamp_min(eps)
+    return (torch.xlogy(pt, pt) - pt * torch.log(ps.clamp_min(eps))).sum(-1)
+
+
 def attn_distill_loss(
     teacher_attn: Tensor,
     student_attn: Tensor,
@@ -70,16 +97,5 @@ def attn_distill_loss(
         qmask = rows if qmask is None else rows & qmask
     with no_autocast(teacher_attn.device.type):
         t, s = prepare_maps(teacher_attn, student_attn, qmask)
-        pt = aggregate_heads(t, temperature, kmask, eps)
-        ps = aggregate_heads(s, temperature, kmask, eps)
-        if prob_clamp is not None:
-            lo, hi = prob_clamp
-            pt, ps = pt.clamp(lo, hi), ps.clamp(lo, hi)
-            if kmask is not None:
-                zero = torch.zeros((), dtype=pt.dtype, device=pt.device)
-                pt = torch.where(kmask[:, None, :], pt, zero)
-                ps = torch.where(kmask[:, None, :], ps, zero)
-            pt = pt / pt.sum(-1, keepdim=True).clamp_min(eps)
-            ps = ps / ps.sum(-1, keepdim=True).clamp_min(eps)
-        kl = (torch.xlogy(pt, pt) - pt * torch.log(ps.clamp_min(eps))).sum(-1)  # (B, Q)
+        kl = attn_distill_rows(t, s, temperature, kmask, prob_clamp, eps)  # (B, Q)
         return masked_row_mean(kl[:, None], qmask).squeeze(1).mean()

@@ -19,6 +19,24 @@ index (an unused one breaks DDP without ``find_unused_parameters``).
 
 The options (typed, validated, with defaults) live in :mod:`amad.losses.methods`; a criterion keeps
 them as ``self.method``.
+
+**Blocks of query rows.** A criterion whose class says ``supports_qk`` also defines its loss on blocks of
+query rows (:mod:`amad.losses.blocks`), whichever way a block was produced: cut from whole maps or rebuilt
+from queries and keys (``attention_source: qk``, :func:`amad.losses.qk.qk_attention_loss`, which only
+produces the blocks and runs the passes). This is the one place each method is written for both:
+
+* one-pass methods (every term belongs to one query row: one-to-one, head-mean, AttnDistill, A2D, AMAD
+  "token", SHD per row) write :meth:`AttentionCriterion.row_loss` -- the per-row loss of a block (and
+  per-row weights where the method has them) -- with the same row kernels as their map functions; the
+  base class sums it over the valid rows of every block and divides by each example's valid rows;
+* multi-pass methods override :meth:`AttentionCriterion.block_loss`: AMAD "kl" (the cosines need whole
+  maps: statistics pass, then the mixture pass, :class:`amad.losses._fused.AMADKLBlockHooks`), AMAD "l2"
+  (one pass of sums, :func:`amad.losses.attention.amad_l2_stats`), SHD per map (one pass per merge level,
+  :func:`amad.losses.shd.shd_map_coefficients`, then the row pass).
+
+A new method needs only its criterion: with ``supports_qk`` and ``row_loss`` (or ``block_loss``) the base
+class's ``compute`` runs the same definition on whole maps as one block (:class:`MapBlocks`); the methods
+here keep their whole-map functions for the map path (same kernels; the tests hold both paths equal).
 """
 
 from __future__ import annotations
@@ -28,13 +46,24 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
+from amad.losses._common import no_autocast
+from amad.losses._fused import AMADKLBlockHooks
 from amad.losses.a2d import A2DLoss
-from amad.losses.attention import amad_loss, head_mean_loss, one_to_one_loss
-from amad.losses.attn_distill import attn_distill_loss
+from amad.losses.attention import (
+    amad_l2_from_stats,
+    amad_l2_stats,
+    amad_loss,
+    amad_token_rows,
+    head_mean_loss,
+    one_to_one_loss,
+    row_loss,
+)
+from amad.losses.attn_distill import attn_distill_loss, attn_distill_rows
+from amad.losses.blocks import MapBlocks, RowBlocks
 from amad.losses.projection import AMADProjectionLoss
 from amad.losses.relation import minilm_relation_loss
 from amad.losses.resize import resize_teacher_attention
-from amad.losses.shd import shd_groups, shd_loss
+from amad.losses.shd import shd_groups, shd_loss, shd_map_coefficients, shd_merge, soften, softened_row_kl
 
 if TYPE_CHECKING:
     from amad.losses.methods import AttentionMethod
@@ -55,6 +84,9 @@ class AttentionCriterion(nn.Module):
     #: parameters, so the pairs of several layers can be stacked along the batch into one call
     #: (the mean over the stacked batch is the mean of the per-layer losses).
     stackable: ClassVar[bool] = True
+    #: True when the method is defined on blocks of query rows (``row_loss`` or ``block_loss``), so that
+    #: ``attention_source: qk`` can serve it (module docstring).
+    supports_qk: ClassVar[bool] = False
 
     def __init__(self, teacher_heads: int, student_heads: int, num_layers: int, method: AttentionMethod) -> None:
         super().__init__()
@@ -94,15 +126,90 @@ class AttentionCriterion(nn.Module):
         loss, weights = self.compute(teacher, student, query_mask=query_mask, key_mask=key_mask, layer=layer)
         return loss, (None if weights is None else weights.detach())
 
-    def compute(self, teacher, student, *, query_mask, key_mask, layer):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def compute(self, teacher, student, *, query_mask, key_mask, layer):
+        """The loss on whole maps: by default the block definition on one block of all rows."""
+        if not self.supports_qk:
+            raise NotImplementedError(f"{type(self).__name__} defines neither compute nor a block computation")
+        with no_autocast(teacher.device.type):
+            return self.block_loss(MapBlocks(teacher, student, query_mask, key_mask), layer)
+
+    # ------------------------------------------------------------------------- blocks of query rows
+
+    def loss_from_blocks(self, blocks: RowBlocks, layer: int = 0) -> tuple[Tensor, Tensor | None]:
+        """``(loss, detached weights)`` from blocks of query rows (:func:`amad.losses.qk.qk_attention_loss`).
+
+        Raises:
+            ValueError: a layer out of range, or blocks of other head counts than the criterion's.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer {layer} out of range for num_layers={self.num_layers}")
+        if (blocks.Ht, blocks.Hs) != (self.teacher_heads, self.student_heads):
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.teacher_heads} teacher / {self.student_heads} student "
+                f"heads, got teacher maps with {blocks.Ht} and student maps with {blocks.Hs} heads"
+            )
+        loss, weights = self.block_loss(blocks, layer)
+        return loss, (None if weights is None else weights.detach())
+
+    def block_loss(self, blocks: RowBlocks, layer: int) -> tuple[Tensor, Tensor | None]:
+        """The loss and weights from blocks; by default one pass of :meth:`row_loss` (:meth:`row_pass`)."""
+        return self.row_pass(blocks, layer, self.row_loss)
+
+    def row_loss(self, t: Tensor, s: Tensor, *, key_mask: Tensor | None, layer: int) -> tuple[Tensor, Tensor | None]:
+        """A block's per-row loss (B, r), summed over heads, and its per-row weights (B, r, Ht, Hs) or None.
+
+        Args:
+            t: (B, h, r, K) teacher rows (the heads of :meth:`block_teacher_heads`), padded rows zeroed.
+            s: (B, Hs, r, K) student rows, padded rows zeroed.
+            key_mask: (B, K) bool or None; layer: the parameter set.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no row_loss")
+
+    def block_teacher_heads(self) -> slice:
+        """The teacher heads the loss reads (only these are built)."""
+        return slice(None)
+
+    def block_slices(self, blocks: RowBlocks) -> list[slice] | None:
+        """The query rows to build (None: all); may restrict ``blocks``' query mask to them."""
+        return None
+
+    def block_parameters(self, layer: int) -> list[Tensor]:
+        """Parameters of ``layer`` the loss depends on (beyond the student's maps)."""
+        return []
+
+    def block_weights(self, blocks: RowBlocks, layer: int) -> Tensor | None:
+        """The weights of a method whose weights do not come from the rows (None: none)."""
+        return None
+
+    def row_pass(self, blocks: RowBlocks, layer: int, row_loss) -> tuple[Tensor, Tensor | None]:
+        """One pass of ``row_loss(t, s, key_mask=, layer=)`` over the blocks: per example the mean over its valid
+        rows, mean over the batch; weights averaged over the valid rows, or :meth:`block_weights`."""
+        heads = self.block_teacher_heads()
+        slices = self.block_slices(blocks)
+
+        def fn(rows: slice) -> tuple[Tensor, ...]:
+            per_row, row_w = row_loss(
+                blocks.teacher(rows, heads), blocks.student(rows), key_mask=blocks.key_mask, layer=layer
+            )
+            out = (blocks.masked_row_sum(per_row[:, None], rows).squeeze(1),)
+            return out if row_w is None else (*out, *blocks.row_weight_sums(row_w, rows))
+
+        per_example, *w = blocks.sum(fn, blocks.needs_grad(*self.block_parameters(layer)), slices)
+        weights = blocks.average_rows(*w) if w else self.block_weights(blocks, layer)
+        return blocks.mean_over_rows(per_example), weights
 
     def extra_repr(self) -> str:
         return f"{self.teacher_heads} -> {self.student_heads} heads, {self.method}"
 
 
 class AMADCriterion(AttentionCriterion):
-    """``amad``: :func:`amad_loss`; weights = the AMAD weights a (B, Ht, Hs)."""
+    """``amad``: :func:`amad_loss`; weights = the AMAD weights a (B, Ht, Hs).
+
+    Blocks: "kl" two passes (:class:`AMADKLBlockHooks`), "l2" one pass of sums (:func:`amad_l2_stats`),
+    "token" per row (:func:`amad_token_rows`).
+    """
+
+    supports_qk: ClassVar[bool] = True
 
     def compute(self, teacher, student, *, query_mask, key_mask, layer):
         m = self.method
@@ -116,6 +223,27 @@ class AMADCriterion(AttentionCriterion):
             eps=m.eps,
             return_weights=True,
         )
+
+    def block_loss(self, blocks, layer):
+        m = self.method
+        if m.variant == "kl":
+            per_example, a = blocks.two_pass(AMADKLBlockHooks(m.weight_temperature, m.detach_weights, m.eps))
+            return blocks.mean_over_rows(per_example), a
+        if m.variant == "l2":
+            B, Ht, Hs = blocks.B, blocks.Ht, blocks.Hs
+
+            def fn(rows: slice) -> tuple[Tensor, ...]:
+                t = blocks.teacher(rows).reshape(B, Ht, -1)
+                return amad_l2_stats(t, blocks.student(rows).reshape(B, Hs, -1))
+
+            stats = blocks.sum(fn, blocks.needs_grad())
+            per_example, a = amad_l2_from_stats(*stats, m.weight_temperature, m.detach_weights)
+            return per_example.mean(), a
+        return super().block_loss(blocks, layer)
+
+    def row_loss(self, t, s, *, key_mask, layer):
+        m = self.method  # "token" (Eq. 12)
+        return amad_token_rows(t, s, m.weight_temperature, m.detach_weights, m.eps)
 
 
 class AMADProjectionCriterion(AttentionCriterion):
@@ -144,6 +272,8 @@ class AMADProjectionCriterion(AttentionCriterion):
 class OneToOneCriterion(AttentionCriterion):
     """``one_to_one``: :func:`one_to_one_loss`; weights = the fixed identity assignment."""
 
+    supports_qk: ClassVar[bool] = True
+
     def __init__(self, teacher_heads, student_heads, num_layers, method) -> None:
         super().__init__(teacher_heads, student_heads, num_layers, method)
         if student_heads > teacher_heads:
@@ -155,13 +285,28 @@ class OneToOneCriterion(AttentionCriterion):
         weights = self.assignment.to(device=loss.device, dtype=loss.dtype).expand(teacher.shape[0], -1, -1)
         return loss, weights
 
+    def block_teacher_heads(self):
+        return slice(0, self.student_heads)  # only the paired teacher heads are ever built
+
+    def row_loss(self, t, s, *, key_mask, layer):
+        return row_loss(t, s, self.method.row_loss, self.method.eps).sum(1), None
+
+    def block_weights(self, blocks, layer):
+        return self.assignment.to(device=blocks.device, dtype=blocks.dtype).expand(blocks.B, -1, -1)
+
 
 class HeadMeanCriterion(AttentionCriterion):
     """``head_mean``: :func:`head_mean_loss`; no per-head assignment (weights None)."""
 
+    supports_qk: ClassVar[bool] = True
+
     def compute(self, teacher, student, *, query_mask, key_mask, layer):
         m = self.method
         return head_mean_loss(teacher, student, query_mask=query_mask, kind=m.row_loss, eps=m.eps), None
+
+    def row_loss(self, t, s, *, key_mask, layer):
+        m = self.method
+        return row_loss(t.mean(1, keepdim=True), s.mean(1, keepdim=True), m.row_loss, m.eps).squeeze(1), None
 
 
 class MiniLMRelationCriterion(AttentionCriterion):
@@ -186,7 +331,13 @@ class MiniLMRelationCriterion(AttentionCriterion):
 
 
 class SHDCriterion(AttentionCriterion):
-    """``shd``: :func:`amad.losses.shd_loss`; weights = the merge coefficients (columns sum to 1)."""
+    """``shd``: :func:`amad.losses.shd_loss`; weights = the merge coefficients (columns sum to 1).
+
+    Blocks: per row, the merge of each block's rows (:func:`shd_merge`); per map, one pass per merge level
+    for the coefficients (:func:`shd_map_coefficients`), then the row pass on the merged blocks.
+    """
+
+    supports_qk: ClassVar[bool] = True
 
     def __init__(self, teacher_heads, student_heads, num_layers, method) -> None:
         super().__init__(teacher_heads, student_heads, num_layers, method)
@@ -205,12 +356,35 @@ class SHDCriterion(AttentionCriterion):
             eps=m.eps,
         )
 
+    def _softened_kl(self, merged: Tensor, s: Tensor, key_mask: Tensor | None) -> Tensor:
+        """(B, Hs, r, K) merged teacher and student rows -> (B, r): the softened row KL, summed over heads."""
+        tau, eps = self.method.softening_temperature, self.method.eps
+        return softened_row_kl(soften(merged, tau, key_mask, eps), soften(s, tau, key_mask, eps), key_mask).sum(1)
+
+    def block_loss(self, blocks, layer):
+        if self.method.merge_granularity == "row":
+            return super().block_loss(blocks, layer)
+        coef = shd_map_coefficients(blocks)  # (B, Hs, Ht), the first passes
+
+        def rows_of(t, s, *, key_mask, layer):
+            B, Ht, r, K = t.shape
+            merged = torch.bmm(coef, t.reshape(B, Ht, -1)).view(B, -1, r, K)
+            return self._softened_kl(merged, s, key_mask), None
+
+        loss, _ = self.row_pass(blocks, layer, rows_of)
+        return loss, coef.transpose(1, 2)
+
+    def row_loss(self, t, s, *, key_mask, layer):
+        merged, c = shd_merge(t, s, granularity="row")  # alpha per row: local to the block
+        return self._softened_kl(merged, s, key_mask), c.permute(0, 2, 3, 1)  # (B, r, Ht, Hs)
+
 
 class A2DCriterion(AttentionCriterion):
     """``a2d``: one :class:`amad.losses.A2DLoss` (1x1 conv Hs -> Ht, sized from the head counts) per
     layer; weights = its kernel (not normalised)."""
 
     stackable: ClassVar[bool] = False  # one parameter set per layer
+    supports_qk: ClassVar[bool] = True
 
     def __init__(self, teacher_heads, student_heads, num_layers, method) -> None:
         super().__init__(teacher_heads, student_heads, num_layers, method)
@@ -221,9 +395,21 @@ class A2DCriterion(AttentionCriterion):
     def compute(self, teacher, student, *, query_mask, key_mask, layer):
         return self.aligners[layer](teacher, student, query_mask, key_mask)
 
+    def row_loss(self, t, s, *, key_mask, layer):
+        return self.aligners[layer].row_kl(t, s, key_mask).sum(1), None
+
+    def block_parameters(self, layer):
+        return [x for x in self.aligners[layer].parameters() if x.requires_grad]
+
+    def block_weights(self, blocks, layer):
+        kernel = self.aligners[layer].aligner.weight[:, :, 0, 0]
+        return kernel.detach().to(blocks.dtype).expand(blocks.B, self.teacher_heads, self.student_heads)
+
 
 class AttnDistillCriterion(AttentionCriterion):
     """``attn_distill``: :func:`amad.losses.attn_distill_loss`; no per-head assignment (weights None)."""
+
+    supports_qk: ClassVar[bool] = True
 
     def compute(self, teacher, student, *, query_mask, key_mask, layer):
         m = self.method
@@ -238,3 +424,11 @@ class AttnDistillCriterion(AttentionCriterion):
             eps=m.eps,
         )
         return loss, None
+
+    def block_slices(self, blocks):
+        i = self.method.query_index
+        return None if i is None else blocks.select_row(i)  # every other row is masked out: only this one is built
+
+    def row_loss(self, t, s, *, key_mask, layer):
+        m = self.method
+        return attn_distill_rows(t, s, m.aggregation_temperature, key_mask, m.prob_clamp, m.eps), None

@@ -1,226 +1,75 @@
-"""Attention losses from queries and keys: the maps rebuilt in chunks of query rows, never whole.
+"""Attention losses from queries and keys: the maps rebuilt in blocks of query rows, never whole.
 
 Returning attention maps forces eager attention and keeps the B·H·Q·K maps of every distilled layer of
-teacher and student alive until the backward. Here a model runs its fast attention (SDPA) and the
-distiller keeps, per distilled layer, only what the maps are made of -- :class:`AttentionInputs`: the
-queries, the keys, the scale and the additive mask / position bias -- and :func:`qk_attention_loss`
-rebuilds the maps ``softmax(q kᵀ·scale + mask + bias)`` (pre-dropout probabilities, as the map path)
-chunk by chunk of query rows, accumulating the loss. Every chunk runs under
-``torch.utils.checkpoint.checkpoint(use_reentrant=False)`` (AMAD "kl": the same idea written out, see
-below): its forward keeps nothing but its inputs (views of q, k and the bias), and the backward rebuilds
-the chunk's maps. So at most O(B·(Ht+Hs)·chunk·K) map elements are alive at a time, forward and backward.
+teacher and student alive until the backward. Under ``attention_source: qk`` a model runs its fast
+attention (SDPA) and the distiller keeps, per distilled layer, only what the maps are made of --
+:class:`~amad.models.attention_inputs.AttentionInputs`: the queries, the keys, the scale and the additive
+mask / position bias. :func:`qk_attention_loss` hands the method's criterion a :class:`QKBlocks`, which
+rebuilds the maps ``softmax(q kᵀ·scale + mask + bias)`` (pre-dropout probabilities, as the map path) chunk
+by chunk of query rows, and the criterion computes its loss on those blocks exactly as it does on blocks
+cut from whole maps (:mod:`amad.losses.blocks`; each method's passes are in its criterion,
+:mod:`amad.losses.criteria`). This module holds no method: only the rebuilding and the passes.
 
-The value and the gradients are those of the map path, ``build_attention_criterion(method, ...)(
-teacher_maps, student_maps, query_mask=..., key_mask=...)`` with the maps built from the same q/k
-(the tests hold every method and option to 1e-10 in float64): only the summation order differs.
+* :meth:`QKBlocks.sum`: with autograd, every chunk runs under ``torch.utils.checkpoint.checkpoint(
+  use_reentrant=False)``: its forward keeps nothing but its inputs (views of q, k and the bias), and the
+  backward rebuilds the chunk's maps. So at most O(B·(Ht+Hs)·chunk·K) map elements are alive at a time,
+  forward and backward.
+* :meth:`QKBlocks.two_pass` (a loss of two passes whose backward the criterion writes per block): one custom
+  ``autograd.Function`` instead of a checkpoint per pass, which would rebuild each chunk twice in the
+  backward. Forward: the statistics pass and the value pass (the second reuses the first's maps when there
+  is one chunk); backward, one pass: per chunk the criterion's gradient w.r.t. the student's block, then
+  through the chunk's softmax and ``q kᵀ`` by autograd on that chunk alone. Each chunk's maps are built three
+  times in all (twice when there is one chunk).
 
-Which losses are sums over query rows (equation numbers: ``docs/method.md`` section 2):
+The value and the gradients are those of the map path, ``criterion(teacher_maps, student_maps,
+query_mask=..., key_mask=...)`` with the maps built from the same q/k (the tests hold every method and
+option to 1e-10 in float64): only the summation order differs.
 
-* ``one_to_one``, ``head_mean``, ``attn_distill``, ``a2d``, AMAD ``token`` (Eq. 12), SHD with
-  ``merge_granularity="row"``: every term belongs to one query row (head means, the AttnDistill product
-  of experts, the A2D 1x1 convolution and the per-row softmaxes all mix heads *within* a row), so one pass:
-  per chunk, the masked sum over its rows of the per-row loss; the division by the number of valid rows
-  of each example comes after the sum over chunks.
-* AMAD ``kl`` (Eq. 2, 3, 9): the weights need cosines of whole flattened maps. Pass 1 accumulates over
-  chunks ``D = Σ_c T_c S_cᵀ`` (B, Ht, Hs), ``|t_i|² = Σ_c |T_c,i|²``, ``|s_j|² = Σ_c |S_c,j|²`` and the
-  teacher's ``Σ t log t``; then ``w = D / (max(|t|, 1e-12) max(|s|, 1e-12))`` (Eq. 2) and
-  ``a = softmax(w / τ)`` (Eq. 3) on these small tensors. Pass 2: per chunk, ``Σ T_c log max(a S_c, eps)``
-  (Eq. 9: the mixture of a chunk's rows needs only those rows and ``a``), summed, and -- the loss being
-  linear in its upstream gradient -- the whole ``d/da`` of that sum. The backward is then one pass (a
-  custom ``autograd.Function``, :class:`_AMADKLChunked`, instead of a checkpoint per pass, which would
-  rebuild each chunk twice in the backward): each chunk's gradient through the mixture, the cosines and
-  the norms at once (the formulas of :mod:`amad.losses._fused`), then through the chunk's softmax and
-  ``q kᵀ`` by autograd on that chunk alone. Each chunk's maps are built three times in all (twice when
-  there is one chunk: pass 2 reuses pass 1's).
-* AMAD ``l2`` (Eq. 4-5): expanded as the map path, ``Σ_i |t̂_i|² - 2 a_i·w_i + a_i G a_iᵀ`` with
-  ``G = ŝ ŝᵀ``: everything is a sum over rows, so pass 1 alone (``D``, ``S Sᵀ`` (B, Hs, Hs), ``|t|²``;
-  ``|s|²`` is the diagonal of ``S Sᵀ``) gives the loss; no pass 2.
-* SHD, ``merge_granularity="map"``: each merge coefficient ``α = <S_j - y, x - y> / |x - y|²`` is a sum
-  over the whole map, and the merged maps of a level depend on the α of the levels below. The merged
-  maps are linear in the teacher heads, ``x = c_x T`` with coefficients ``c`` (B, Hs, width, Ht) that
-  the tree updates as ``c ← α c_x + (1 - α) c_y``; so one pass per tree level (log2 of the largest group:
-  one pass for 12 -> 6 heads) accumulates ``|d|²`` and ``<S - y, d>`` of ``d = (c_x - c_y) T_c`` over chunks
-  (no gradient: α is a constant of the target), directly on the differences (no expanded Gram form, so
-  no cancellation when two heads are alike). The final pass merges each chunk with the final
-  coefficients, ``c T_c``, and sums the softened row KL.
-
-Masks: ``query_mask`` (B, Q) bool as in the map path: padded rows of both maps are zeroed before
-anything (so they take no part in cosines, merges or losses) and each example's loss is the mean over
-its valid rows (the gradient on padded rows is 0, as in the map path). Additive masks should use the dtype's
-min, as transformers' do, not ``-inf``: a row masked to all ``-inf`` is NaN before it is zeroed. ``key_mask``
-(B, K) bool as each method uses it (SHD, A2D and AttnDistill exclude padded keys from their own
-softmaxes; the AMAD losses, one-to-one and head-mean ignore it: padded keys carry ~0 probability
-through the additive mask already).
+Masks: ``query_mask`` (B, Q) bool as in the map path: padded rows of both maps are zeroed before anything
+(so they take no part in cosines, merges or losses) and each example's loss is the mean over its valid
+rows (the gradient on padded rows is 0, as in the map path). Additive masks should use the dtype's min, as
+transformers' do, not ``-inf``: a row masked to all ``-inf`` is NaN before it is zeroed. ``key_mask`` (B, K)
+bool as each method uses it.
 
 Chunk size: ``chunk_size=None`` picks the fewest balanced chunks whose maps of both models hold at most
-:data:`DEFAULT_CHUNK_ELEMENTS` elements (``B·(Ht+Hs)·rows·K``; :func:`default_chunk_size`); see
-``docs/losses.md`` for the measurements behind it.
+:data:`~amad.models.attention_inputs.DEFAULT_CHUNK_ELEMENTS` elements (``B·(Ht+Hs)·rows·K``;
+:func:`~amad.models.attention_inputs.default_chunk_size`); see ``docs/losses.md`` for the measurements.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from amad.losses._common import (
-    NORM_EPS,
-    check_choice,
-    check_mask,
-    check_positive,
-    no_autocast,
-    row_entropy_term,
-    row_kl,
-)
-from amad.losses._fused import AMADKLFunction
-from amad.losses.a2d import A2DLoss
-from amad.losses.attention import AMAD_VARIANTS, ROW_LOSS_KINDS
-from amad.losses.attn_distill import aggregate_heads
-from amad.losses.shd import ALPHA_GRANULARITY, shd_merge, soften, softened_row_kl
-
-#: Methods :func:`qk_attention_loss` computes (every map-based method but ``amad_proj``).
-QK_METHODS: tuple[str, ...] = ("amad", "one_to_one", "head_mean", "shd", "a2d", "attn_distill")
-
-#: ``chunk_size=None``: rows per chunk so that one chunk's maps of both models hold about this many
-#: elements (B·(Ht+Hs)·rows·K); 2**23 = 32 MiB in float32 (see docs/losses.md).
-DEFAULT_CHUNK_ELEMENTS = 2**23
-
-#: The options of each method and their defaults: the fields of the method classes of
-#: ``amad.losses.methods`` (``AMAD``, ``OneToOne``, ...), so a method object's ``options()`` passes through.
-METHOD_OPTIONS: dict[str, dict[str, object]] = {
-    "amad": {"variant": "kl", "weight_temperature": 1.0, "detach_weights": False, "eps": 1e-8},
-    "one_to_one": {"row_loss": "kl", "eps": 1e-8},
-    "head_mean": {"row_loss": "kl", "eps": 1e-8},
-    "shd": {"softening_temperature": 1.0, "merge_granularity": "map", "eps": 1e-8},
-    "a2d": {"teacher_as_logits": None},  # None = the module's
-    "attn_distill": {"aggregation_temperature": 20.0, "query_index": None, "prob_clamp": (1e-5, 0.996), "eps": 1e-8},
-}
-_GRID_OPTIONS = ("teacher_grid", "student_grid", "num_prefix_tokens")
+from amad.losses._common import check_mask, no_autocast
+from amad.losses.blocks import BlockFn, RowBlocks, TwoPassHooks
+from amad.losses.criteria import AttentionCriterion
+from amad.models.attention_inputs import AttentionInputs, compute_dtype, default_chunk_size
 
 
-def default_chunk_size(B: int, Ht: int, Hs: int, Q: int, K: int) -> int:
-    """Rows per chunk for ``chunk_size=None``: the fewest chunks whose maps of both models hold at most
-    :data:`DEFAULT_CHUNK_ELEMENTS` elements (at least one row each), balanced (577 rows at BLIP-base
-    vision shapes, B = 8, 12 + 6 heads: 6 chunks of 97 rows rather than 5 of 100 and one of 77)."""
-    rows = max(DEFAULT_CHUNK_ELEMENTS // max(B * (Ht + Hs) * K, 1), 1)
-    n = -(-max(Q, 1) // rows)
-    return -(-max(Q, 1) // n)
+class QKBlocks(RowBlocks):
+    """Blocks of query rows rebuilt from one layer pair's queries and keys (see the module docstring).
 
+    Args:
+        teacher: the teacher layer's :class:`AttentionInputs` (detached here: a constant target).
+        student: the student layer's :class:`AttentionInputs`; same B, Q, K.
+        query_mask: (B, Q) bool, True = real query row; None = all real.
+        key_mask: (B, K) bool, True = real key; None = all real.
+        chunk_size: query rows per chunk; None = :func:`default_chunk_size`. Values >= Q mean one chunk.
 
-def _compute_dtype(*xs: Tensor) -> torch.dtype:
-    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
-
-
-@dataclass(frozen=True, eq=False)
-class AttentionInputs:
-    """One layer's attention of one model, as its maps are made: ``softmax(q kᵀ·scale + mask + bias)``.
-
-    Attributes:
-        q: (B, H, Q, d) queries (after the projection and head split; whatever the model's rotary or
-            other transforms, the ones its attention multiplies).
-        k: (B, H, K, d) keys.
-        scale: the factor of ``q kᵀ`` (``d ** -0.5`` for BERT/ViT, 1.0 for T5).
-        mask: the attention mask, rank 4 and broadcastable to (B, H, Q, K), e.g. (B, 1, 1, K) padding or
-            (B, 1, Q, K) causal + padding: either bool (True = attend, the convention of transformers'
-            SDPA masks; False becomes the dtype's min) or additive float (0 / the dtype's min, as
-            transformers' eager masks; avoid ``-inf``, which makes a fully masked row NaN). None = none.
-        bias: an additive float term, rank 4 and broadcastable to (B, H, Q, K), e.g. T5's (1|B, H, Q, K)
-            position bias (kept apart from ``mask``, as T5 keeps them: neither is materialised at
-            (B, H, Q, K) here). None = none.
-
-    The maps are computed in float32 (float64 when ``q`` is float64), whatever the dtype of q and k.
-    Construction checks ranks and shapes and raises ``ValueError`` naming both shapes.
+    Raises:
+        ValueError: inputs that are not :class:`AttentionInputs`, different B, Q or K (naming both shapes),
+            devices that differ, masks of the wrong shape, or a chunk size that is not a positive int.
     """
-
-    q: Tensor
-    k: Tensor
-    scale: float
-    mask: Tensor | None = None
-    bias: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        q, k = self.q, self.k
-        if not isinstance(q, Tensor) or not isinstance(k, Tensor):
-            raise ValueError(f"q and k must be tensors, got {type(q).__name__} and {type(k).__name__}")
-        both = f"q {tuple(q.shape)} and k {tuple(k.shape)}"
-        if q.dim() != 4 or k.dim() != 4:
-            raise ValueError(f"{both}: both must have rank 4, (B, H, Q, d) and (B, H, K, d)")
-        if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
-            raise ValueError(f"{both}: batch, heads and head size must agree ((B, H, Q, d) and (B, H, K, d))")
-        if not q.is_floating_point() or not k.is_floating_point():
-            raise ValueError(f"{both}: both must be floating point, got {q.dtype} and {k.dtype}")
-        if q.device != k.device:
-            raise ValueError(f"{both}: devices differ ({q.device} vs {k.device})")
-        if isinstance(self.scale, Tensor) or not isinstance(self.scale, (int, float)):
-            raise ValueError(f"scale must be a Python number, got {type(self.scale).__name__}")
-        full = self.shape
-        for name in ("mask", "bias"):
-            x = getattr(self, name)
-            if x is None:
-                continue
-            if not isinstance(x, Tensor):
-                raise ValueError(f"{name} must be a tensor or None, got {type(x).__name__}")
-            if x.dim() != 4 or any(n not in (1, m) for n, m in zip(x.shape, full, strict=True)):
-                raise ValueError(f"{name} {tuple(x.shape)} does not broadcast to the maps (B, H, Q, K) = {full}")
-            if name == "bias" and not x.is_floating_point():
-                raise ValueError(f"bias {tuple(x.shape)} must be floating point (additive), got {x.dtype}")
-            if name == "mask" and not (x.is_floating_point() or x.dtype == torch.bool):
-                raise ValueError(f"mask {tuple(x.shape)} must be bool (True = attend) or additive float, got {x.dtype}")
-            if x.device != q.device:
-                raise ValueError(f"{name} {tuple(x.shape)} is on {x.device} but q {tuple(q.shape)} is on {q.device}")
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(B, H, Q, K): the shape of the maps."""
-        return (self.q.shape[0], self.q.shape[1], self.q.shape[2], self.k.shape[2])
-
-    @property
-    def num_heads(self) -> int:
-        return self.q.shape[1]
-
-    def detach(self) -> AttentionInputs:
-        """The same inputs, detached (the teacher is a constant target)."""
-        return AttentionInputs(
-            **{f.name: (v.detach() if isinstance(v := getattr(self, f.name), Tensor) else v) for f in fields(self)}
-        )
-
-    def scores(self, rows: slice = slice(None), heads: slice = slice(None), dtype: torch.dtype | None = None) -> Tensor:
-        """``q kᵀ·scale + mask + bias`` of the given query rows and heads: (B, h, rows, K), in ``dtype``
-        (default float32, float64 for float64 q)."""
-        dtype = dtype or _compute_dtype(self.q)
-        q = self.q[:, heads, rows].to(dtype) * self.scale  # scale the (rows, d) queries, not the (rows, K) scores
-        s = torch.matmul(q, self.k[:, heads].to(dtype).transpose(-1, -2))
-        for term in (self.mask, self.bias):  # in place: the product's backward needs its inputs only
-            if term is None:
-                continue
-            term = term[:, heads if term.shape[1] > 1 else slice(None), rows if term.shape[2] > 1 else slice(None)]
-            if term.dtype == torch.bool:
-                s.masked_fill_(~term, torch.finfo(dtype).min)
-            else:
-                s.add_(term.to(dtype))
-        return s
-
-    def maps(self, rows: slice = slice(None), heads: slice = slice(None), dtype: torch.dtype | None = None) -> Tensor:
-        """The attention probabilities of the given query rows: (B, h, rows, K) = ``softmax(scores)``."""
-        return torch.softmax(self.scores(rows, heads, dtype), dim=-1)
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-class _Pair:
-    """Teacher/student inputs of one layer pair, the masks and the chunking; builds chunk maps."""
 
     def __init__(
         self,
         teacher: AttentionInputs,
         student: AttentionInputs,
-        query_mask: Tensor | None,
-        key_mask: Tensor | None,
-        chunk_size: int | None,
+        query_mask: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         for name, x in (("teacher", teacher), ("student", student)):
             if not isinstance(x, AttentionInputs):
@@ -237,30 +86,21 @@ class _Pair:
                 f"teacher q {tuple(teacher.q.shape)} is on {teacher.q.device}, student q {tuple(student.q.shape)} "
                 f"on {student.q.device}"
             )
+        qmask = check_mask(query_mask, teacher.q, (0, 2), ref_name="teacher q (B, H, Q, d)")
+        kmask = check_mask(key_mask, teacher.k, (0, 2), name="key_mask", ref_name="teacher k (B, H, K, d)")
+        super().__init__((B, Ht, Hs, Q, K), compute_dtype(teacher.q, student.q), student.q.device, qmask, kmask)
         self.t = teacher.detach()
         self.s = student
-        self.B, self.Ht, self.Hs, self.Q, self.K = B, Ht, Hs, Q, K
-        self.dtype = _compute_dtype(teacher.q, student.q)
-        self.device = student.q.device
-        self.qmask = check_mask(query_mask, teacher.q, (0, 2), ref_name="teacher q (B, H, Q, d)")
-        self.kmask = check_mask(key_mask, teacher.k, (0, 2), name="key_mask", ref_name="teacher k (B, H, K, d)")
         if chunk_size is None:
             chunk_size = default_chunk_size(B, Ht, Hs, Q, K)
         elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
         self.chunk_size = min(max(int(chunk_size), 1), max(Q, 1))
-        n_valid = self.qmask.sum(-1) if self.qmask is not None else torch.full((B,), Q, device=self.device)
-        self.has_valid = n_valid > 0
-        self.row_keep = None if self.qmask is None else self.qmask.to(self.dtype)  # (B, Q) 0/1
-        self.inv_rows = 1.0 / n_valid.clamp_min(1).to(self.dtype)  # (B,)
 
     def slices(self) -> list[slice]:
         return [slice(i, min(i + self.chunk_size, self.Q)) for i in range(0, self.Q, self.chunk_size)]
 
-    def row_mask(self, rows: slice) -> Tensor | None:
-        return None if self.qmask is None else self.qmask[:, rows]
-
-    def probs(self, x: AttentionInputs, rows: slice, heads: slice = slice(None), sub_rows: bool = False) -> Tensor:
+    def _probs(self, x: AttentionInputs, rows: slice, heads: slice = slice(None), sub_rows: bool = False) -> Tensor:
         """(B, h, rows, K) maps of ``x``, padded query rows zeroed (``sub_rows``: ``x`` holds only those rows).
 
         Zeroed by a product with the 0/1 row mask (a broadcast ``where`` costs 3-4x more on CPU); its
@@ -273,21 +113,19 @@ class _Pair:
         keep = self.row_keep[:, None, rows, None]
         return p * keep if p.requires_grad else p.mul_(keep)  # softmax's backward needs its output
 
-    def masked_row_sum(self, x: Tensor, rows: slice) -> Tensor:
-        """(B, H, r) per-row values -> (B, H): the sum over the chunk's valid rows."""
-        m = self.row_mask(rows)
-        if m is None:
-            return x.sum(-1)
-        return torch.where(m[:, None, :], x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(-1)
+    def teacher(self, rows: slice, heads: slice = slice(None)) -> Tensor:
+        return self._probs(self.t, rows, heads)
 
-    def needs_grad(self, *extra: Tensor) -> bool:
+    def student(self, rows: slice) -> Tensor:
+        return self._probs(self.s, rows)
+
+    def student_tensors(self) -> list[Tensor]:
         s = self.s
-        ts = [s.q, s.k, *(x for x in (s.mask, s.bias) if x is not None), *extra]
-        return torch.is_grad_enabled() and any(x.requires_grad for x in ts)
+        return [s.q, s.k, *(x for x in (s.mask, s.bias) if x is not None)]
 
-    def accumulate(self, fn: Callable[[slice], Sequence[Tensor]], grad: bool, slices: list[slice] | None = None):
-        """Σ over chunks of ``fn(rows)`` (a tuple of tensors); with ``grad`` each chunk is checkpointed (its
-        forward keeps only its inputs, its backward rebuilds the chunk), else run without autograd."""
+    def sum(self, fn: BlockFn, grad: bool, slices: list[slice] | None = None) -> list[Tensor]:
+        """Σ over chunks of ``fn(rows)``; with ``grad`` each chunk is checkpointed (its forward keeps only its
+        inputs, its backward rebuilds the chunk), else it runs without autograd."""
         total: list[Tensor] | None = None
         for rows in slices if slices is not None else self.slices():
             if grad:
@@ -295,128 +133,69 @@ class _Pair:
             else:
                 with torch.no_grad():
                     out = fn(rows)
-            total = list(out) if total is None else [a + b for a, b in zip(total, out, strict=True)]
+            total = _add(total, out)
         return total
 
-
-def _sqrt_clamped(sq: Tensor) -> Tensor:
-    """``max(sqrt(sq), 1e-12)`` with the gradient of ``clamp_min(vector_norm(x), 1e-12)`` (0 below the
-    floor, never inf * 0 at sq = 0)."""
-    return sq.clamp_min(NORM_EPS * NORM_EPS).sqrt()
-
-
-# --------------------------------------------------------------------------------------------- AMAD
+    def two_pass(self, hooks: TwoPassHooks) -> tuple[Tensor, Tensor]:
+        s = self.s
+        mask = s.mask if s.mask is not None and s.mask.is_floating_point() else None
+        return _TwoPass.apply(self, hooks, s.q, s.k, mask, s.bias)
 
 
-def _amad_stats(p: _Pair) -> list[Tensor]:
-    """Pass 1 of "l2": ``D = Σ T Sᵀ`` (B, Ht, Hs), ``|t|²`` (B, Ht) and ``S Sᵀ`` (B, Hs, Hs)."""
-    B = p.B
-
-    def fn(rows: slice) -> tuple[Tensor, ...]:
-        t = p.probs(p.t, rows).reshape(B, p.Ht, -1)
-        s = p.probs(p.s, rows).reshape(B, p.Hs, -1)
-        d = torch.bmm(t, s.transpose(1, 2))
-        sst = torch.bmm(s, s.transpose(1, 2))
-        return d, t.square().sum(-1), sst  # |t|² last: the recomputation stops before it
-
-    return p.accumulate(fn, p.needs_grad())
+def _add(total: list[Tensor] | None, out: tuple[Tensor, ...]) -> list[Tensor]:
+    return list(out) if total is None else [a + b for a, b in zip(total, out, strict=True)]
 
 
-def _mix_grad(t: Tensor, mix: Tensor, eps: float) -> Tensor:
-    """``d/dmix Σ t log max(mix, eps)`` = ``t / mix`` where ``mix >= eps``, else 0; in ``mix``'s buffer."""
-    below = mix < eps
-    return torch.div(t, mix.clamp_min_(eps), out=mix).masked_fill_(below, 0)
-
-
-class _AMADKLChunked(torch.autograd.Function):
-    """AMAD "kl" (Eq. 2, 3, 9) over chunks of query rows, with the chunk loop in forward and backward.
-
-    ``apply(pair, temperature, detach_weights, eps, q, k, mask, bias) -> (per_example (B,), a)``, with q, k,
-    mask, bias the student's tensors (mask None unless float with gradient); the maps come from ``pair``.
-    Checkpointing each pass separately would build every chunk's maps four times (two passes forward, each
-    recomputed backward); here three:
-
-    * forward pass 1: ``D = Σ_c T_c S_cᵀ``, ``|t|²``, ``|s|²``, ``Σ t log t`` -> w (Eq. 2), a (Eq. 3);
-    * forward pass 2: ``CE = Σ_c Σ T_c log max(a S_c, eps)`` and, since the loss is linear in its upstream
-      gradient, the whole ``dCE/da = Σ_c G_c S_cᵀ`` with ``G = T / mix`` (0 where ``mix < eps``);
-    * backward, one pass: per chunk ``dL/dS_c = r aᵀ G_c + (dL/dD)ᵀ T_c + (dL/d|s| / |s|) S_c`` (r = -upstream),
-      ``dL/dD``, ``dL/d|s|`` from ``dL/da = r dCE/da`` through the softmax and the cosine, then through the
-      chunk's softmax and ``q kᵀ`` by autograd on the chunk alone.
-
-    Saved for the backward: only (B, Ht, Hs)-sized tensors, plus the inputs.
-    """
+class _TwoPass(torch.autograd.Function):
+    """:meth:`QKBlocks.two_pass`: ``apply(blocks, hooks, q, k, mask, bias) -> hooks.output(...)``, with q, k,
+    mask, bias the student's tensors (mask None unless float); the maps come from ``blocks``. Saved for the
+    backward: the hooks' state and value sums (small tensors), plus the inputs."""
 
     @staticmethod
-    def forward(ctx, p: _Pair, temperature: float, detach: bool, eps: float, q, k, mask, bias):
-        B, Ht, Hs, dtype = p.B, p.Ht, p.Hs, p.dtype
-        zeros = {"device": p.device, "dtype": dtype}
-        D, tt, ss, entropy = (torch.zeros(*shape, **zeros) for shape in ((B, Ht, Hs), (B, Ht), (B, Hs), (B,)))
-        slices = p.slices()
+    def forward(ctx, blocks: QKBlocks, hooks: TwoPassHooks, q, k, mask, bias):
+        slices = blocks.slices()
         # one chunk (small maps, or a large chunk_size): pass 2 reuses pass 1's maps (two builds, not three;
         # they are freed before the backward either way)
         kept = None
+        stats = None
         for rows in slices:
-            t = p.probs(p.t, rows).reshape(B, Ht, -1)
-            s = p.probs(p.s, rows).reshape(B, Hs, -1)
+            t, s = blocks.teacher(rows), blocks.student(rows)
             if len(slices) == 1:
                 kept = t, s
-            D.baddbmm_(t, s.transpose(1, 2))
-            tt += t.square().sum(-1)
-            ss += s.square().sum(-1)
-            entropy += row_entropy_term(t).sum(-1)
-        nt, c = _sqrt_clamped(tt), _sqrt_clamped(ss)
-        w = D / (nt.unsqueeze(-1) * c.unsqueeze(-2))  # Eq. 2
-        a = torch.softmax(w / temperature, dim=-1)  # Eq. 3
-        cross, dA = torch.zeros(B, **zeros), torch.zeros(B, Ht, Hs, **zeros)
+            stats = _add(stats, hooks.stats(t, s))
+        state = hooks.state(stats)
+        sums = None
         for rows in slices:
-            if kept is not None:
-                t, s = kept
-            else:
-                t = p.probs(p.t, rows).reshape(B, Ht, -1)
-                s = p.probs(p.s, rows).reshape(B, Hs, -1)
-            mix = torch.bmm(a, s)  # Eq. 9, this chunk's rows
-            cross += mix.clamp_min(eps).log_().mul_(t).sum(dim=(1, 2))
-            if not detach:
-                dA.baddbmm_(_mix_grad(t, mix, eps), s.transpose(1, 2))
-        ctx.p, ctx.temperature, ctx.detach, ctx.eps = p, temperature, detach, eps
-        ctx.save_for_backward(a, w, nt, c, ss, dA)
-        ctx.mark_non_differentiable(a)
-        return entropy - cross, a
+            t, s = kept if kept is not None else (blocks.teacher(rows), blocks.student(rows))
+            sums = _add(sums, hooks.value(t, s, state))
+        per_example, weights = hooks.output(stats, state, sums)
+        ctx.blocks, ctx.hooks, ctx.n_state = blocks, hooks, len(state)
+        ctx.save_for_backward(*state, *sums)
+        ctx.mark_non_differentiable(weights)
+        return per_example, weights
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor, _grad_a: Tensor | None):
-        p: _Pair = ctx.p
-        a, w, nt, c, ss, dA = ctx.saved_tensors
-        B, Ht, Hs, dtype = p.B, p.Ht, p.Hs, p.dtype
-        r = -grad.to(dtype)[:, None, None]  # dL/dCE per example
-        a_r = (a * r).transpose(1, 2)  # (B, Hs, Ht): the mixture's share, scaled
-        if not ctx.detach:
-            ga = r * dA  # dL/da
-            gw = a * (ga - (a * ga).sum(-1, keepdim=True)) / ctx.temperature  # softmax over student heads
-            gD = (gw / (nt.unsqueeze(-1) * c.unsqueeze(-2))).transpose(1, 2)  # (B, Hs, Ht)
-            gc = -(gw * w).sum(1) / c  # dL/dc, c = max(|s|, 1e-12)
-            coef = torch.where(ss >= NORM_EPS * NORM_EPS, gc / c, torch.zeros_like(gc))  # dL/ds = coef s
-        s_in = p.s
-        needs = ctx.needs_input_grad[4:8]
+    def backward(ctx, grad: Tensor, _grad_weights: Tensor | None):
+        blocks: QKBlocks = ctx.blocks
+        saved = ctx.saved_tensors
+        state, sums = saved[: ctx.n_state], saved[ctx.n_state :]
+        prep = ctx.hooks.backward(state, sums, grad.to(blocks.dtype))
+        s_in = blocks.s
+        needs = ctx.needs_input_grad[2:6]
         grads: list[Tensor | None] = [None] * 4
-        for rows in p.slices():
+        for rows in blocks.slices():
             leaves = _chunk_leaves(s_in, rows, needs)
             with torch.enable_grad():
                 sub = AttentionInputs(*(x for x in leaves[:2]), s_in.scale, mask=leaves[2], bias=leaves[3])
-                s = p.probs(sub, rows, sub_rows=True)
-            sd = s.detach().reshape(B, Hs, -1)
-            t = p.probs(p.t, rows).reshape(B, Ht, -1)
-            G = _mix_grad(t, torch.bmm(a, sd), ctx.eps)
-            dS = torch.bmm(a_r, G)
-            if not ctx.detach:
-                dS.baddbmm_(gD, t).addcmul_(sd, coef.unsqueeze(-1))
+                s = blocks._probs(sub, rows, sub_rows=True)
+            dS = ctx.hooks.block_grad(blocks.teacher(rows), s.detach(), prep)
             wanted = [x for x, n in zip(leaves, needs, strict=True) if n]
             got = iter(torch.autograd.grad(s, wanted, dS.view_as(s)))
             for i, n in enumerate(needs):
                 if n:
                     grads[i] = _place(grads[i], next(got), [s_in.q, s_in.k, s_in.mask, s_in.bias][i], rows, i)
-        return (None, None, None, None, *grads)
+        return (None, None, *grads)
 
 
 def _chunk_leaves(x: AttentionInputs, rows: slice, needs) -> list[Tensor | None]:
@@ -439,341 +218,55 @@ def _place(acc: Tensor | None, g: Tensor, like: Tensor, rows: slice, i: int) -> 
     return acc
 
 
-def _amad_kl(p: _Pair, temperature: float, detach: bool, eps: float) -> tuple[Tensor, Tensor]:
-    s = p.s
-    mask = s.mask if s.mask is not None and s.mask.is_floating_point() else None
-    per_example, a = _AMADKLChunked.apply(p, temperature, detach, eps, s.q, s.k, mask, s.bias)
-    return (per_example * p.inv_rows).mean(), a
-
-
-def _amad_l2(p: _Pair, temperature: float, detach: bool) -> tuple[Tensor, Tensor]:
-    d, tt, sst = _amad_stats(p)
-    nt = _sqrt_clamped(tt)
-    ns = _sqrt_clamped(torch.diagonal(sst, dim1=1, dim2=2))
-    w = d / (nt.unsqueeze(-1) * ns.unsqueeze(-2))  # cosines, Eq. 2
-    gram = sst / (ns.unsqueeze(-1) * ns.unsqueeze(-2))
-    a = torch.softmax(w / temperature, dim=-1)
-    aw = a.detach() if detach else a
-    per_head = tt / nt.square() - 2 * (aw * w).sum(-1) + (torch.bmm(aw, gram) * aw).sum(-1)  # Eq. 4-5, expanded
-    return per_head.sum(-1).clamp_min(0).mean(), a.detach()
-
-
-def _amad_token(p: _Pair, temperature: float, detach: bool, eps: float) -> tuple[Tensor, Tensor]:
-    B, Ht, Hs, K = p.B, p.Ht, p.Hs, p.K
-
-    def fn(rows: slice) -> tuple[Tensor, Tensor, Tensor]:
-        t = p.probs(p.t, rows)
-        s = p.probs(p.s, rows)
-        r = t.shape[2]
-        tq = t.transpose(1, 2).reshape(B * r, Ht, K)
-        sq = s.transpose(1, 2).reshape(B * r, Hs, K)
-        ones = torch.ones(B * r, dtype=p.dtype, device=t.device)
-        per_row, a = AMADKLFunction.apply(tq, sq, ones, temperature, detach, eps, None, False)  # Eq. 12 per row
-        a = a.view(B, r, Ht, Hs)
-        m = p.row_mask(rows)
-        a_valid = a if m is None else torch.where(m[:, :, None, None], a, a.new_zeros(()))
-        return p.masked_row_sum(per_row.view(B, 1, r), rows).squeeze(1), a_valid.sum(1), a.sum(1)
-
-    per_example, a_valid, a_all = p.accumulate(fn, p.needs_grad())
-    n_valid = 1.0 / p.inv_rows
-    weights = torch.where(p.has_valid[:, None, None], a_valid / n_valid[:, None, None], a_all / p.Q)
-    return (per_example * p.inv_rows).mean(), weights.detach()
-
-
-# --------------------------------------------------------------------------------------------- baselines
-
-
-def _row_loss(t: Tensor, s: Tensor, kind: str, eps: float) -> Tensor:
-    return row_kl(t, s, eps) if kind == "kl" else (t - s).pow(2).sum(-1)
-
-
-def _one_to_one(p: _Pair, kind: str, eps: float) -> tuple[Tensor, Tensor]:
-    if p.Hs > p.Ht:
-        raise ValueError(
-            f"one_to_one needs Hs <= Ht, but the student maps {p.s.shape} have {p.Hs} heads and the teacher maps "
-            f"{p.t.shape} {p.Ht}: one-to-one pairing cannot teach the extra student heads"
-        )
-
-    def fn(rows: slice) -> tuple[Tensor]:
-        t = p.probs(p.t, rows, heads=slice(0, p.Hs))  # only the paired teacher heads are ever built
-        s = p.probs(p.s, rows)
-        return (_row_loss(t, s, kind, eps).sum(dim=(1, 2)),)  # padded rows: both zero, loss 0
-
-    (per_example,) = p.accumulate(fn, p.needs_grad())
-    eye = torch.eye(p.Ht, p.Hs, dtype=p.dtype, device=p.device).expand(p.B, -1, -1)
-    return (per_example * p.inv_rows).mean(), eye
-
-
-def _head_mean(p: _Pair, kind: str, eps: float) -> tuple[Tensor, None]:
-    def fn(rows: slice) -> tuple[Tensor]:
-        t = p.probs(p.t, rows).mean(1, keepdim=True)
-        s = p.probs(p.s, rows).mean(1, keepdim=True)
-        return (_row_loss(t, s, kind, eps).sum(dim=(1, 2)),)
-
-    (per_example,) = p.accumulate(fn, p.needs_grad())
-    return (per_example * p.inv_rows).mean(), None
-
-
-def _attn_distill(
-    p: _Pair, temperature: float, query_index: int | None, prob_clamp: tuple[float, float] | None, eps: float
-) -> tuple[Tensor, None]:
-    check_positive("aggregation_temperature", temperature)
-    slices = None
-    if query_index is not None:
-        if not -p.Q <= query_index < p.Q:
-            raise ValueError(f"query_index {query_index} out of range for maps (B, H, Q, K) = {p.t.shape}")
-        i = query_index % p.Q
-        rows = torch.zeros(p.B, p.Q, dtype=torch.bool, device=p.device)
-        rows[:, i] = True
-        p.qmask = rows if p.qmask is None else rows & p.qmask
-        p.row_keep = p.qmask.to(p.dtype)
-        n_valid = p.qmask.sum(-1)
-        p.has_valid, p.inv_rows = n_valid > 0, 1.0 / n_valid.clamp_min(1).to(p.dtype)
-        slices = [slice(i, i + 1)]  # every other row is masked out: only this one is built
-    kmask = p.kmask
-
-    def fn(rows: slice) -> tuple[Tensor]:
-        pt = aggregate_heads(p.probs(p.t, rows), temperature, kmask, eps)  # (B, r, K)
-        ps = aggregate_heads(p.probs(p.s, rows), temperature, kmask, eps)
-        if prob_clamp is not None:
-            lo, hi = prob_clamp
-            pt, ps = pt.clamp(lo, hi), ps.clamp(lo, hi)
-            if kmask is not None:
-                zero = torch.zeros((), dtype=pt.dtype, device=pt.device)
-                pt = torch.where(kmask[:, None, :], pt, zero)
-                ps = torch.where(kmask[:, None, :], ps, zero)
-            pt = pt / pt.sum(-1, keepdim=True).clamp_min(eps)
-            ps = ps / ps.sum(-1, keepdim=True).clamp_min(eps)
-        kl = (torch.xlogy(pt, pt) - pt * torch.log(ps.clamp_min(eps))).sum(-1)  # (B, r)
-        return (p.masked_row_sum(kl[:, None], rows).squeeze(1),)
-
-    (per_example,) = p.accumulate(fn, p.needs_grad(), slices)
-    return (per_example * p.inv_rows).mean(), None
-
-
-def _a2d(p: _Pair, module: A2DLoss | None, teacher_as_logits: bool | None) -> tuple[Tensor, Tensor]:
-    if not isinstance(module, A2DLoss):
-        raise ValueError(
-            "method 'a2d' needs its learned aligner: pass module=<the A2DLoss of this layer pair> "
-            f"(e.g. criterion.aligners[layer]), got {type(module).__name__}"
-        )
-    if teacher_as_logits is not None and teacher_as_logits != module.teacher_as_logits:
-        raise ValueError(
-            f"teacher_as_logits={teacher_as_logits!r} disagrees with the module's {module.teacher_as_logits!r}"
-        )
-    Ht, Hs = module.aligner.out_channels, module.aligner.in_channels
-    if (p.Ht, p.Hs) != (Ht, Hs):
-        raise ValueError(
-            f"A2DLoss aligns {Hs} student heads to {Ht} teacher heads, got teacher maps {p.t.shape} and "
-            f"student maps {p.s.shape}"
-        )
-    kmask, fill = p.kmask, torch.finfo(p.dtype).min
-
-    def fn(rows: slice) -> tuple[Tensor]:
-        t = p.probs(p.t, rows)
-        aligned = module.align(p.probs(p.s, rows))  # 1x1 convolution over heads, within each row
-        keys = None if kmask is None else kmask[:, None, None, :]
-        if keys is not None:
-            aligned = aligned.masked_fill(~keys, fill)
-        ls = torch.log_softmax(aligned, dim=-1)
-        if module.teacher_as_logits:
-            lt = torch.log_softmax(t if keys is None else t.masked_fill(~keys, fill), dim=-1)
-            kl = lt.exp() * (lt - ls)
-        else:
-            kl = torch.xlogy(t, t) - t * ls
-        if keys is not None:
-            kl = torch.where(keys, kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
-        return (p.masked_row_sum(kl.sum(-1), rows).sum(1),)
-
-    params = [x for x in module.parameters() if x.requires_grad]
-    (per_example,) = p.accumulate(fn, p.needs_grad(*params))
-    weights = module.aligner.weight[:, :, 0, 0].detach().to(p.dtype).expand(p.B, Ht, Hs)
-    return (per_example * p.inv_rows).mean(), weights
-
-
-def _shd_layout(Ht: int, Hs: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The merge tree's leaves as in :func:`amad.losses.shd_merge`: teacher-head index (Hs, width) and
-    validity; contiguous groups, sizes differing by <= 1, larger first, width a power of 2."""
-    base, extra = divmod(Ht, Hs)
-    width = 1 << (base + (extra > 0) - 1).bit_length()
-    j = torch.arange(Hs, device=device)[:, None]
-    pos = torch.arange(width, device=device)[None, :]
-    start = j * base + torch.clamp(j, max=extra)
-    valid = pos < base + (j < extra).long()
-    return torch.where(valid, start + pos, -1), valid
-
-
-def _shd(p: _Pair, temperature: float, granularity: str, eps: float) -> tuple[Tensor, Tensor]:
-    check_positive("softening_temperature", temperature)
-    check_choice("merge_granularity", granularity, ALPHA_GRANULARITY)
-    if p.Hs > p.Ht:
-        raise ValueError(
-            f"shd needs Hs <= Ht: the student maps {p.s.shape} have more heads than the teacher maps {p.t.shape}"
-        )
-    B, Ht, Hs, K, kmask = p.B, p.Ht, p.Hs, p.K, p.kmask
-    if granularity == "map":
-        coef = _shd_map_coefficients(p)  # (B, Hs, Ht), the first passes
-
-    def fn(rows: slice) -> tuple[Tensor, ...]:
-        t = p.probs(p.t, rows)
-        s = p.probs(p.s, rows)
-        r = t.shape[2]
-        if granularity == "map":
-            merged = torch.bmm(coef, t.reshape(B, Ht, -1)).view(B, Hs, r, K)
-            out: tuple[Tensor, ...] = ()
-        else:
-            merged, c = shd_merge(t, s, granularity="row")  # alpha per row: local to the chunk
-            m = p.row_mask(rows)
-            c_valid = c if m is None else torch.where(m[:, None, :, None], c, c.new_zeros(()))
-            out = (c_valid.sum(2).detach(), c.sum(2).detach())
-        row = softened_row_kl(soften(merged, temperature, kmask, eps), soften(s, temperature, kmask, eps), kmask)
-        return (p.masked_row_sum(row, rows).sum(1), *out)
-
-    per_example, *sums = p.accumulate(fn, p.needs_grad())
-    if granularity == "row":
-        c_valid, c_all = sums
-        n_valid = 1.0 / p.inv_rows
-        coef = (
-            c_all / p.Q
-            if p.qmask is None
-            else torch.where(p.has_valid[:, None, None], c_valid / n_valid[:, None, None], c_all / p.Q)
-        )
-    return (per_example * p.inv_rows).mean(), coef.transpose(1, 2).detach()
-
-
-def _shd_map_coefficients(p: _Pair, den_eps: float = 1e-12) -> Tensor:
-    """The per-map merge coefficients (B, Hs, Ht) of SHD, one pass over the chunks per tree level.
-
-    Level by level, as :func:`amad.losses.shd_merge`: the maps of the current level are ``c T`` with
-    ``c`` (B, Hs, width, Ht); for the pairs (x, y) = (even, odd) slots, ``d = (c_x - c_y) T`` and
-    ``den = Σ |d|²``, ``num = Σ <S_j - y, d>`` over all rows (chunks), ``α = clamp(num / den, 0, 1)``
-    (0.5 where ``den <= 1e-12``, 1 where y is an empty slot), ``c ← α c_x + (1 - α) c_y``. No gradient
-    (α is a constant of the target, the student detached there as in the map path).
-    """
-    B, Ht, Hs, device = p.B, p.Ht, p.Hs, p.device
-    index, valid = _shd_layout(Ht, Hs, device)
-    coef = torch.nn.functional.one_hot(index.clamp_min(0), Ht).to(p.dtype) * valid[..., None]
-    coef = coef.expand(B, Hs, -1, Ht).contiguous()  # (B, Hs, width, Ht)
-    while coef.shape[2] > 1:
-        cx, cy = coef[:, :, 0::2], coef[:, :, 1::2]
-        half = cx.shape[2]
-        cd, cyf = (cx - cy).reshape(B, Hs * half, Ht), cy.reshape(B, Hs * half, Ht)
-
-        def fn(rows: slice, cd=cd, cyf=cyf, half=half) -> tuple[Tensor, Tensor]:
-            t = p.probs(p.t, rows).reshape(B, Ht, -1)
-            s = p.probs(p.s, rows).reshape(B, Hs, 1, -1)
-            d = torch.bmm(cd, t)
-            y = torch.bmm(cyf, t).view(B, Hs, half, -1)
-            return d.square().sum(-1), ((s - y) * d.view(B, Hs, half, -1)).sum(-1).view(B, -1)
-
-        den, num = (x.view(B, Hs, half) for x in p.accumulate(fn, grad=False))
-        alpha = torch.where(den > den_eps, num / den.clamp_min(den_eps), torch.full_like(den, 0.5)).clamp(0, 1)
-        alpha = torch.where(valid[None, :, 1::2], alpha, torch.ones_like(alpha))
-        a = alpha[..., None]
-        coef = a * cx + (1 - a) * cy
-        valid = valid[:, 0::2]
-    return coef[:, :, 0]
-
-
-# --------------------------------------------------------------------------------------------- entry point
-
-
 def qk_attention_loss(
-    method: str | object,
+    criterion: AttentionCriterion,
     teacher: AttentionInputs,
     student: AttentionInputs,
     *,
     query_mask: Tensor | None = None,
     key_mask: Tensor | None = None,
     chunk_size: int | None = None,
-    module: A2DLoss | None = None,
-    **options,
+    layer: int = 0,
 ) -> tuple[Tensor, Tensor | None]:
-    """The attention loss of ``method`` for one layer pair, from queries and keys, in chunks of query rows.
+    """The loss of ``criterion`` for one layer pair, from queries and keys, in chunks of query rows.
 
-    Equals the map path, ``build_attention_criterion(name, teacher_heads=Ht, student_heads=Hs, **options)(
-    teacher.maps(), student.maps(), query_mask=query_mask, key_mask=key_mask)`` (value, weights and
-    gradients; for ``a2d`` the criterion's aligner is ``module``), without ever holding a whole
-    (B, H, Q, K) map: see the module docstring for the passes of each method.
+    Equals the map path, ``criterion(teacher.maps(), student.maps(), query_mask=query_mask,
+    key_mask=key_mask, layer=layer)`` (value, weights and gradients, to the parameters of the criterion's
+    ``layer`` too), without ever holding a whole (B, H, Q, K) map.
 
     Args:
-        method: a name of :data:`QK_METHODS`, or a method object of ``amad.losses.methods`` (``AMAD(...)``,
-            ``SHD(...)``, ...: anything with ``name`` and ``options()``), whose options are used (then
-            ``**options`` must be empty).
+        criterion: the method's criterion (``method.build(teacher_heads, student_heads)``), one whose class
+            says ``supports_qk``; it computes the loss on the blocks (:meth:`AttentionCriterion.block_loss`).
         teacher: the teacher layer's :class:`AttentionInputs` (detached here: a constant target).
-        student: the student layer's :class:`AttentionInputs`; same B, Q, K; any number of heads the method
-            allows.
+        student: the student layer's :class:`AttentionInputs`; same B, Q, K; the criterion's head counts.
         query_mask: (B, Q) bool, True = real query row (the adapter's ``query_masks[site]``); None = all real.
-        key_mask: (B, K) bool, True = real key (``key_masks[site]``); used by ``shd``, ``a2d`` and
-            ``attn_distill`` as in the map path.
-        chunk_size: query rows per chunk; None = about :data:`DEFAULT_CHUNK_ELEMENTS` map elements of
-            both models per chunk. Values >= Q mean one chunk (still checkpointed).
-        module: for ``a2d``, the :class:`~amad.losses.A2DLoss` of this layer pair (the criterion's
-            ``aligners[layer]``; its parameters get their gradient); ignored otherwise.
-        **options: the method's options, by the names of :data:`METHOD_OPTIONS` (the fields of the
-            method classes): ``amad``: ``variant`` ("kl", "l2", "token"), ``weight_temperature``,
-            ``detach_weights``, ``eps``; ``one_to_one``, ``head_mean``: ``row_loss`` ("kl", "mse"), ``eps``;
-            ``shd``: ``softening_temperature``, ``merge_granularity`` ("map", "row"), ``eps``; ``a2d``:
-            ``teacher_as_logits`` (must agree with ``module``); ``attn_distill``: ``aggregation_temperature``,
-            ``query_index``, ``prob_clamp``, ``eps``. ``teacher_grid``/``student_grid``/``num_prefix_tokens``
-            are accepted, the grids only when equal or None (resizing needs the maps).
+        key_mask: (B, K) bool, True = real key (``key_masks[site]``); used as the method uses it.
+        chunk_size: query rows per chunk; None = about ``DEFAULT_CHUNK_ELEMENTS`` map elements of both
+            models per chunk. Values >= Q mean one chunk (still checkpointed).
+        layer: the criterion's parameter set (methods with per-layer parameters, e.g. A2D's aligner).
 
     Returns:
         ``(loss, weights)``: the scalar loss (float32; float64 for float64 inputs) and the detached weights
-        the criterion returns: AMAD's a (B, Ht, Hs), one-to-one's identity, SHD's merge coefficients, A2D's
-        kernel, None for ``head_mean`` and ``attn_distill``.
+        the criterion returns on maps (None for methods without).
 
     Raises:
-        ValueError: unknown method or option, a method that needs whole maps (``amad_proj``) or is not
-            map-based (``minilm_relation``), bad option values, or mismatched shapes/masks (naming both).
+        ValueError: a criterion that needs whole maps or is not map-based, a teacher grid resized to the
+            student's (the resize needs the maps), or mismatched shapes/masks (naming both).
     """
-    if not isinstance(method, str):
-        if options:
-            raise ValueError(
-                f"pass the options in the method object {method!r}, not also as keywords {sorted(options)}"
-            )
-        name = getattr(method, "name", None)
-        if not isinstance(name, str) or not callable(getattr(method, "options", None)):
-            raise ValueError(f"method must be a name or a method object with name and options(), got {method!r}")
-        method, options = name, dict(method.options())
-    if method == "amad_proj":
+    if not isinstance(criterion, AttentionCriterion):
+        raise ValueError(f"criterion must be an AttentionCriterion (method.build(...)), got {type(criterion).__name__}")
+    method = criterion.method
+    if not type(criterion).supports_qk:
         raise ValueError(
-            "method 'amad_proj' projects whole flattened maps with an n x n matrix: it needs the maps "
-            "(attention_source maps), not queries and keys"
+            f"method {method.name!r} cannot be computed from queries and keys ({type(criterion).__name__} has "
+            f"no block computation: it takes {criterion.input_kind}); use attention_source 'maps'"
         )
-    if method == "minilm_relation":
-        raise ValueError("method 'minilm_relation' distils Q/K/V relations, not attention maps: it takes (q, k, v)")
-    check_choice("attention method", method, QK_METHODS)
-    valid = METHOD_OPTIONS[method]
-    unknown = sorted(set(options) - set(valid) - set(_GRID_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for attention method {method!r}; valid: {', '.join([*valid, *_GRID_OPTIONS])}"
-        )
-    tg, sg = options.get("teacher_grid"), options.get("student_grid")
+    tg, sg = method.teacher_grid, method.student_grid
     if tg is not None and sg is not None and tuple(tg) != tuple(sg):
         raise ValueError(
             f"teacher_grid {tuple(tg)} != student_grid {tuple(sg)}: resizing the teacher's maps needs the maps "
             "(attention_source maps)"
         )
-    o = {**valid, **{k: v for k, v in options.items() if k in valid}}
-    p = _Pair(teacher, student, query_mask, key_mask, chunk_size)
-    with no_autocast(p.device.type):
-        if method == "amad":
-            check_choice("variant", o["variant"], AMAD_VARIANTS)
-            check_positive("weight_temperature", o["weight_temperature"])
-            tau, detach, eps = o["weight_temperature"], bool(o["detach_weights"]), o["eps"]
-            if o["variant"] == "kl":
-                return _amad_kl(p, tau, detach, eps)
-            if o["variant"] == "l2":
-                return _amad_l2(p, tau, detach)
-            return _amad_token(p, tau, detach, eps)
-        if method in ("one_to_one", "head_mean"):
-            check_choice("row_loss", o["row_loss"], ROW_LOSS_KINDS)
-            fn = _one_to_one if method == "one_to_one" else _head_mean
-            return fn(p, o["row_loss"], o["eps"])
-        if method == "shd":
-            return _shd(p, o["softening_temperature"], o["merge_granularity"], o["eps"])
-        if method == "a2d":
-            return _a2d(p, module, o["teacher_as_logits"])
-        return _attn_distill(p, o["aggregation_temperature"], o["query_index"], o["prob_clamp"], o["eps"])
+    blocks = QKBlocks(teacher, student, query_mask, key_mask, chunk_size)
+    with no_autocast(blocks.device.type):
+        return criterion.loss_from_blocks(blocks, layer=layer)

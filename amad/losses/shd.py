@@ -32,6 +32,7 @@ from amad.losses._common import (
     no_autocast,
     prepare_maps,
 )
+from amad.losses.blocks import RowBlocks
 
 ALPHA_GRANULARITY = ("map", "row")
 
@@ -73,6 +74,18 @@ def softened_row_kl(lt: Tensor, ls: Tensor, key_mask: Tensor | None) -> Tensor:
     return kl.sum(-1)
 
 
+def shd_layout(teacher_heads: int, student_heads: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The merge tree's leaves: teacher-head index (Hs, width) (-1 in empty slots) and its validity; the
+    groups of :func:`shd_groups` (contiguous, larger first), width the largest group rounded up to a power of 2."""
+    base, extra = divmod(teacher_heads, student_heads)
+    width = 1 << (base + (extra > 0) - 1).bit_length()
+    j = torch.arange(student_heads, device=device)[:, None]
+    pos = torch.arange(width, device=device)[None, :]
+    start = j * base + torch.clamp(j, max=extra)
+    valid = pos < base + (j < extra).long()
+    return torch.where(valid, start + pos, -1), valid
+
+
 def shd_merge(
     teacher: Tensor, student: Tensor, *, granularity: str = "map", eps: float = 1e-12
 ) -> tuple[Tensor, Tensor]:
@@ -94,17 +107,11 @@ def shd_merge(
     B, Ht, Q, _K = teacher.shape
     Hs = student.shape[1]
     shd_groups(Ht, Hs)  # validates Hs <= Ht
-    base, extra = divmod(Ht, Hs)
-    width = 1 << (base + (extra > 0) - 1).bit_length()  # largest group size, rounded up to a power of 2
-    j = torch.arange(Hs, device=teacher.device)[:, None]
-    p = torch.arange(width, device=teacher.device)[None, :]
-    start = j * base + torch.clamp(j, max=extra)  # groups as in shd_groups: larger ones first
-    valid = p < base + (j < extra).long()  # (Hs, width)
-    index = torch.where(valid, start + p, -1)
+    index, valid = shd_layout(Ht, Hs, teacher.device)
     maps = teacher[:, index.clamp_min(0)]  # (B, Hs, width, Q, K)
     R = Q if granularity == "row" else 1
     coef = torch.nn.functional.one_hot(index.clamp_min(0), Ht).to(teacher.dtype) * valid[..., None]
-    coef = coef[None, :, :, None, :].expand(B, Hs, width, R, Ht)  # (B, Hs, width, R, Ht)
+    coef = coef[None, :, :, None, :].expand(B, Hs, index.shape[1], R, Ht)  # (B, Hs, width, R, Ht)
     target = student.detach()[:, :, None]  # (B, Hs, 1, Q, K)
     dims = (-1,) if granularity == "row" else (-2, -1)
     while maps.shape[2] > 1:
@@ -181,3 +188,40 @@ def shd_loss(
         loss = masked_row_mean(row, qmask).sum(1).mean()
         weights = _mean_coefficients(coef, qmask).transpose(1, 2)  # (B, Ht, Hs)
     return (loss, weights) if return_weights else loss
+
+
+def shd_map_coefficients(blocks: RowBlocks, den_eps: float = 1e-12) -> Tensor:
+    """The per-map merge coefficients (B, Hs, Ht) of ``granularity="map"``, from blocks of query rows: one
+    pass over the blocks per tree level, without gradient (alpha is a constant of the target).
+
+    Each coefficient ``alpha = <S_j - y, x - y> / |x - y|^2`` is a sum over the whole map, and the merged maps
+    of a level depend on the alphas of the levels below. The merged maps are linear in the teacher heads,
+    ``x = c_x T`` with coefficients ``c`` (B, Hs, width, Ht); level by level, for the pairs (x, y) = (even, odd)
+    slots, ``d = (c_x - c_y) T``, ``den = Σ |d|²`` and ``num = Σ <S_j - y, d>`` over all rows (blocks),
+    ``alpha = clamp(num / den, 0, 1)`` (0.5 where ``den <= 1e-12``, 1 where y is an empty slot), ``c <- alpha c_x
+    + (1 - alpha) c_y`` -- directly on the differences (no expanded Gram form, so no cancellation when two
+    heads are alike). As :func:`shd_merge` on whole maps.
+    """
+    B, Ht, Hs = blocks.B, blocks.Ht, blocks.Hs
+    index, valid = shd_layout(Ht, Hs, blocks.device)
+    coef = torch.nn.functional.one_hot(index.clamp_min(0), Ht).to(blocks.dtype) * valid[..., None]
+    coef = coef.expand(B, Hs, -1, Ht).contiguous()  # (B, Hs, width, Ht)
+    while coef.shape[2] > 1:
+        cx, cy = coef[:, :, 0::2], coef[:, :, 1::2]
+        half = cx.shape[2]
+        cd, cyf = (cx - cy).reshape(B, Hs * half, Ht), cy.reshape(B, Hs * half, Ht)
+
+        def fn(rows: slice, cd=cd, cyf=cyf, half=half) -> tuple[Tensor, Tensor]:
+            t = blocks.teacher(rows).reshape(B, Ht, -1)
+            s = blocks.student(rows).reshape(B, Hs, 1, -1)
+            d = torch.bmm(cd, t)
+            y = torch.bmm(cyf, t).view(B, Hs, half, -1)
+            return d.square().sum(-1), ((s - y) * d.view(B, Hs, half, -1)).sum(-1).view(B, -1)
+
+        den, num = (x.view(B, Hs, half) for x in blocks.sum(fn, grad=False))
+        alpha = torch.where(den > den_eps, num / den.clamp_min(den_eps), torch.full_like(den, 0.5)).clamp(0, 1)
+        alpha = torch.where(valid[None, :, 1::2], alpha, torch.ones_like(alpha))
+        a = alpha[..., None]
+        coef = a * cx + (1 - a) * cy
+        valid = valid[:, 0::2]
+    return coef[:, :, 0]

@@ -164,7 +164,7 @@ class AttentionAdapter(nn.Module):
             attention_source: ``"maps"`` (eager attention everywhere; ``attentions`` holds the maps) or
                 ``"qk"`` (every attention layer of the model runs SDPA, this forward only; no map exists
                 and ``attention_inputs`` holds each requested layer's
-                :class:`~amad.losses.qk.AttentionInputs`).
+                :class:`~amad.models.attention_inputs.AttentionInputs`).
 
         Returns:
             :class:`AdapterOutput`.

@@ -11,7 +11,7 @@ Maps are captured **inside the one forward pass** that computes the loss (no sec
 With ``source="qk"`` (``attention_source: qk`` of a run) the models run their fast attention instead
 (``torch.nn.functional.scaled_dot_product_attention``, :mod:`amad.models.fast_attention`) and no map
 exists: the capture keeps, per requested layer, what the maps are made of -- an
-:class:`~amad.losses.qk.AttentionInputs` (queries and keys after the head split, the scale, the model's
+:class:`~amad.models.attention_inputs.AttentionInputs` (queries and keys after the head split, the scale, the model's
 additive mask and, for T5, the position bias) -- handed over by the fast attention to a second sink
 (``_amad_qk_sink``) on the attention module. The fast path is switched on per forward by a flag
 (``_amad_fast``) on every attention module of the model, so a model runs eager attention (and its maps
@@ -31,7 +31,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from amad.losses.qk import AttentionInputs
+from amad.models.attention_inputs import AttentionInputs
 
 QKV = tuple[Tensor, Tensor, Tensor]
 
@@ -65,7 +65,7 @@ class AdapterOutput:
             left out by ``layers=``.
         key_masks: site -> (B, K) bool, True for real keys: for a self-attention site its own tokens,
             for a cross-attention site the memory's (image, question or encoder tokens).
-        attention_inputs: site -> tuple over layers of :class:`~amad.losses.qk.AttentionInputs` (q
+        attention_inputs: site -> tuple over layers of :class:`~amad.models.attention_inputs.AttentionInputs` (q
             (B, H, Q, d), k (B, H, K, d), scale, mask, bias), only for the requested sites of a forward
             with ``attention_source="qk"``; ``None`` at the layers left out by ``layers=``.
         attention_source: the source of that forward (``"maps"``: ``attentions`` is filled; ``"qk"``:
@@ -120,7 +120,7 @@ class Capture:
 
     Args:
         points: site -> list over layers of :class:`AttentionPoint`.
-        sites: sites whose maps (``source="maps"``) or :class:`~amad.losses.qk.AttentionInputs`
+        sites: sites whose maps (``source="maps"``) or :class:`~amad.models.attention_inputs.AttentionInputs`
             (``source="qk"``) are wanted.
         qkv_sites: self-attention sites whose q/k/v projections are wanted (either source).
         layers: site -> the layer indices to capture (default: every layer of the site). Only these
@@ -272,7 +272,7 @@ class Capture:
         return out
 
     def attention_inputs(self) -> dict[str, tuple[AttentionInputs | None, ...]]:
-        """site -> tuple over layers of :class:`~amad.losses.qk.AttentionInputs` (None where not
+        """site -> tuple over layers of :class:`~amad.models.attention_inputs.AttentionInputs` (None where not
         requested); raises if a requested layer handed over nothing."""
         out = {}
         for site, store in self.inputs.items():

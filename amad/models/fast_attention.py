@@ -5,7 +5,7 @@ Under ``qk`` every attention module of a model runs ``torch.nn.functional.scaled
 distiller needs -- the queries and keys after the head split, the scale, the additive mask and T5's
 position bias -- is handed to the attention module's ``_amad_qk_sink`` (set by
 :class:`amad.models.capture.Capture` for the requested layers) as an
-:class:`~amad.losses.qk.AttentionInputs`; :mod:`amad.losses.qk` rebuilds the maps from it in chunks.
+:class:`~amad.models.attention_inputs.AttentionInputs`; :mod:`amad.losses.qk` rebuilds the maps from it in chunks.
 
 * BLIP (hand-written eager attention): :mod:`amad.models.blip_patch` replaces ``BlipAttention.forward``
   (ViT, fused qkv) and ``BlipTextSelfAttention.forward`` (text self and cross) with versions that call
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, AttentionInputs
+from amad.models.attention_inputs import DEFAULT_CHUNK_ELEMENTS, AttentionInputs
 from amad.models.capture import QK_SINK_ATTR
 
 #: :class:`_BiasedAttention` takes query rows in chunks whose (B, H, rows, K) bias + mask (and, in the

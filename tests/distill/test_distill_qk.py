@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import amad.distill.attention as attention_module
-import amad.losses.qk as qk_module
+import amad.models.attention_inputs as chunk_policy
 from amad.distill import AttentionDistiller, DistillationTask
 from amad.lit import DistillationModule
 from amad.losses.methods import A2D, AMAD, SHD, AMADProjection, AttnDistill, HeadMean, MiniLMRelation, OneToOne
@@ -231,7 +231,7 @@ def test_qk_step_keeps_and_builds_no_map_sized_tensor(monkeypatch, family, metho
     found = {}
     for source in ("maps", "qk"):
         task = DistillationTask(teacher, student, METHODS[method], attention_source=source).train()
-        monkeypatch.setattr(qk_module, "DEFAULT_CHUNK_ELEMENTS", 1)  # one query row per chunk
+        monkeypatch.setattr(chunk_policy, "DEFAULT_CHUNK_ELEMENTS", 1)  # one query row per chunk
         monkeypatch.setattr(fa, "ROW_CHUNK_ELEMENTS", 1)
         monkeypatch.setattr(AttentionDistiller, "STACK_MAX_NUMEL", 0)
         saved: list[tuple[int, ...]] = []

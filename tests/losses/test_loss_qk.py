@@ -1,7 +1,7 @@
-"""qk_attention_loss: every map method rebuilt from queries and keys in chunks of query rows.
+"""qk_attention_loss: every map method's criterion on its maps rebuilt from queries and keys in chunks.
 
-The reference is the map path itself: ``build_attention_criterion(method, ...)`` on the maps
-``softmax(q kᵀ·scale + mask + bias)`` built here from the same q/k. Value, weights and gradients (w.r.t.
+The reference is the map path itself: the same criterion (``build_attention_criterion(method, ...)``) on
+the maps ``softmax(q kᵀ·scale + mask + bias)`` built here from the same q/k. Value, weights and gradients (w.r.t.
 the student's q, k, position bias and A2D's aligner) must agree within 1e-10 in float64, for chunk sizes
 that do and do not divide Q and one chunk larger than Q. A second part checks the memory bound: no
 operator ever returns a tensor larger than one chunk's maps of both models, nothing map-sized is saved
@@ -10,17 +10,24 @@ for the backward outside the checkpoints, and the live peak stays a few chunks.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import json
 import weakref
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from amad.losses import attention_method, build_attention_criterion
-from amad.losses.a2d import A2DLoss
-from amad.losses.qk import DEFAULT_CHUNK_ELEMENTS, QK_METHODS, AttentionInputs, default_chunk_size, qk_attention_loss
+import amad.losses.qk as qk_module
+from amad.losses import METHODS, AttentionCriterion, AttentionMethod, build_attention_criterion
+from amad.losses.blocks import MapBlocks
+from amad.losses.qk import qk_attention_loss
+from amad.models.attention_inputs import DEFAULT_CHUNK_ELEMENTS, AttentionInputs, default_chunk_size
 
 F64 = torch.float64
 MIN = torch.finfo(F64).min
@@ -126,21 +133,17 @@ def test_equals_the_map_path(config, case):
     if not _allowed(method, t.num_heads, s.num_heads):
         pytest.skip("the method needs Hs <= Ht")
     crit = build_attention_criterion(method, teacher_heads=t.num_heads, student_heads=s.num_heads, **opts).double()
-    extra = {}
     if method == "a2d":
         module = crit.aligners[0]
         with torch.no_grad():  # a non-trivial aligner: random kernel and bias
             module.aligner.weight.normal_(generator=torch.Generator().manual_seed(3))
             module.aligner.bias.normal_(generator=torch.Generator().manual_seed(4))
-        extra["module"] = module
         grads = grads + list(module.parameters())
     want, want_w = crit(_reference_maps(t), _reference_maps(s), query_mask=qmask, key_mask=kmask)
     want_g = torch.autograd.grad(want, grads)
     Q = t.shape[2]
     for chunk in (3, Q + 5):
-        loss, weights = qk_attention_loss(
-            method, t, s, query_mask=qmask, key_mask=kmask, chunk_size=chunk, **extra, **opts
-        )
+        loss, weights = qk_attention_loss(crit, t, s, query_mask=qmask, key_mask=kmask, chunk_size=chunk)
         assert loss.dtype == F64 and loss.dim() == 0
         torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
         if want_w is None:
@@ -153,15 +156,36 @@ def test_equals_the_map_path(config, case):
             torch.testing.assert_close(g_got, g_want, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=_id)
+def test_the_block_definition_on_whole_maps_is_the_map_path(config):
+    """Each criterion's block definition run on whole maps (one block, ``MapBlocks``) gives what its map path
+    gives (for AMAD "kl" the fused whole-map kernel against the two-pass hooks): one definition."""
+    method, opts = config
+    t, s, qmask, kmask, grads = _case("cross")
+    crit = build_attention_criterion(method, teacher_heads=t.num_heads, student_heads=s.num_heads, **opts).double()
+    tm, sm = _reference_maps(t), _reference_maps(s)
+    want, want_w = crit(tm, sm, query_mask=qmask, key_mask=kmask)
+    want_g = torch.autograd.grad(want, grads, retain_graph=True)  # the maps' graph serves both
+    loss, weights = crit.loss_from_blocks(MapBlocks(tm, sm, qmask, kmask))
+    torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
+    if want_w is not None:
+        torch.testing.assert_close(weights, want_w, atol=1e-10, rtol=0)
+    for g_got, g_want in zip(torch.autograd.grad(loss, grads), want_g, strict=True):
+        torch.testing.assert_close(g_got, g_want, atol=1e-10, rtol=0)
+
+
+def _amad(t, s):
+    return build_attention_criterion("amad", teacher_heads=t.num_heads, student_heads=s.num_heads)
+
+
 def test_default_chunk_size_and_no_grad():
     t, s, qmask, _, _ = _case("cross")
-    want, _ = build_attention_criterion("amad", teacher_heads=4, student_heads=3)(
-        _reference_maps(t), _reference_maps(s), query_mask=qmask
-    )
-    loss, _ = qk_attention_loss("amad", t, s, query_mask=qmask)  # chunk_size=None
+    crit = _amad(t, s)
+    want, _ = crit(_reference_maps(t), _reference_maps(s), query_mask=qmask)
+    loss, _ = qk_attention_loss(crit, t, s, query_mask=qmask)  # chunk_size=None
     torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
     with torch.no_grad():
-        loss, _ = qk_attention_loss("amad", t, s, query_mask=qmask, chunk_size=2)
+        loss, _ = qk_attention_loss(crit, t, s, query_mask=qmask, chunk_size=2)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, want.detach(), atol=1e-10, rtol=0)
 
@@ -174,14 +198,73 @@ def test_default_chunks_are_balanced_and_bounded():
     assert 8 * 18 * 97 * 577 <= DEFAULT_CHUNK_ELEMENTS
 
 
-def test_a_method_object_gives_its_options():
-    t, s, qmask, kmask, _ = _case("cross")
-    method = attention_method("shd", softening_temperature=0.5, merge_granularity="row")
-    want, want_w = qk_attention_loss("shd", t, s, query_mask=qmask, key_mask=kmask, **method.options())
-    loss, weights = qk_attention_loss(method, t, s, query_mask=qmask, key_mask=kmask)
-    assert torch.equal(loss, want) and torch.equal(weights, want_w)
-    with pytest.raises(ValueError, match="not also as keywords"):
-        qk_attention_loss(method, t, s, eps=1e-3)
+QK_CRITERIA = [name for name, cls in METHODS.items() if cls.criterion.supports_qk]
+
+
+def test_the_methods_that_support_qk_say_so_and_define_their_blocks():
+    """Behaviour is asked of the method's criterion: every map method but amad_proj serves qk, and each one
+    that says so defines its loss on blocks (row_loss or its own block_loss) -- nothing else does."""
+    assert sorted(QK_CRITERIA) == sorted(set(METHODS) - {"amad_proj", "minilm_relation"})
+    for name, cls in METHODS.items():
+        crit = cls.criterion
+        defines = (
+            crit.row_loss is not AttentionCriterion.row_loss or crit.block_loss is not AttentionCriterion.block_loss
+        )
+        assert defines == crit.supports_qk, name
+
+
+def test_the_qk_engine_names_no_method():
+    """qk.py only rebuilds blocks and runs passes: no method name, method or criterion class, or method
+    option appears in its code (docstrings aside), so adding a method never touches it."""
+    tree = ast.parse(inspect.getsource(qk_module))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None
+    }
+    words = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    words |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    words |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docstrings}
+    words |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    options = {f.name for cls in METHODS.values() for f in dataclasses.fields(cls)} - {
+        "teacher_grid",
+        "student_grid",
+        "num_prefix_tokens",
+    }
+    banned = set(METHODS) | {c.__name__ for c in METHODS.values()} | {c.criterion.__name__ for c in METHODS.values()}
+    assert not words & (banned | options), words & (banned | options)
+
+
+class _RowL1Criterion(AttentionCriterion):
+    """A new method written once, as a row loss: the L1 distance of the head-mean rows."""
+
+    supports_qk: ClassVar[bool] = True
+
+    def row_loss(self, t, s, *, key_mask, layer):
+        return (t.mean(1) - s.mean(1)).abs().sum(-1) * self.method.scale, None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _RowL1(AttentionMethod):
+    name: ClassVar[str] = "row_l1"
+    criterion: ClassVar[type[AttentionCriterion]] = _RowL1Criterion
+
+    scale: float = 2.0
+
+
+@pytest.mark.parametrize("case", ["cross", "t5"])
+def test_a_new_method_is_one_class_and_gets_both_paths(case):
+    """One class with a row loss: the map path (the base compute, one block of all rows) and the qk path (its
+    maps rebuilt in chunks) give the same loss and gradients."""
+    t, s, qmask, kmask, grads = _case(case)
+    crit = _RowL1(scale=0.5).build(t.num_heads, s.num_heads)
+    want, w = crit(_reference_maps(t), _reference_maps(s), query_mask=qmask, key_mask=kmask)
+    assert w is None and want > 0
+    want_g = torch.autograd.grad(want, grads)
+    loss, _ = qk_attention_loss(crit, t, s, query_mask=qmask, key_mask=kmask, chunk_size=3)
+    torch.testing.assert_close(loss, want, atol=1e-10, rtol=0)
+    for g_got, g_want in zip(torch.autograd.grad(loss, grads), want_g, strict=True):
+        torch.testing.assert_close(g_got, g_want, atol=1e-10, rtol=0)
 
 
 def test_maps_equal_the_softmax_and_rows_slice():
@@ -201,9 +284,9 @@ def test_fully_masked_padded_rows_give_no_nan():
     m[0, :, 6] = MIN
     t2 = AttentionInputs(t.q, t.k, t.scale, mask=torch.maximum(t.mask + m, torch.tensor(MIN, dtype=F64)))
     s2 = AttentionInputs(s.q, s.k, s.scale, mask=torch.maximum(s.mask + m, torch.tensor(MIN, dtype=F64)))
-    for method in QK_METHODS:
-        module = A2DLoss(4, 3).double() if method == "a2d" else None
-        loss, _ = qk_attention_loss(method, t2, s2, query_mask=qmask, key_mask=kmask, chunk_size=4, module=module)
+    for method in QK_CRITERIA:
+        crit = build_attention_criterion(method, teacher_heads=4, student_heads=3).double()
+        loss, _ = qk_attention_loss(crit, t2, s2, query_mask=qmask, key_mask=kmask, chunk_size=4)
         g = torch.autograd.grad(loss, grads)
         assert torch.isfinite(loss) and all(torch.isfinite(x).all() for x in g), method
         assert (g[0][0, :, 6] == 0).all()
@@ -215,7 +298,7 @@ def test_bf16_inputs_under_autocast_give_float32():
     qs = s.q.detach().to(torch.bfloat16).requires_grad_(True)
     sb = AttentionInputs(qs, s.k.detach().to(torch.bfloat16), s.scale, mask=s.mask.float())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, w = qk_attention_loss("amad", tb, sb, query_mask=qmask, chunk_size=3)
+        loss, w = qk_attention_loss(_amad(t, s), tb, sb, query_mask=qmask, chunk_size=3)
     assert loss.dtype == torch.float32 and w.dtype == torch.float32
     loss.backward()
     assert qs.grad.dtype == torch.bfloat16 and torch.isfinite(qs.grad.float()).all()
@@ -230,32 +313,31 @@ def test_errors_name_shapes_and_choices():
     with pytest.raises(ValueError, match=r"mask .* must be bool"):
         AttentionInputs(t.q, t.k, 1.0, mask=torch.zeros(3, 1, 1, 9, dtype=torch.int64))
     short = AttentionInputs(s.q[:, :, :5], s.k, s.scale)
+    crit = _amad(t, s)
     with pytest.raises(ValueError, match=r"\(3, 4, 7, 9\) and student maps .* \(3, 3, 5, 9\)"):
-        qk_attention_loss("amad", t, short)
+        qk_attention_loss(crit, t, short)
     with pytest.raises(ValueError, match=r"query_mask \(3, 6\) does not match"):
-        qk_attention_loss("amad", t, s, query_mask=qmask[:, :6])
-    with pytest.raises(ValueError, match="valid choices: 'amad'"):
-        qk_attention_loss("nope", t, s)
-    with pytest.raises(ValueError, match="needs the maps"):
-        qk_attention_loss("amad_proj", t, s)
-    with pytest.raises(ValueError, match="not attention maps"):
-        qk_attention_loss("minilm_relation", t, s)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kind'\]"):
-        qk_attention_loss("amad", t, s, kind="kl")
-    with pytest.raises(ValueError, match="weight_temperature must be > 0"):
-        qk_attention_loss("amad", t, s, weight_temperature=0.0)
-    with pytest.raises(ValueError, match="unknown variant"):
-        qk_attention_loss("amad", t, s, variant="proj")
-    with pytest.raises(ValueError, match="pass module="):
-        qk_attention_loss("a2d", t, s)
-    with pytest.raises(ValueError, match="disagrees"):
-        qk_attention_loss("a2d", t, s, module=A2DLoss(4, 3), teacher_as_logits=False)
+        qk_attention_loss(crit, t, s, query_mask=qmask[:, :6])
+    with pytest.raises(ValueError, match="must be an AttentionCriterion"):
+        qk_attention_loss("amad", t, s)
+    with pytest.raises(ValueError, match="'amad_proj' cannot be computed from queries and keys"):
+        qk_attention_loss(build_attention_criterion("amad_proj", teacher_heads=4, student_heads=3), t, s)
+    with pytest.raises(ValueError, match="'minilm_relation' cannot be computed from queries and keys"):
+        qk_attention_loss(build_attention_criterion("minilm_relation", teacher_heads=4, student_heads=3), t, s)
     with pytest.raises(ValueError, match="chunk_size"):
-        qk_attention_loss("amad", t, s, chunk_size=0)
+        qk_attention_loss(crit, t, s, chunk_size=0)
+    grids = build_attention_criterion(
+        "amad", teacher_heads=4, student_heads=3, teacher_grid=(4, 4), student_grid=(2, 2)
+    )
     with pytest.raises(ValueError, match="resizing"):
-        qk_attention_loss("amad", t, s, teacher_grid=(4, 4), student_grid=(2, 2))
-    with pytest.raises(ValueError, match="Hs <= Ht"):
-        qk_attention_loss("one_to_one", s, t)
+        qk_attention_loss(grids, t, s)
+    with pytest.raises(ValueError, match=r"built for 4 teacher / 3 student heads, got teacher maps with 3"):
+        qk_attention_loss(crit, s, t)
+    with pytest.raises(ValueError, match=r"layer 1 out of range"):
+        qk_attention_loss(crit, t, s, layer=1)
+    one = build_attention_criterion("attn_distill", teacher_heads=4, student_heads=3, query_index=7)
+    with pytest.raises(ValueError, match=r"query_index 7 out of range .* Q = 7"):
+        qk_attention_loss(one, t, s)
 
 
 # ------------------------------------------------------------------------------------------- memory
@@ -315,7 +397,8 @@ def test_no_map_sized_tensor_is_ever_alive(config):
     qmask[1, 100:] = False
     add = torch.zeros(B, 1, 1, K, dtype=F64).masked_fill(~qmask[:, None, None, :], MIN)
     t, s = AttentionInputs(qt, kt, d**-0.5, mask=add), AttentionInputs(qs, ks, d**-0.5, mask=add)
-    module = A2DLoss(Ht, Hs).double() if method == "a2d" else None
+    crit = build_attention_criterion(method, teacher_heads=Ht, student_heads=Hs, **opts).double()
+    module = crit.aligners[0] if method == "a2d" else None
     chunk_numel = B * (Ht + Hs) * chunk * K  # one chunk's maps of both models
     maps_bytes = B * (Ht + Hs) * Q * K * 8  # the whole maps of both models: 32 chunks
 
@@ -328,10 +411,9 @@ def test_no_map_sized_tensor_is_ever_alive(config):
     existing = {x.untyped_storage().data_ptr() for x in (qt, kt, qs, ks, add)}
     if module is not None:
         existing |= {x.untyped_storage().data_ptr() for x in module.parameters()}
-    kw = {} if module is None else {"module": module}
     with _Tracker(existing) as tracker:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):  # what the forward keeps
-            loss, _ = qk_attention_loss(method, t, s, query_mask=qmask, key_mask=qmask, chunk_size=chunk, **kw, **opts)
+            loss, _ = qk_attention_loss(crit, t, s, query_mask=qmask, key_mask=qmask, chunk_size=chunk)
         loss.backward()
     assert torch.isfinite(loss)
     # no operator output is larger than one chunk's maps (q/k-sized gradients are B*H*Q*d, smaller)

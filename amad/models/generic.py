@@ -42,8 +42,9 @@ Causal and sliding-window masks need nothing from the adapter: the model builds 
 
 **Not served** (an ``UnsupportedModelError``, one line, at construction): models whose attention is
 hand-written (BLIP; :mod:`amad.models.blip` serves it), soft-capped attention logits (Gemma 2), attention
-sinks (gpt-oss); at the first forward: a module run twice per forward (ALBERT's shared layers) or an
-attention-function argument the generic attention does not implement
+sinks (gpt-oss), T5's relative position bias (:mod:`amad.models.vlt5` serves T5); at the first forward: a
+module run twice per forward (ALBERT's shared layers) or an attention-function argument the generic
+attention does not implement
 (:data:`~amad.models.generic_attention.UNSUPPORTED_KWARGS`). Attention modules that bypass the interface
 next to served ones (a pooling head's ``nn.MultiheadAttention``) are listed in ``adapter.bypassed`` with a
 warning and not distilled.
@@ -78,6 +79,11 @@ def _refuse_config(model: nn.Module) -> None:
     for path, m in model.named_modules():
         if isinstance(getattr(m, "sinks", None), nn.Parameter):
             raise UnsupportedModelError(f"the generic adapter cannot serve {name}: {path} has attention sinks")
+        if getattr(m, "has_relative_attention_bias", None) is not None:
+            raise UnsupportedModelError(
+                f"the generic adapter cannot serve {name}: {path} adds a T5-style relative position bias to its "
+                "scores (amad's family 'vlt5' serves T5)"
+            )
 
 
 def _configs(cfg: Any) -> list[Any]:

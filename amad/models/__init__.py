@@ -15,6 +15,8 @@ from amad.models.blip_patch import apply_blip_cross_attention_fix, remove_blip_c
 from amad.models.build import FAMILIES, adapter_class, build_model, model_config
 from amad.models.capture import AdapterOutput
 from amad.models.configs import PRESET_NAMES
+from amad.models.generic import GenericAdapter
+from amad.models.generic_sites import UnsupportedModelError
 from amad.models.io import load_checkpoint_model, load_model, load_pretrained, save_pretrained
 from amad.models.layer_map import resolve_layer_map
 from amad.models.student import derive_student
@@ -27,6 +29,8 @@ __all__ = [
     "AttentionAdapter",
     "BlipCaptionAdapter",
     "BlipVQAAdapter",
+    "GenericAdapter",
+    "UnsupportedModelError",
     "VLT5Adapter",
     "VisualEmbedding",
     "adapter_class",

@@ -15,6 +15,8 @@ import torch
 
 from amad.models.adapter import AttentionAdapter
 from amad.models.build import build_model
+from amad.models.generic import GenericAdapter
+from amad.models.generic_student import generic_student
 from amad.models.layer_map import resolve_layer_map
 
 _LAYER_KEY = re.compile(r"^(.*?\.(?:layers|layer|block))\.(\d+)\.(.*)$")
@@ -45,7 +47,9 @@ def derive_student(
         layer_map: ``uniform`` / ``last`` / ``first`` / explicit list (see :mod:`amad.models.layer_map`),
             used per tower for the copy.
         seed: seed of the student's random initialisation.
-        **overrides: further flat overrides (``vision_num_layers``, ``decoder_num_layers``...).
+        **overrides: further flat overrides (``vision_num_layers``, ``decoder_num_layers``...). For a
+            :class:`~amad.models.generic.GenericAdapter` teacher: ``num_key_value_heads`` and raw HF config
+            fields (:func:`amad.models.generic_student.generic_student`).
 
     Returns:
         The student adapter; ``student.init_report`` says what was copied: ``init``, ``layer_maps``
@@ -54,20 +58,19 @@ def derive_student(
     """
     if init not in ("teacher", "random"):
         raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
-    cfg = teacher.config_dict()
-    family, hf_config = cfg.pop("family"), cfg.pop("hf_config")
-    sizes = {
-        k: v
-        for k, v in dict(
-            num_heads=num_heads, num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size
-        ).items()
-        if v is not None
-    }
-    if hidden_size is not None and intermediate_size is None and not any("intermediate" in k for k in overrides):
-        sizes.update(_scaled_intermediate(teacher, hidden_size))
-    student = build_model(
-        family, tokenizer=teacher.tokenizer, hf_config=hf_config, seed=seed, **{**cfg, **sizes, **overrides}
-    )
+    if isinstance(teacher, GenericAdapter):  # any transformers model: sizes from its own config fields
+        student = generic_student(
+            teacher,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            layer_map=layer_map,
+            seed=seed,
+            **overrides,
+        )
+    else:
+        student = _family_student(teacher, num_heads, num_layers, hidden_size, intermediate_size, seed, overrides)
     if init == "random":
         student.init_report = {"init": "random"}
     else:
@@ -81,6 +84,32 @@ def derive_student(
                 stacklevel=2,
             )
     return student
+
+
+def _family_student(
+    teacher: AttentionAdapter,
+    num_heads: int | None,
+    num_layers: int | None,
+    hidden_size: int | None,
+    intermediate_size: int | None,
+    seed: int | None,
+    overrides: dict[str, Any],
+) -> AttentionAdapter:
+    """A randomly initialised student of a BLIP / VL-T5 teacher's family, from its config and the new sizes."""
+    cfg = teacher.config_dict()
+    family, hf_config = cfg.pop("family"), cfg.pop("hf_config")
+    sizes = {
+        k: v
+        for k, v in dict(
+            num_heads=num_heads, num_layers=num_layers, hidden_size=hidden_size, intermediate_size=intermediate_size
+        ).items()
+        if v is not None
+    }
+    if hidden_size is not None and intermediate_size is None and not any("intermediate" in k for k in overrides):
+        sizes.update(_scaled_intermediate(teacher, hidden_size))
+    return build_model(
+        family, tokenizer=teacher.tokenizer, hf_config=hf_config, seed=seed, **{**cfg, **sizes, **overrides}
+    )
 
 
 def _scaled_intermediate(teacher: AttentionAdapter, hidden: int) -> dict[str, int]:

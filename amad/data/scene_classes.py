@@ -1,0 +1,118 @@
+"""Image classification on generated scenes (SYNTHETIC): which shape in which colour, 3 × 8 = 24 classes.
+
+The data of the embedded ViT example (docs/models.md, "Distil your own transformers model"): each image is
+one scene of :class:`~amad.data.scenes.SceneGenerator` (a circle, rectangle or triangle in one of 8 colours
+on a light background, at any size and position), its label ``shape_index · 8 + colour_index``
+(:func:`scene_class`). Train, validation and test scenes come from three different seeds of the generator,
+so no image is shared between splits; each split is a :class:`~amad.data.scene_data.ScenePool`, drawn once
+and cached on disk.
+
+Batches are the keyword arguments of a transformers image classifier: ``{"pixel_values" (B, 3, S, S)
+normalised to [-1, 1], "labels" (B,) long}``, what :class:`~amad.models.GenericAdapter` reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from amad.data.collate import prepare_images
+from amad.data.scene_data import ScenePool
+from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes
+
+#: the class names, ``"<colour> <shape>"``, in label order
+CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for s in SHAPES for c in PALETTE)
+#: seed offsets of the three splits (added to the DataModule's ``seed``)
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+
+
+def scene_class(attrs: ShapeAttributes) -> int:
+    """The class of a scene: ``shape_index · 8 + colour_index`` (see :data:`CLASS_NAMES`)."""
+    return SHAPES.index(attrs.shape) * len(PALETTE) + tuple(PALETTE).index(attrs.colour)
+
+
+class SceneClassDataset(Dataset):
+    """``size`` generated scenes of stream ``seed`` with their class: ``(uint8 image (3, 64, 64), int)``."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.pool = ScenePool(seed, size)
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, attrs = self.pool[i]
+        return image, scene_class(attrs)
+
+
+class SceneClassesDataModule(L.LightningDataModule):
+    """Shape-and-colour classification of generated scenes (24 classes).
+
+    Args:
+        train_size, val_size, test_size: scenes per split (each split its own generator seed).
+        image_size: side of ``pixel_values`` (scenes are drawn at 64 and resized).
+        batch_size: examples per batch (evaluation too).
+        seed: base seed of the scene streams (split seeds: ``seed + SPLIT_SEEDS[split]``).
+        num_workers: DataLoader workers.
+
+    Attributes:
+        task: ``"classify"``; vocab_size: None (no text): what the CLI links into the system.
+        num_classes: 24.
+    """
+
+    task = "classify"
+    vocab_size = None
+    num_classes = len(CLASS_NAMES)
+
+    def __init__(
+        self,
+        train_size: int = 20_000,
+        val_size: int = 1_000,
+        test_size: int = 2_000,
+        image_size: int = 32,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.image_size, self.batch_size, self.seed, self.num_workers = image_size, batch_size, seed, num_workers
+        self.datasets: dict[str, SceneClassDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, tuple(self.sizes)) if stage else tuple(self.sizes):
+            if split not in self.datasets:
+                self.datasets[split] = SceneClassDataset(self.sizes[split], self.seed + SPLIT_SEEDS[split])
+
+    def collate(self, items: list[tuple[torch.Tensor, int]]) -> dict[str, Any]:
+        images = torch.stack([im for im, _ in items])
+        return {
+            "pixel_values": prepare_images(images, self.image_size),
+            "labels": torch.tensor([c for _, c in items], dtype=torch.long),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

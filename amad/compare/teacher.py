@@ -226,7 +226,7 @@ def train_teacher(
     if "attributes" in pre and "pretrain.attributes" not in names:
         st = pre["attributes"]
         if st.get("shared"):  # one tower stage per family group, trained once and reused by every teacher
-            keep(shared_attribute_stage(model, t["model"], st, dm, precision, seed, log))
+            keep(shared_attribute_stage(model, t["model"], st, dm, precision, seed, attribute_stage, log))
         else:
             keep(attribute_stage(model, st, dm, precision, seed, log))
     if "task" in pre and "pretrain.task" not in names:

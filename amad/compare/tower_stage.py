@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def shared_attribute_stage(
     dm: Any,
     precision: str,
     seed: int,
+    train: Callable[..., dict[str, Any]],
     log=print,
 ) -> dict[str, Any]:
     """Give ``model`` the shared scene-attribute tower (training it once if no teacher has yet).
@@ -109,13 +111,14 @@ def shared_attribute_stage(
         dm: the teacher's DataModule (its ``image_size`` and ``normalize`` make the scenes' pixels).
         precision: Lightning precision of the stage.
         seed: the recipe's seed (the canonical model is built and trained under it).
+        train: the stage itself, ``train(model, stage, dm, precision, seed, log) -> record``
+            (:func:`amad.compare.teacher.attribute_stage`).
         log: progress printer.
 
     Returns:
         The stage record (``stage``, ``steps``, ``train_time_s``, ``held_out``, ``tower``: the cache
         key; ``shared_from_cache: true`` when the tower was loaded rather than trained here).
     """
-    from amad.compare.teacher import attribute_stage
     from amad.models import build_model
 
     group = family_group(model_cfg["family"])
@@ -135,7 +138,7 @@ def shared_attribute_stage(
             os.replace(folder, aside)
             log(f"teacher: shared tower {weights} unreadable ({type(err).__name__}: {err}); set aside as {aside}")
     canonical = build_model(CANONICAL_FAMILY[group], seed=seed, **tower_build_kwargs(model_cfg))
-    record = attribute_stage(canonical, stage, dm, precision, seed, log)
+    record = train(canonical, stage, dm, precision, seed, log)
     state = tower_state(canonical, group)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "tower.pt.tmp"

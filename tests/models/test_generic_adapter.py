@@ -18,8 +18,8 @@ from transformers.modeling_utils import AttentionInterface
 
 from amad.distill import DistillationTask
 from amad.losses.methods import A2D, AMAD, SHD, AMADProjection, AttnDistill, HeadMean, MiniLMRelation, OneToOne
-from amad.losses.qk import AttentionInputs
 from amad.models import GenericAdapter, UnsupportedModelError, build_model, derive_student
+from amad.models.attention_inputs import AttentionInputs
 from amad.models.capture import FAST_ATTR, QK_SINK_ATTR, SINK_ATTR
 from amad.models.generic_attention import GENERIC_ATTN_IMPLEMENTATION, RECORDER_ATTR
 

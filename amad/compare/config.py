@@ -23,7 +23,7 @@ import hashlib
 import json
 from typing import Any
 
-from amad.config import deep_merge, load_config
+from amad.config import deep_merge, load_config, method_subclasses
 from amad.losses.methods import ATTENTION_METHODS
 
 #: Methods without an attention loss, then every attention method of the registry (AMAD's last).
@@ -88,12 +88,13 @@ def method_kwargs(entry: dict[str, Any], where: str = "method") -> dict[str, Any
     owned = sorted(set(entry) & _NOT_A_METHOD_OPTION)
     if owned:
         raise ValueError(f"{where}: {owned} are set by the comparison (train:, student:, teacher:), not a method")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(DistillationModule, "m", skip=_NOT_A_METHOD_OPTION, instantiate=False)
-    try:
-        parsed = parser.instantiate(parser.parse_object({"m": entry})).m
-    except Exception as err:  # jsonargparse: ArgumentError / TypeError with a multi-line report
-        raise ValueError(f"{where}: {summarize_parse_error(str(err))}") from err
+    with method_subclasses():  # `attention:` takes any AttentionMethod subclass (amad.config)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(DistillationModule, "m", skip=_NOT_A_METHOD_OPTION, instantiate=False)
+        try:
+            parsed = parser.instantiate(parser.parse_object({"m": entry})).m
+        except Exception as err:  # jsonargparse: ArgumentError / TypeError with a multi-line report
+            raise ValueError(f"{where}: {summarize_parse_error(str(err))}") from err
     return {k: parsed[k] for k in entry}
 
 

@@ -30,7 +30,7 @@ class DistillationModule(TaskModule):
         teacher: the fine-tuned teacher: a path (``save_pretrained`` dir or amad ``.ckpt``) or an adapter
             / :class:`~amad.distill.FrozenTeacher` instance. In YAML, ``compare:<comparison yaml>`` names
             the teacher of a comparison; the ``amad`` command resolves it to a path before anything is
-            built (:func:`amad.compare.resolve_teacher_reference`).
+            built (:func:`amad.compare.teacher.resolve_teacher_reference`).
         student: a dict of :func:`amad.models.derive_student` arguments (``num_heads``, ``num_layers``,
             ``hidden_size``, ``intermediate_size``, ``init``: ``teacher``|``random``), a path to a model,
             or an adapter instance. ``None`` copies the teacher's architecture.

@@ -9,7 +9,8 @@ import torch
 from transformers import BlipForQuestionAnswering
 from transformers.models.blip import modeling_blip_text
 
-from amad.models import build_model, random_batch
+from amad.bench._batches import random_batch
+from amad.models import build_model
 from amad.models.blip_patch import (
     _ORIGINAL_FORWARD,
     apply_blip_cross_attention_fix,

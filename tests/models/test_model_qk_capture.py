@@ -13,8 +13,9 @@ import torch
 from transformers.models.blip import modeling_blip as hf_blip
 from transformers.models.blip import modeling_blip_text as hf_blip_text
 
+from amad.bench._batches import random_batch
 from amad.losses.qk import AttentionInputs
-from amad.models import build_model, random_batch
+from amad.models import build_model
 from amad.models import fast_attention as fa
 from amad.models.blip_patch import (
     _ORIGINAL_TEXT_SELF_FORWARD,

@@ -14,9 +14,10 @@ import pytest
 import torch
 from jsonargparse import ArgumentError
 
+from amad.bench._batches import random_batch
 from amad.lit import DistillationModule
 from amad.losses import AMAD, one_to_one_loss
-from amad.models import build_model, derive_student, load_checkpoint_model, random_batch, save_pretrained
+from amad.models import build_model, derive_student, load_checkpoint_model, save_pretrained
 
 ROOT = Path(__file__).parents[2]
 

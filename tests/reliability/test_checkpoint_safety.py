@@ -8,9 +8,10 @@ import torch
 from fsspec.implementations.local import LocalFileOpener
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from amad.bench._batches import random_batch
 from amad.lit import DistillationModule
 from amad.losses.methods import checkpoint_safe_globals
-from amad.models import build_model, load_checkpoint_model, random_batch
+from amad.models import build_model, load_checkpoint_model
 
 
 class Batches(torch.utils.data.Dataset):

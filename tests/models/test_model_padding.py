@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
 
 import pytest
 import torch
@@ -56,6 +58,8 @@ def test_fix_is_explicit_idempotent_and_scoped_to_the_adapters_model():
         isinstance(m, modeling_blip_text.BlipTextAttention) for m in plain.modules()
     )
     assert blip_cross_attention_fix_applied(plain)
+    for copied in (copy.deepcopy(model.model), pickle.loads(pickle.dumps(model.model))):  # the fix travels
+        assert blip_cross_attention_fix_applied(copied)
 
 
 def test_blip_vqa_padded_equals_unpadded_and_bug_shows_without_fix():

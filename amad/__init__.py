@@ -1,17 +1,12 @@
 """amad: Attention Map Alignment Distillation for vision-language transformers.
 
-Importing the package sets safe offline defaults *only where the user has not chosen*:
-``HF_HUB_OFFLINE=1`` (a hub id fails in seconds instead of retrying) and ``WANDB_MODE=offline``
-(runs land under the save dir and ``wandb sync`` uploads them later). A run never hangs on the
-network.
+Importing the package changes nothing outside it: no environment variables, warning filters,
+transformers registries or torch serialization settings (``tests/package/test_import_side_effects.py``).
+The offline defaults (``HF_HUB_OFFLINE=1``, ``WANDB_MODE=offline``) are set by the ``amad`` command
+(:func:`amad.cli.set_environment_defaults`) and the Makefile; docs/architecture.md lists every
+process-wide setting amad makes and where.
 """
 
 from __future__ import annotations
-
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __version__ = "0.1.0"

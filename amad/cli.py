@@ -31,6 +31,28 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+#: Set by the ``amad`` command (and the Makefile) *only where the user has not chosen*, never by
+#: ``import amad``: a hub id fails in seconds instead of retrying, W&B runs land under the save dir
+#: (``wandb sync`` uploads them later) and tokenizers do not warn about forked workers. A run never
+#: hangs on the network.
+ENVIRONMENT_DEFAULTS = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def set_environment_defaults() -> None:
+    """Set each of :data:`ENVIRONMENT_DEFAULTS` that the environment does not already set."""
+    for key, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+#: Warnings the ``amad`` command silences while it runs (a library user who calls the same code sees
+#: them). Neither says anything a user can act on:
+#: * Lightning's own use of torch's pytree warns once per process; it would be the first line of every
+#:   console (run logs keep everything else);
+#: * Lightning >= 2.5.5 warns "Found N module(s) in eval mode" at every fit of a
+#:   :class:`~amad.lit.DistillationModule`: the frozen teacher is in eval mode by design.
+QUIET_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"Found \d+ module\(s\) in eval mode")
+
+
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
 USAGE = """usage: amad <command> [options]
@@ -52,18 +74,19 @@ A mistake in the command (an unknown option, method or preset, a missing file) e
 
 
 def main(argv: list[str] | None = None) -> int | None:
+    set_environment_defaults()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("AMAD_DEBUG", "") not in ("", "0")
     if argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
-    # Lightning's own use of torch's pytree warns once per process; nothing a user can act on, and it
-    # would be the first line of every console (run logs keep everything else)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     try:
-        return _run(argv[0], argv[1:])
+        with warnings.catch_warnings():  # the command's filters end with the command
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            return _run(argv[0], argv[1:])
     except SystemExit as done:  # --help, --print_config and argparse errors exit by themselves
         return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     except USER_ERRORS as err:

@@ -4,25 +4,45 @@ LightningCLI/jsonargparse has no "extends"; experiments share their data, traine
 settings through base files instead of copy-paste. ``amad fit --config FILE`` resolves the chain
 and hands LightningCLI one merged file.
 
-Importing this module also lets jsonargparse accept the subclasses of
+Inside :func:`method_subclasses` jsonargparse accepts the subclasses of
 :class:`amad.losses.AttentionMethod` (frozen dataclasses) for an ``attention:`` entry, which it does
 not do for dataclasses by default: ``attention: {class_path: AMAD, init_args: {variant: l2}}``.
+Importing this module changes no jsonargparse setting.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import _common as jsonargparse_settings
 from jsonargparse import set_parsing_settings
 
 from amad.losses.methods import AttentionMethod
 
-set_parsing_settings(subclasses_enabled=[AttentionMethod])
-
 BASE_KEY = "base"
+
+
+@contextmanager
+def method_subclasses() -> Iterator[None]:
+    """Let jsonargparse parse an ``AttentionMethod`` entry as a choice of subclass, inside the block.
+
+    jsonargparse keeps this setting process-wide and offers no way to undo it, so the context removes
+    the type from jsonargparse's set on exit (unless it was already there on entry): a library user's
+    own parsers are not changed by amad. :func:`amad.lightning_cli.build_cli` runs inside it.
+    """
+    enabled = jsonargparse_settings.subclasses_enabled_types
+    added = AttentionMethod not in enabled
+    set_parsing_settings(subclasses_enabled=[AttentionMethod])
+    try:
+        yield
+    finally:
+        if added:
+            enabled.discard(AttentionMethod)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 * DataModule facts are linked into the model: ``data.task → model.task`` and
   ``data.vocab_size → model.vocab_size`` (the model is built for the data's vocabulary, and a
   teacher whose vocabulary does not match is rejected).
-* W&B is the default logger, offline unless the user set ``WANDB_MODE`` (``amad`` sets the default
-  on import), so a run never waits on the network; ``--trainer.logger`` switches to CSV/TensorBoard.
+* W&B is the default logger, offline unless the user set ``WANDB_MODE`` (the ``amad`` command sets
+  the default), so a run never waits on the network; ``--trainer.logger`` switches to CSV/TensorBoard.
   The full resolved config is saved with the run (``config.yaml`` and the W&B run config).
 * ``--config`` files may inherit with ``base:`` (see :mod:`amad.config`).
 * ``compare:<comparison yaml>`` values (a comparison's teacher) are resolved to the teacher's path
@@ -25,8 +25,9 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from amad.config import deep_merge, load_config
+from amad.config import deep_merge, load_config, method_subclasses
 from amad.lit.base import COMPARE_PREFIX
+from amad.losses.methods import checkpoint_safe_globals
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {
@@ -131,10 +132,15 @@ def resolve_config_args(args: list[str], tmp_dir: str) -> list[str]:
 
 
 def build_cli(args: list[str], run: bool = True) -> AmadCLI:
-    """Instantiate the CLI (``run=False`` parses and instantiates without running a subcommand)."""
+    """Instantiate the CLI (``run=False`` parses and instantiates without running a subcommand).
+
+    Runs inside two scoped settings (docs/architecture.md, "Global state"): jsonargparse accepts the
+    attention-method classes (:func:`amad.config.method_subclasses`) and ``--ckpt_path`` loads them
+    (:func:`amad.losses.methods.checkpoint_safe_globals`).
+    """
     # We pass the (config-resolved) command line as args=; Lightning warns when sys.argv is also set.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    with tempfile.TemporaryDirectory(prefix="amad-config-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="amad-config-") as tmp, method_subclasses(), checkpoint_safe_globals():
         return AmadCLI(
             LightningModule,
             LightningDataModule,

@@ -1,9 +1,10 @@
-"""What the step, memory and scaling benchmarks share: the cases, the device, timing and output."""
+"""What the benchmarks share: the cases, the device, timing, the memory probe and output."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,6 +44,36 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(fh.read().split(key + ":")[1].split()[0])
+
+
+def step_memory(step: Callable[[], object]) -> dict[str, float]:
+    """Run ``step`` once: ``{"base_mb": memory held just before it, "peak_mb": its high-water mark}``.
+
+    The one memory probe of the benchmarks (memory, qk). Call it after a warm-up step, so that optimizer
+    state and gradient buffers already count in the base.
+
+    * CUDA: allocated memory, torch's peak counter reset just before the step (synchronised both sides).
+    * CPU: the process's resident set. Its high-water mark ``VmHWM`` is reset to the current resident set
+      by writing 5 to ``/proc/self/clear_refs`` (``ru_maxrss`` would carry a parent's peak across fork +
+      exec), so a CPU measurement needs the process to itself: the benchmarks run each in a fresh one.
+    """
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return {"base_mb": base / 2**20, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = _status_kb("VmRSS")
+    step()
+    return {"base_mb": base / 1024, "peak_mb": _status_kb("VmHWM") / 1024}
+
+
 def build_case(
     family: str, preset: str, batch_size: int, attention: AttentionMethod | None = None, seed: int = 0, **overrides: Any
 ) -> tuple[DistillationTask, dict[str, Any], torch.optim.Optimizer]:
@@ -52,7 +83,8 @@ def build_case(
     ``attention`` defaults to ``AMAD()``; ``overrides`` are :func:`amad.models.build_model` overrides of
     the teacher (e.g. ``image_size``).
     """
-    from amad.models import build_model, derive_student, random_batch
+    from amad.bench._batches import random_batch
+    from amad.models import build_model, derive_student
 
     torch.manual_seed(seed)
     teacher = build_model(family, preset=preset, **overrides)

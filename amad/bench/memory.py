@@ -1,8 +1,9 @@
 """Memory benchmark: peak memory of a distillation step against a student-only step.
 
-On CPU each measurement runs in a fresh process (``python -m amad.bench.memory --child ...``) that resets
-its resident-set high-water mark (``/proc/self/clear_refs``) after building everything, runs one step
-(optimizer state already allocated) and reads ``VmHWM``; on CUDA ``torch.cuda.max_memory_allocated``.
+Each measurement is a warm-up step (optimizer state allocated), then one step under the benchmarks' memory
+probe :func:`amad.bench.common.step_memory` (CPU: the resident-set high-water mark, so each measurement
+runs in a fresh process, ``python -m amad.bench.memory --child ...``; CUDA: ``max_memory_allocated``, in
+this process).
 Also reports the bytes of teacher attention maps a step keeps.
 """
 
@@ -14,11 +15,11 @@ import sys
 
 import torch
 
-from amad.bench.common import autocast, build_case, cases, device_under_test, print_table, write_json
+from amad.bench.common import autocast, build_case, cases, device_under_test, print_table, step_memory, write_json
 
 
-def child(family: str, preset: str, batch_size: int, mode: str) -> dict[str, int]:
-    """One measurement, in its own process: resident set before and at the peak of one step (kB)."""
+def child(family: str, preset: str, batch_size: int, mode: str) -> dict[str, float]:
+    """One measurement, in its own process: resident set before and at the peak of one step (MB)."""
     import gc
 
     task, batch, opt = build_case(family, preset, batch_size)
@@ -38,19 +39,8 @@ def child(family: str, preset: str, batch_size: int, mode: str) -> dict[str, int
         maps = sum(m.numel() * m.element_size() for site in t.attentions.values() for m in site if m is not None)
         del t
     gc.collect()
-    # Linux keeps ru_maxrss across fork+exec (a child reports its parent's peak), so we read the
-    # process's own high-water mark VmHWM, reset to the current RSS by writing 5 to clear_refs: base =
-    # the resident set just before the step (models, batch, optimizer state), peak = the mark after it.
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    base = _status("VmRSS")
-    step()
-    return {"base_kb": base, "peak_kb": _status("VmHWM"), "teacher_map_bytes": maps}
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        return int(fh.read().split(key + ":")[1].split()[0])
+    # base = the resident set just before the step (models, batch, optimizer state), peak = its mark
+    return {**step_memory(step), "teacher_map_bytes": maps}
 
 
 def _child_mem(family: str, preset: str, bs: int, mode: str) -> dict:
@@ -68,16 +58,16 @@ def run_memory(out: str | None = None, quick: bool = False, models: list[tuple[s
         else:
             s = _child_mem(family, preset, bs, "student")
             d = _child_mem(family, preset, bs, "distill")
-            s_peak, d_peak = max(s["peak_kb"] - s["base_kb"], 0), max(d["peak_kb"] - d["base_kb"], 0)
+            s_peak, d_peak = max(s["peak_mb"] - s["base_mb"], 0), max(d["peak_mb"] - d["base_mb"], 0)
             rec = {
                 "model": f"{family}/{preset}",
                 "batch_size": bs,
                 "device": "cpu",
-                "student_peak_mb": s["peak_kb"] / 1024,
-                "distill_peak_mb": d["peak_kb"] / 1024,
-                "student_step_extra_mb": s_peak / 1024,
-                "distill_step_extra_mb": d_peak / 1024,
-                "peak_ratio": d["peak_kb"] / s["peak_kb"],
+                "student_peak_mb": s["peak_mb"],
+                "distill_peak_mb": d["peak_mb"],
+                "student_step_extra_mb": s_peak,
+                "distill_step_extra_mb": d_peak,
+                "peak_ratio": d["peak_mb"] / s["peak_mb"],
                 # the step's own allocations (activations, maps, grads) above the pre-step footprint
                 "step_extra_ratio": d_peak / s_peak if s_peak else None,
                 "teacher_maps_mb": d["teacher_map_bytes"] / 2**20,
@@ -109,35 +99,35 @@ def _cuda_memory(family: str, preset: str, bs: int) -> dict:
     task, batch, opt = build_case(family, preset, bs)  # one build serves both modes (same footprint)
     task.train()
     for mode in ("student", "distill"):
-        for _ in range(2):  # the second step is measured: optimizer state exists
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
+
+        def step(mode: str = mode, task=task, batch=batch, opt=opt) -> None:
             with autocast(device, "bf16"):
                 loss = task.student(batch, sites=()).loss if mode == "student" else task(batch)["loss"]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
-        peaks[mode] = torch.cuda.max_memory_allocated()
-        extra[mode] = peaks[mode] - base
+
+        step()  # warm-up: the measured step finds the optimizer state allocated
+        mem = step_memory(step)
+        peaks[mode] = mem["peak_mb"]
+        extra[mode] = mem["peak_mb"] - mem["base_mb"]
         if mode == "distill":
             with torch.no_grad(), autocast(device, "bf16"):
                 t = task.teacher_outputs(batch)
             maps = sum(m.numel() * m.element_size() for v in t.attentions.values() for m in v if m is not None)
             del t
-    del task, batch, opt, loss
+    del task, batch, opt, step  # the step's defaults hold the models too
     torch.cuda.empty_cache()
     return {
         "model": f"{family}/{preset}",
         "batch_size": bs,
         "device": "cuda",
         "precision": "bf16",
-        "student_peak_mb": peaks["student"] / 2**20,
-        "distill_peak_mb": peaks["distill"] / 2**20,
+        "student_peak_mb": peaks["student"],
+        "distill_peak_mb": peaks["distill"],
         "peak_ratio": peaks["distill"] / peaks["student"],
-        "student_step_extra_mb": extra["student"] / 2**20,
-        "distill_step_extra_mb": extra["distill"] / 2**20,
+        "student_step_extra_mb": extra["student"],
+        "distill_step_extra_mb": extra["distill"],
         "step_extra_ratio": extra["distill"] / extra["student"],
         "teacher_maps_mb": maps / 2**20,
     }

@@ -199,32 +199,16 @@ def _memory(jobs: list[tuple[str, str, int | None]]) -> list[dict]:
         return list(pool.map(child, jobs))
 
 
-def _status_kb(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        return int(fh.read().split(key + ":")[1].split()[0])
-
-
 def _measure_memory(name: str, path: str, chunk_size: int | None) -> dict:
-    """Build, one warm-up step, reset the high-water mark, one step: {base_mb, peak_mb}."""
+    """Build, one warm-up step, then one step under :func:`amad.bench.common.step_memory`: {base_mb, peak_mb}."""
+    from amad.bench.common import step_memory
+
     torch.set_num_threads(1)
     teacher, student, qmask = build_case(name)
     _step(path, teacher, student, qmask, chunk_size)  # warm-up: gradient buffers exist, allocator warm
     _zero(student)
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        _step(path, teacher, student, qmask, chunk_size)
-        torch.cuda.synchronize()
-        return {"base_mb": base / 2**20, "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
-    # VmHWM, reset to the current resident set by writing 5 to clear_refs (ru_maxrss would carry the
-    # parent's peak across fork + exec)
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    base = _status_kb("VmRSS")
-    _step(path, teacher, student, qmask, chunk_size)
-    return {"base_mb": base / 1024, "peak_mb": _status_kb("VmHWM") / 1024}
+    return step_memory(lambda: _step(path, teacher, student, qmask, chunk_size))
 
 
 def _quartiles(x: list[float]) -> list[float]:
@@ -339,9 +323,9 @@ _BUILT: dict[tuple[str, str], tuple] = {}
 def _model_case(family: str, preset: str, batch_size: int, reuse: bool = False):
     """(map-path task, qk task, batch, optimizer): one teacher, one half-head student, shared by both
     tasks. ``reuse``: the models of an earlier call for the same case (the quick run builds once)."""
+    from amad.bench._batches import random_batch
     from amad.bench.common import build_case, device_under_test, to_device
     from amad.distill import DistillationTask
-    from amad.models import random_batch
 
     if reuse and (family, preset) in _BUILT:
         task, qk_task, opt = _BUILT[family, preset]
@@ -464,7 +448,7 @@ def measure_model_memory(
     The full CPU run calls it in a fresh process per mode (``--model-child``); ``--quick`` and CUDA runs
     measure every mode of a case on one build, in this process (``reuse``: the quick run's one build).
     """
-    from amad.bench.common import autocast, device_under_test, precision_under_test
+    from amad.bench.common import autocast, device_under_test, precision_under_test, step_memory
 
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -479,19 +463,7 @@ def measure_model_memory(
         step()  # warm-up: optimizer state and gradient buffers exist before the measured step
         extra = _captured_mb(task, qk_task, batch, amp) if mode.startswith("distill") else {}
         gc.collect()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            torch.cuda.synchronize()
-            out[mode] = {"base_mb": base / 2**20, "peak_mb": torch.cuda.max_memory_allocated() / 2**20, **extra}
-            continue
-        with open("/proc/self/clear_refs", "w") as fh:  # VmHWM := the current resident set
-            fh.write("5")
-        base = _status_kb("VmRSS")
-        step()
-        out[mode] = {"base_mb": base / 1024, "peak_mb": _status_kb("VmHWM") / 1024, **extra}
+        out[mode] = {**step_memory(step), **extra}
     del task, qk_task, batch, opt, fns
     if device.type == "cuda":
         gc.collect()

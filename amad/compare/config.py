@@ -39,7 +39,7 @@ from amad.compare.schema import (
     close_key,
     family_override_keys,
 )
-from amad.config import deep_merge, load_config
+from amad.config import deep_merge, load_config, method_subclasses
 
 REQUIRED = ("name", "data", "teacher", "student", "train", "methods")
 #: ``train:`` keys that are :class:`~amad.lit.TaskModule` settings (the rest drive the Trainer)
@@ -193,10 +193,11 @@ def _parsed_method(key: str, where: str) -> dict[str, Any]:
     owned = sorted(set(entry) & _NOT_A_METHOD_OPTION)
     if owned:
         raise SchemaError(f"{where}: {owned} are set by the comparison (train:, student:, teacher:), not a method")
-    parser = _method_parser()
-    check_keys(entry, _parser_keys(parser), where)
-    _check_attention(entry.get("attention"), f"{where}.attention")
-    return dict(parser.instantiate(_namespace(parser, entry, where)).c)
+    with method_subclasses():  # `attention:` takes any AttentionMethod subclass (amad.config)
+        parser = _method_parser()
+        check_keys(entry, _parser_keys(parser), where)
+        _check_attention(entry.get("attention"), f"{where}.attention")
+        return dict(parser.instantiate(_namespace(parser, entry, where)).c)
 
 
 def _check_attention(spec: Any, where: str) -> None:
@@ -287,9 +288,10 @@ def method_settings(entry: dict[str, Any], where: str = "method") -> dict[str, A
     (``--print_config``); reading it back gives the same method."""
     import yaml
 
-    parser = _method_parser()
     method_kwargs(entry, where)  # checked (and the messages as at load)
-    dumped = yaml.safe_load(parser.dump(_namespace(parser, dict(entry or {}), where), skip_none=False))
+    with method_subclasses():
+        parser = _method_parser()
+        dumped = yaml.safe_load(parser.dump(_namespace(parser, dict(entry or {}), where), skip_none=False))
     return dumped["c"]
 
 

@@ -272,8 +272,9 @@ def _fit(name: str, module: Any, dm: Any, steps: int, precision: str, log) -> di
 def attribute_stage(model: Any, st: dict[str, Any], dm: Any, precision: str, seed: int, log) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
-    from amad.data.scene_data import AttributeCollator, SceneAttributeDataset
+    from amad.data.collate import AttributeCollator
     from amad.lit.attributes import SceneAttributeModule
+    from amad.scenes.datasets import SceneAttributeDataset
 
     L.seed_everything(seed, workers=True, verbose=False)
     steps, bs = int(st["max_steps"]), int(st.get("batch_size", 64))

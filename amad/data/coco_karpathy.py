@@ -15,6 +15,7 @@ from typing import Any
 from amad.data.base import FileImagesDataModule
 from amad.data.dataset import Example
 from amad.data.formats import KARPATHY_HELP, load_karpathy
+from amad.metrics import CaptionMetrics
 
 
 class COCOKarpathyDataModule(FileImagesDataModule):
@@ -71,6 +72,4 @@ class COCOKarpathyDataModule(FileImagesDataModule):
         return [Example(r["image_id"], self._path(r), "", r["captions"][0], tuple(r["captions"])) for r in recs]
 
     def make_metric(self):
-        from amad.metrics import CaptionMetrics
-
         return CaptionMetrics()

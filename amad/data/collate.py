@@ -9,12 +9,15 @@ Each dataset item is a dict ``{"image": uint8 (3, H, W), "id", "source": str, "t
   word tokenizer); ``attention_mask`` long (B, S), 1 on real tokens;
 * ``labels`` long (B, T): ``target [EOS]`` right-padded with -100;
 * ``ids``, ``references`` (list[list[str]]), ``source_text`` (the raw source, without prefix);
-* ``attributes`` (list of dicts of :class:`~amad.data.shape_attributes.ShapeAttributes`) when the
+* ``attributes`` (list of dicts of :class:`~amad.scenes.attributes.ShapeAttributes`) when the
   items carry them (the synthetic caption and translation tasks, generated scenes).
 
 Tokenizers without ``[CLS]`` (T5) get no start token; without ``[SEP]`` the source ends with the EOS
 token (``</s>`` for T5). Targets end with EOS, or ``[SEP]`` when the tokenizer has no EOS (BERT, as
 BLIP uses it). Over-long texts are cut so that the special tokens stay.
+
+:class:`AttributeCollator` batches (image, attribute labels) pairs of generated scenes for the vision
+stage of a teacher's pre-training.
 """
 
 from __future__ import annotations
@@ -141,3 +144,24 @@ class VisionTextCollator:
             # plain dicts: Lightning's batch transfer cannot rebuild frozen dataclasses
             batch["attributes"] = [_as_dict(it.get("attributes")) for it in items]
         return batch
+
+
+class AttributeCollator:
+    """Batches of :class:`~amad.scenes.datasets.SceneAttributeDataset`: ``{"pixel_values" (B, 3, S, S),
+    "labels" (B, 5)}``.
+
+    Args:
+        image_size: side of ``pixel_values`` (the teacher's input); None keeps 64.
+        normalize: (mean, std), as the task's DataModule normalises.
+    """
+
+    def __init__(self, image_size: int | None = None, normalize: Any = (0.5, 0.5)) -> None:
+        self.image_size = image_size
+        self.mean, self.std = normalize
+
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        images = torch.stack([im for im, _ in items])
+        return {
+            "pixel_values": prepare_images(images, self.image_size, self.mean, self.std),
+            "labels": torch.stack([lab for _, lab in items]),
+        }

@@ -22,7 +22,7 @@ class Example:
         target: the training target (answer, caption, translation).
         references: what predictions are scored against.
         meta: anything a dataset transform needs (e.g. shape attributes for augmentation).
-        attributes: the image's :class:`~amad.data.shape_attributes.ShapeAttributes` in the synthetic
+        attributes: the image's :class:`~amad.scenes.attributes.ShapeAttributes` in the synthetic
             tasks (what the shape-and-colour metric scores against), else None.
     """
 

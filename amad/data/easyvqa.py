@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from amad.data import easyvqa_source as src
 from amad.data.dataset import Example, VisionTextDataset
 from amad.data.embedded import EmbeddedDataModule
 from amad.data.images import TensorImages
+from amad.metrics import EasyVQAAccuracy
+from amad.scenes import easyvqa_source as src
 
 
 def random_flip_rot90(image: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
@@ -79,8 +80,6 @@ class EasyVQADataModule(EmbeddedDataModule):
         return VisionTextDataset(examples, TensorImages(images), transform)
 
     def make_metric(self):
-        from amad.metrics import EasyVQAAccuracy
-
         return EasyVQAAccuracy()
 
     @property

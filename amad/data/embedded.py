@@ -4,7 +4,7 @@ optional training on freshly generated scenes.
 Every embedded task shows the package's images: ``train`` / ``val`` divide the package's 4,000 train
 images by image (``val_fraction`` of them, seeded by ``split_seed``), ``test`` is its 1,000 test images.
 With ``train_scenes=N`` the training split is instead N examples on generated scenes
-(:class:`~amad.data.scene_data.GeneratedTaskDataset`): how a teacher is pre-trained; students never
+(:class:`~amad.scenes.datasets.GeneratedTaskDataset`): how a teacher is pre-trained; students never
 set it. Validation and test stay the package's images.
 """
 
@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from amad.data.base import STAGE_SPLITS, VisionTextDataModule
-from amad.data.easyvqa_source import load_images
+from amad.scenes.easyvqa_source import load_images
 
 
 def split_train_images(num_images: int, val_fraction: float, split_seed: int) -> tuple[list[int], list[int]]:
@@ -68,7 +68,7 @@ class EmbeddedDataModule(VisionTextDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_scenes and "train" not in self.datasets and "train" in STAGE_SPLITS.get(stage or "", ("train",)):
-            from amad.data.scene_data import GeneratedTaskDataset
+            from amad.scenes.datasets import GeneratedTaskDataset
 
             self.datasets["train"] = GeneratedTaskDataset(
                 self.task, self.train_scenes, self.scene_seed, self.scene_pool

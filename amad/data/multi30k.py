@@ -14,6 +14,7 @@ from typing import Any
 from amad.data.base import FileImagesDataModule
 from amad.data.dataset import Example
 from amad.data.formats import MULTI30K_HELP, load_multi30k
+from amad.metrics import TranslationBLEU
 
 
 class Multi30KDataModule(FileImagesDataModule):
@@ -67,6 +68,4 @@ class Multi30KDataModule(FileImagesDataModule):
         ]
 
     def make_metric(self):
-        from amad.metrics import TranslationBLEU
-
         return TranslationBLEU(lowercase=self.lowercase_bleu)

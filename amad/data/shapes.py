@@ -2,8 +2,8 @@
 
 **Synthetic.** Nothing offline ships COCO or Multi30K, so these two tasks stand in for them. The
 shape, colour, size and position of each image are read from its pixels
-(:mod:`amad.data.shape_attributes`, checked against every easy-VQA answer) and written out by
-:mod:`amad.data.shapes_text` templates.
+(:mod:`amad.scenes.attributes`, checked against every easy-VQA answer) and written out by
+:mod:`amad.scenes.captions` templates.
 
 Splits are the easy-VQA image splits (train/val carved from the package's train images by
 :func:`~amad.data.embedded.split_train_images`, same ``split_seed`` → same images as
@@ -29,13 +29,14 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from amad.data import easyvqa_source as src
 from amad.data.dataset import Example, VisionTextDataset
 from amad.data.easyvqa import random_flip_rot90
 from amad.data.embedded import EmbeddedDataModule
 from amad.data.images import TensorImages
-from amad.data.shape_attributes import ShapeAttributes, read_all
-from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, render
+from amad.metrics import ShapesCaptionMetrics, ShapesTranslationBLEU
+from amad.scenes import easyvqa_source as src
+from amad.scenes.attributes import ShapeAttributes, read_all
+from amad.scenes.captions import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, render
 
 
 @functools.cache
@@ -125,8 +126,6 @@ class ShapesCaptionDataModule(_ShapesDataModule):
         return [_caption_example(i, attrs[i], CAPTION_TEMPLATES[0], i) for i in ids]
 
     def make_metric(self):
-        from amad.metrics import ShapesCaptionMetrics
-
         return ShapesCaptionMetrics()
 
 
@@ -171,7 +170,5 @@ class ShapesTranslationDataModule(_ShapesDataModule):
         return [_translation_example(i, attrs[i], t, i * 10 + t) for i, t in pairs]
 
     def make_metric(self):
-        from amad.metrics import ShapesTranslationBLEU
-
         # The word tokenizer lower-cases, so generated German is lower-case: score case-insensitively.
         return ShapesTranslationBLEU(lowercase=self.tokenizer_path is None)

@@ -27,6 +27,7 @@ from amad.data.formats import (
     most_common_answer,
     vqav2_paths,
 )
+from amad.metrics import VQAAccuracy
 
 
 class VQAv2DataModule(FileImagesDataModule):
@@ -109,6 +110,4 @@ class VQAv2DataModule(FileImagesDataModule):
         return out
 
     def make_metric(self):
-        from amad.metrics import VQAAccuracy
-
         return VQAAccuracy()

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amad.data.scene_data import ATTRIBUTE_CLASSES
 from amad.lit.base import lr_schedule
+from amad.scenes.datasets import ATTRIBUTE_CLASSES
 
 
 class SceneAttributeModule(L.LightningModule):
     """Train ``model.encode_image`` to read scene attributes (batches of
-    :class:`~amad.data.scene_data.AttributeCollator`: ``pixel_values``, ``labels`` (B, 5)).
+    :class:`~amad.data.collate.AttributeCollator`: ``pixel_values``, ``labels`` (B, 5)).
 
     Args:
         model: a model adapter (its image encoder is trained; its other parameters get no gradient).

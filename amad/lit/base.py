@@ -295,7 +295,7 @@ def resolve_model(spec: dict[str, Any] | str | nn.Module | None, vocab_size: int
 
     Raises:
         ValueError: a ``compare:`` reference: the ``amad`` command resolves those before building
-            anything (see :func:`amad.compare.resolve_teacher_reference`), never a constructor.
+            anything (see :func:`amad.compare.teacher.resolve_teacher_reference`), never a constructor.
     """
     from amad.models import build_model, load_model
 
@@ -304,7 +304,7 @@ def resolve_model(spec: dict[str, Any] | str | nn.Module | None, vocab_size: int
     if isinstance(spec, str) and spec.startswith(COMPARE_PREFIX):
         raise ValueError(
             f"{spec!r} names a comparison's teacher: the amad command resolves such references to a path before "
-            "anything is built; from Python, call amad.compare.resolve_teacher_reference(spec) first"
+            "anything is built; from Python, call amad.compare.teacher.resolve_teacher_reference(spec) first"
         )
     if isinstance(spec, str):
         return load_model(spec)

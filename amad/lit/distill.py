@@ -4,11 +4,14 @@ The task (a plain ``nn.Module``: frozen teacher, student, attention distiller) c
 this system adds what Lightning does: the optimizer and schedule (:class:`~amad.lit.TaskModule`),
 logging, evaluation metrics, checkpoints that hold the student only, and the guard against non-finite
 losses.
+
+Lightning (>= 2.5.5) warns "Found N module(s) in eval mode" at every fit: the frozen teacher is in eval
+mode by design. The ``amad`` command silences that warning while it runs (:data:`amad.cli.QUIET_WARNINGS`);
+importing this module changes no warning filter.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 import torch
@@ -19,10 +22,6 @@ from amad.distill.attention import LayerMapSpec
 from amad.lit.base import TaskModule, resolve_model
 from amad.losses.methods import AMAD, AttentionMethod
 
-# Lightning >= 2.5.5 warns "Found N module(s) in eval mode" at every fit: the frozen teacher is in
-# eval mode by design. Only that warning is silenced.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
 
 class DistillationModule(TaskModule):
     """Distil a frozen teacher into a trainable student (docs/method.md §4).
@@ -31,7 +30,7 @@ class DistillationModule(TaskModule):
         teacher: the fine-tuned teacher: a path (``save_pretrained`` dir or amad ``.ckpt``) or an adapter
             / :class:`~amad.distill.FrozenTeacher` instance. In YAML, ``compare:<comparison yaml>`` names
             the teacher of a comparison; the ``amad`` command resolves it to a path before anything is
-            built (:func:`amad.compare.resolve_teacher_reference`).
+            built (:func:`amad.compare.teacher.resolve_teacher_reference`).
         student: a dict of :func:`amad.models.derive_student` arguments (``num_heads``, ``num_layers``,
             ``hidden_size``, ``intermediate_size``, ``init``: ``teacher``|``random``), a path to a model,
             or an adapter instance. ``None`` copies the teacher's architecture.

@@ -263,9 +263,21 @@ METHODS: dict[str, type[AttentionMethod]] = {
 #: Names accepted by :func:`attention_method` and :func:`build_attention_criterion`.
 ATTENTION_METHODS: tuple[str, ...] = tuple(METHODS)
 
-# A checkpoint's hyperparameters hold the method object; Lightning loads checkpoints with
-# weights_only=True, which unpickles only allow-listed classes. These are plain frozen dataclasses.
-torch.serialization.add_safe_globals(list(METHODS.values()))
+
+def checkpoint_safe_globals() -> torch.serialization.safe_globals:
+    """A context in which ``torch.load(..., weights_only=True)`` accepts the method classes.
+
+    A :class:`~amad.lit.DistillationModule` checkpoint's hyperparameters hold the method object, and
+    Lightning resumes (``trainer.fit(..., ckpt_path=...)``, ``amad validate --ckpt_path``) with
+    ``weights_only=True``, which unpickles only allow-listed classes. The methods are plain frozen
+    dataclasses, so allowing them is safe; it is done for the load only, never at import (torch's
+    list is process-wide). The ``amad`` command enters this context around every Lightning run; a
+    library user resuming a checkpoint enters it around ``trainer.fit``::
+
+        with checkpoint_safe_globals():
+            trainer.fit(module, datamodule=dm, ckpt_path="last.ckpt")
+    """
+    return torch.serialization.safe_globals(list(METHODS.values()))
 
 
 def method_class(name: str) -> type[AttentionMethod]:

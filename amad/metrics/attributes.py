@@ -5,7 +5,7 @@ prediction names a **shape** with any of the words
 
 * English: circle, rectangle, triangle (also plural);
 * German: Kreis, Rechteck, Dreieck and their inflected forms (Kreise, Kreises, Kreisen, Rechtecke,
-  Rechtecks, Rechteckes, Rechtecken, likewise Dreieck) — the nouns :mod:`amad.data.shapes_text` uses;
+  Rechtecks, Rechteckes, Rechtecken, likewise Dreieck) — the nouns :mod:`amad.scenes.captions` uses;
 
 and a **colour** with any of the words
 
@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes
-from amad.data.shapes_text import COLOUR_DE, NOUN_DE, render
 from amad.metrics.records import RecordMetric, _plain_id, encode_records
+from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes
+from amad.scenes.captions import COLOUR_DE, NOUN_DE, render
 
 _GERMAN_NOUN_ENDINGS = ("", "e", "s", "es", "en")
 _GERMAN_ADJ_ENDINGS = ("", "e", "er", "es", "en", "em")
@@ -60,7 +60,7 @@ def named_values(text: str) -> tuple[set[str], set[str]]:
     """The shapes and colours a text names.
 
     Returns:
-        (shapes, colours): sets of keys of :data:`~amad.data.shape_attributes.SHAPES` / ``PALETTE``.
+        (shapes, colours): sets of keys of :data:`~amad.scenes.attributes.SHAPES` / ``PALETTE``.
     """
     words = _WORD.findall(text.lower())
     return {SHAPE_WORDS[w] for w in words if w in SHAPE_WORDS}, {COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS}
@@ -111,7 +111,7 @@ class AttributeAccuracy(RecordMetric):
 
         Args:
             preds: (B) generated captions or translations.
-            attributes: (B) the images' :class:`~amad.data.shape_attributes.ShapeAttributes` (or
+            attributes: (B) the images' :class:`~amad.scenes.attributes.ShapeAttributes` (or
                 mappings with ``shape`` and ``colour``).
             ids: (B) example ids (``batch["ids"]``); a repeated id counts once.
         """

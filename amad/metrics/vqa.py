@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from amad.metrics.records import RecordMetric
+from amad.scenes.text import QUESTION_KINDS, question_kind
 
 CONTRACTIONS = {
     "aint": "ain't",
@@ -232,7 +233,7 @@ class VQAAccuracy(RecordMetric):
 
 class EasyVQAAccuracy(VQAAccuracy):
     """:class:`VQAAccuracy` plus its breakdown by the kind of easy-VQA question (from ``source_text``):
-    ``vqa_acc`` and ``vqa_acc_<kind>`` for the kinds of :data:`~amad.data.scene_text.QUESTION_KINDS`
+    ``vqa_acc`` and ``vqa_acc_<kind>`` for the kinds of :data:`~amad.scenes.text.QUESTION_KINDS`
     (answer is a shape, a colour; yes/no about a shape, a colour). A model that reads colour but not
     shape scores well overall and at chance on ``vqa_acc_shape``: the breakdown shows it.
     """
@@ -240,16 +241,12 @@ class EasyVQAAccuracy(VQAAccuracy):
     extra_keys = ("source_text",)
 
     def _record(self, prediction: str, references: Sequence[str], source_text: str | None = None, **extras) -> dict:
-        from amad.data.scene_text import question_kind
-
         rec = super()._record(prediction, references)
         if source_text is not None:
             rec["k"] = question_kind(source_text)
         return rec
 
     def _score(self, records: list[dict]) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        from amad.data.scene_text import QUESTION_KINDS
-
         out = {"vqa_acc": super()._score(records)}
         for kind in QUESTION_KINDS:
             mine = [r for r in records if r.get("k") == kind]

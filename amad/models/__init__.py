@@ -1,15 +1,13 @@
 """Model adapters: every family exposes its attention maps through one contract (docs/architecture.md).
 
->>> from amad.models import build_model, derive_student, random_batch
+>>> from amad.models import build_model, derive_student
 >>> teacher = build_model("blip-vqa", "tiny")
 >>> student = derive_student(teacher, num_heads=2, num_layers=1, hidden_size=32)
->>> out = student(random_batch("blip-vqa", 4, model=student), sites=("decoder.cross",))
->>> out.attentions["decoder.cross"][0].shape[:2]
-torch.Size([4, 2])
+>>> out = student(batch, sites=("decoder.cross",))  # a batch of a DataModule (docs/architecture.md)
+>>> out.attentions["decoder.cross"][0].shape[:2]  # (B, student heads)
 """
 
 from amad.models.adapter import AttentionAdapter, decoder_inputs, task_loss
-from amad.models.batch import random_batch
 from amad.models.blip import BlipCaptionAdapter, BlipVQAAdapter
 from amad.models.blip_patch import apply_blip_cross_attention_fix, remove_blip_cross_attention_fix
 from amad.models.build import FAMILIES, adapter_class, build_model, model_config
@@ -42,7 +40,6 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "model_config",
-    "random_batch",
     "remove_blip_cross_attention_fix",
     "resolve_layer_map",
     "save_pretrained",

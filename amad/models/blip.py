@@ -11,7 +11,8 @@
 Maps are read at the input of each attention's dropout module (post-softmax, pre-dropout). With
 ``attention_source="qk"`` the attention modules run SDPA instead and hand their queries and keys over
 (:mod:`amad.models.fast_attention`). Both patches of :mod:`amad.models.blip_patch` (the cross-attention
-mask fix, the switchable fast attention) are applied when an adapter is built.
+mask fix, the switchable fast attention) are applied to the adapter's model when the adapter is built:
+to that model's attention modules, never to transformers' classes.
 
 Sites, query and key masks (method.md §6):
 
@@ -53,8 +54,9 @@ class _BlipAdapter(AttentionAdapter):
     unpadded_sites = ("vision.self",)  # every image has the same patches
 
     def __init__(self, model, tokenizer: Any = None) -> None:
-        apply_blip_cross_attention_fix()
-        apply_blip_fast_attention()
+        # this model's attention modules only (amad.models.blip_patch): transformers' classes are untouched
+        apply_blip_cross_attention_fix(model)
+        apply_blip_fast_attention(model)
         super().__init__(model, tokenizer)
 
     @classmethod

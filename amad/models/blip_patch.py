@@ -1,4 +1,13 @@
-"""BLIP patches for transformers 5.24 (explicit, idempotent): the cross-attention mask fix, and fast attention.
+"""BLIP patches for transformers 5.24 (explicit, idempotent, per model): the cross-attention mask fix, and
+fast attention.
+
+**Scope.** Each patch changes the attention modules **of one model**, never transformers' classes: it
+gives each ``BlipTextAttention`` / ``BlipAttention`` / ``BlipTextSelfAttention`` instance of that model
+amad's subclass (same parameters and buffers, ``isinstance`` still holds, ``state_dict`` unchanged;
+``deepcopy`` and pickling keep it). A BLIP model the user builds without an amad adapter behaves as
+transformers wrote it; importing this module changes nothing. The BLIP adapters apply both patches to
+their model when they are built (:class:`amad.models.blip._BlipAdapter`), so every BLIP model amad runs
+has the fix.
 
 **1. The cross-attention mask fix.**
 
@@ -19,14 +28,13 @@ question→image cross-attention is unaffected (images have no padding).
 The fix replaces ``BlipTextAttention.forward`` with a version that routes the mask to
 ``encoder_attention_mask`` when ``encoder_hidden_states`` is given — nothing else changes (same
 outputs when there is no padding). :func:`apply_blip_cross_attention_fix` is called by the BLIP
-adapters' constructors; it is a class-level patch (so it affects every BLIP text model of the
-process, which is the point: the unpatched behaviour is a bug). :func:`remove_blip_cross_attention_fix`
-restores the original (tests use it to show the bug).
+adapters' constructors on their model. :func:`remove_blip_cross_attention_fix` restores a model's
+original (buggy) modules (tests use it to show the bug).
 
 **2. Fast attention** (``attention_source: qk``, :mod:`amad.models.fast_attention`). BLIP's attention is
 hand-written eager code (``BlipAttention`` for the ViT, with a fused qkv ``Linear``; ``BlipTextSelfAttention``
 for the text encoder and decoder, self and cross), so it cannot be switched through transformers'
-``AttentionInterface``. :func:`apply_blip_fast_attention` replaces both ``forward`` methods with versions
+``AttentionInterface``. :func:`apply_blip_fast_attention` gives the model's modules both ``forward`` methods in versions
 that run the **original** eager code unless the module carries the ``_amad_fast`` flag (set only inside a
 ``qk`` capture); with it, they compute the same projections, call SDPA with the same scale, mask (the
 model's additive mask: cross-attention takes ``encoder_attention_mask``, as the original) and dropout
@@ -34,7 +42,7 @@ probability (``dropout.p`` in training, 0 in eval), hand q, k, the scale and the
 sink, and return no attention weights (every caller in BLIP discards them). The KV-cache handling of
 ``BlipTextSelfAttention`` is kept line for line, so generation works on either path. The map path (the
 dropout-module hooks of the capture) is untouched: without the flag the eager code runs as before.
-:func:`remove_blip_fast_attention` restores the originals.
+:func:`remove_blip_fast_attention` restores a model's originals.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from __future__ import annotations
 import inspect
 import math
 
+from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.blip import modeling_blip as _mb
 from transformers.models.blip import modeling_blip_text as _mbt
@@ -51,7 +60,6 @@ from amad.models.capture import FAST_ATTR
 from amad.models.fast_attention import hand_off, sdpa_attention
 
 _ORIGINAL_FORWARD = _mbt.BlipTextAttention.forward
-_PATCH_FLAG = "_amad_cross_attention_mask_fix"
 
 
 @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -69,45 +77,63 @@ def _fixed_forward(self, hidden_states, attention_mask=None, encoder_hidden_stat
     return attention_output, attention_probs
 
 
-setattr(_fixed_forward, _PATCH_FLAG, True)
+class _FixedBlipTextAttention(_mbt.BlipTextAttention):
+    """``BlipTextAttention`` whose cross-attention is masked (see the module doc)."""
+
+    forward = _fixed_forward
 
 
-def blip_cross_attention_fix_applied() -> bool:
-    """True when ``BlipTextAttention.forward`` is the fixed version."""
-    return getattr(_mbt.BlipTextAttention.forward, _PATCH_FLAG, False)
+def _check_cross_attention_fix_target() -> None:
+    if "encoder_attention_mask" not in inspect.signature(_mbt.BlipTextSelfAttention.forward).parameters:
+        raise RuntimeError(
+            "BlipTextSelfAttention.forward has no encoder_attention_mask argument in this "
+            "transformers version; amad's BLIP cross-attention fix targets 5.24"
+        )
 
 
-def apply_blip_cross_attention_fix() -> bool:
-    """Patch ``BlipTextAttention.forward`` (idempotent).
+def _swap(model: nn.Module, swaps: dict[type, type]) -> int:
+    """Give each module of ``model`` whose exact class is a key of ``swaps`` the class it maps to."""
+    n = 0
+    for module in model.modules():
+        new = swaps.get(type(module))
+        if new is not None:
+            module.__class__ = new
+            n += 1
+    return n
+
+
+def _all_are(model: nn.Module, base: type, patched: type) -> bool:
+    found = [m for m in model.modules() if isinstance(m, base)]
+    return bool(found) and all(isinstance(m, patched) for m in found)
+
+
+def blip_cross_attention_fix_applied(model: nn.Module) -> bool:
+    """True when every ``BlipTextAttention`` of ``model`` is the fixed version (False: none in it)."""
+    return _all_are(model, _mbt.BlipTextAttention, _FixedBlipTextAttention)
+
+
+def apply_blip_cross_attention_fix(model: nn.Module) -> int:
+    """Fix the cross-attention mask of ``model``'s ``BlipTextAttention`` modules, in place (idempotent).
 
     Returns:
-        True if this call applied the patch, False if it was already applied.
+        How many modules this call patched (0: already applied, or no BLIP text model in ``model``).
 
     Raises:
         RuntimeError: the installed ``BlipTextSelfAttention.forward`` has no ``encoder_attention_mask``
             argument (a transformers version this fix was not written for).
     """
-    if blip_cross_attention_fix_applied():
-        return False
-    params = inspect.signature(_mbt.BlipTextSelfAttention.forward).parameters
-    if "encoder_attention_mask" not in params:
-        raise RuntimeError(
-            "BlipTextSelfAttention.forward has no encoder_attention_mask argument in this "
-            "transformers version; amad's BLIP cross-attention fix targets 5.24"
-        )
-    _mbt.BlipTextAttention.forward = _fixed_forward
-    return True
+    _check_cross_attention_fix_target()
+    return _swap(model, {_mbt.BlipTextAttention: _FixedBlipTextAttention})
 
 
-def remove_blip_cross_attention_fix() -> None:
-    """Restore the original (buggy) ``BlipTextAttention.forward`` (for tests and comparisons)."""
-    _mbt.BlipTextAttention.forward = _ORIGINAL_FORWARD
+def remove_blip_cross_attention_fix(model: nn.Module) -> int:
+    """Restore ``model``'s original (buggy) ``BlipTextAttention`` modules (for tests and comparisons)."""
+    return _swap(model, {_FixedBlipTextAttention: _mbt.BlipTextAttention})
 
 
 # ------------------------------------------------------------------------------------ fast attention
 _ORIGINAL_VISION_FORWARD = _mb.BlipAttention.forward
 _ORIGINAL_TEXT_SELF_FORWARD = _mbt.BlipTextSelfAttention.forward
-_FAST_FLAG = "_amad_fast_attention_patch"
 
 
 def _vision_forward(self, hidden_states, **kwargs):
@@ -188,40 +214,45 @@ def _text_self_forward(
     return context, None
 
 
-setattr(_vision_forward, _FAST_FLAG, True)
-setattr(_text_self_forward, _FAST_FLAG, True)
+class _SwitchableBlipAttention(_mb.BlipAttention):
+    """``BlipAttention`` (ViT) that runs SDPA when flagged fast (see the module doc)."""
+
+    forward = _vision_forward
 
 
-def blip_fast_attention_applied() -> bool:
-    """True when both BLIP attention forwards are amad's switchable versions."""
-    return all(getattr(f, _FAST_FLAG, False) for f in (_mb.BlipAttention.forward, _mbt.BlipTextSelfAttention.forward))
+class _SwitchableBlipTextSelfAttention(_mbt.BlipTextSelfAttention):
+    """``BlipTextSelfAttention`` that runs SDPA when flagged fast (see the module doc)."""
+
+    forward = _text_self_forward
 
 
-def apply_blip_fast_attention() -> bool:
-    """Patch ``BlipAttention.forward`` and ``BlipTextSelfAttention.forward`` (idempotent; see the module doc).
+_FAST = {_mb.BlipAttention: _SwitchableBlipAttention, _mbt.BlipTextSelfAttention: _SwitchableBlipTextSelfAttention}
+
+
+def blip_fast_attention_applied(model: nn.Module) -> bool:
+    """True when every BLIP attention module of ``model`` is amad's switchable version."""
+    return all(_all_are(model, base, patched) for base, patched in _FAST.items())
+
+
+def apply_blip_fast_attention(model: nn.Module) -> int:
+    """Make ``model``'s ``BlipAttention`` and ``BlipTextSelfAttention`` switchable, in place (idempotent).
 
     Returns:
-        True if this call applied the patch, False if it was already applied.
+        How many modules this call patched (0: already applied, or no BLIP attention in ``model``).
 
     Raises:
         RuntimeError: the installed classes lack what the patch reads (a transformers version it was not
             written for).
     """
-    if blip_fast_attention_applied():
-        return False
-    vis = _mb.BlipAttention
     params = inspect.signature(_ORIGINAL_TEXT_SELF_FORWARD).parameters
-    if not all(hasattr(vis, a) for a in ("_shape", "forward")) or "encoder_attention_mask" not in params:
+    if not all(hasattr(_mb.BlipAttention, a) for a in ("_shape", "forward")) or "encoder_attention_mask" not in params:
         raise RuntimeError(
             "BlipAttention / BlipTextSelfAttention do not look like transformers 5.24's; amad's BLIP fast "
             "attention patch targets 5.24"
         )
-    _mb.BlipAttention.forward = _vision_forward
-    _mbt.BlipTextSelfAttention.forward = _text_self_forward
-    return True
+    return _swap(model, _FAST)
 
 
-def remove_blip_fast_attention() -> None:
-    """Restore the original ``BlipAttention.forward`` and ``BlipTextSelfAttention.forward``."""
-    _mb.BlipAttention.forward = _ORIGINAL_VISION_FORWARD
-    _mbt.BlipTextSelfAttention.forward = _ORIGINAL_TEXT_SELF_FORWARD
+def remove_blip_fast_attention(model: nn.Module) -> int:
+    """Restore ``model``'s original ``BlipAttention`` and ``BlipTextSelfAttention`` modules."""
+    return _swap(model, {patched: base for base, patched in _FAST.items()})

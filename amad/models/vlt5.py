@@ -11,7 +11,8 @@ As there, features are projected to ``d_model`` (Linear + norm) and summed with 
 * T5's relative position bias covers the whole joint sequence (VL-T5 zeroes it between visual tokens).
 
 Attention: T5 defaults to sdpa, which returns **no** maps. The adapter runs T5 with ``amad_eager``,
-registered here in transformers' ``AttentionInterface``: T5's eager attention, plus a hand-off of the
+registered in transformers' ``AttentionInterface`` by :func:`register_attention_functions` when an adapter
+is built (never at import): T5's eager attention, plus a hand-off of the
 post-softmax, **pre-dropout** probabilities to a sink set by :class:`amad.models.capture.Capture`
 (T5's eager path applies attention dropout before returning its weights).
 
@@ -127,11 +128,20 @@ def amad_eager_attention(
     return out, probs
 
 
-AttentionInterface.register(ATTN_IMPLEMENTATION, amad_eager_attention)
-AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
-# the same additive masks for the SDPA path: both sources see one mask, and SDPA takes it as is
-AttentionInterface.register(SDPA_IMPLEMENTATION, amad_sdpa_attention)
-AttentionMaskInterface.register(SDPA_IMPLEMENTATION, eager_mask)
+def register_attention_functions() -> None:
+    """Register ``amad_eager`` and ``amad_sdpa`` (and their masks) in transformers' attention interfaces.
+
+    transformers looks a model's attention function up by name in a process-wide registry at every
+    forward (``ALL_ATTENTION_FUNCTIONS``), so the registration outlives the adapter; it only **adds**
+    these two names (no existing one changes, so no other model behaves differently). Idempotent. Called
+    by :class:`VLT5Adapter` whenever it builds, loads or wraps a model; importing this module registers
+    nothing.
+    """
+    AttentionInterface.register(ATTN_IMPLEMENTATION, amad_eager_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+    # the same additive masks for the SDPA path: both sources see one mask, and SDPA takes it as is
+    AttentionInterface.register(SDPA_IMPLEMENTATION, amad_sdpa_attention)
+    AttentionMaskInterface.register(SDPA_IMPLEMENTATION, eager_mask)
 
 
 class VisualEmbedding(nn.Module):
@@ -227,6 +237,7 @@ class VLT5Adapter(AttentionAdapter):
         num_channels: int = 3,
     ) -> None:
         super().__init__(model, tokenizer)
+        register_attention_functions()  # the model's forward looks ``amad_eager`` up by name
         if model.config._attn_implementation != ATTN_IMPLEMENTATION:
             model.set_attn_implementation(ATTN_IMPLEMENTATION)
         self.visual = VisualEmbedding(
@@ -243,11 +254,13 @@ class VLT5Adapter(AttentionAdapter):
 
     @classmethod
     def from_config(cls, config: T5Config, tokenizer: Any = None, **visual: Any) -> VLT5Adapter:
+        register_attention_functions()
         model = T5ForConditionalGeneration._from_config(config, attn_implementation=ATTN_IMPLEMENTATION)
         return cls(model, tokenizer, **visual)
 
     @classmethod
     def load_hf(cls, path: str, **kwargs: Any):
+        register_attention_functions()
         return T5ForConditionalGeneration.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
 
     def extra_config(self) -> dict[str, Any]:

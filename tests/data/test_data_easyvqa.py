@@ -7,10 +7,10 @@ import torch
 from data_helpers import assert_batch_contract
 
 from amad.data import EasyVQADataModule
-from amad.data import easyvqa_source as src
 from amad.data.easyvqa import random_flip_rot90
 from amad.data.embedded import split_train_images
 from amad.metrics import VQAAccuracy
+from amad.scenes import easyvqa_source as src
 
 
 @pytest.fixture(scope="module")

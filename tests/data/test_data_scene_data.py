@@ -8,17 +8,17 @@ import pytest
 import torch
 
 from amad.data import EasyVQADataModule, ShapesCaptionDataModule, ShapesTranslationDataModule
-from amad.data import easyvqa_source as src
-from amad.data.scene_data import (
+from amad.data.collate import AttributeCollator
+from amad.scenes import easyvqa_source as src
+from amad.scenes.attributes import read_attributes
+from amad.scenes.datasets import (
     ATTRIBUTE_CLASSES,
-    AttributeCollator,
     GeneratedTaskDataset,
     SceneAttributeDataset,
     ScenePool,
     attribute_labels,
 )
-from amad.data.scene_text import question_kind
-from amad.data.shape_attributes import read_attributes
+from amad.scenes.text import question_kind
 
 
 def _named(a) -> tuple:
@@ -32,7 +32,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_pool_is_drawn_once_then_read_from_disk_identically(tmp_path):
-    from amad.data import scene_data
+    from amad.scenes import datasets as scene_data
 
     first = ScenePool(seed=3, size=64)
     assert (tmp_path / "scenes" / "seed3-64.npz").is_file()

@@ -3,17 +3,17 @@
 import re
 from collections import Counter
 
-from amad.data import easyvqa_source as src
-from amad.data.scene_text import (
+from amad.data.shapes import image_attributes
+from amad.scenes import easyvqa_source as src
+from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes
+from amad.scenes.captions import captions, render
+from amad.scenes.text import (
     ANSWERS,
     QUESTION_TEMPLATES,
     scene_captions,
     scene_translations,
     vqa_pairs,
 )
-from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes
-from amad.data.shapes import image_attributes
-from amad.data.shapes_text import captions, render
 
 _COLOURS = "|".join(PALETTE)
 _SHAPES = "|".join(SHAPES)
@@ -74,8 +74,8 @@ def test_captions_and_translations_reuse_shapes_text():
 
 
 def test_every_package_question_has_a_kind():
-    from amad.data import easyvqa_source as src
-    from amad.data.scene_text import QUESTION_KINDS, question_kind
+    from amad.scenes import easyvqa_source as src
+    from amad.scenes.text import QUESTION_KINDS, question_kind
 
     for split in ("train", "test"):
         kinds = {question_kind(q.question) for q in src.load_questions(split)}

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from amad.data import easyvqa_source as src
-from amad.data.scenes import (
+from amad.scenes import easyvqa_source as src
+from amad.scenes.attributes import PALETTE, SHAPES, SIZES, read_all, read_attributes
+from amad.scenes.generator import (
     BACKGROUND_RANGE,
     MAX_EXTENT,
     MIN_EXTENT,
@@ -22,8 +23,7 @@ from amad.data.scenes import (
     sample_scene,
     sample_spec,
 )
-from amad.data.scenes_report import ks_critical, ks_distance, refit, scene_statistics
-from amad.data.shape_attributes import PALETTE, SHAPES, SIZES, read_all, read_attributes
+from amad.scenes.report import ks_critical, ks_distance, refit, scene_statistics
 
 N_SCENES = 3000
 N_PACKAGE = 2000  # package train images compared with (reading them costs ~1.5 ms each)
@@ -47,7 +47,7 @@ def package():
     return images, read_all(images)
 
 
-# Package images refitted by amad.data.scenes_report.refit (train image id, colour, x, y, width, height,
+# Package images refitted by amad.scenes.report.refit (train image id, colour, x, y, width, height,
 # background): interior shapes, shapes clipped by / touching every border, an apex at the top.
 PACKAGE_SPECS = [
     (0, "rectangle", "blue", 53, 75, 60, 48, (248, 234, 230)),

@@ -9,11 +9,11 @@ import torch
 from data_helpers import assert_batch_contract
 
 from amad.data import ShapesCaptionDataModule, ShapesTranslationDataModule
-from amad.data import easyvqa_source as src
-from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes, read_attributes
 from amad.data.shapes import image_attributes
-from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, german_noun_phrase, render
 from amad.metrics import CaptionMetrics, TranslationBLEU
+from amad.scenes import easyvqa_source as src
+from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes, read_attributes
+from amad.scenes.captions import CAPTION_TEMPLATES, TEMPLATES, all_sentences, captions, german_noun_phrase, render
 
 
 def _facts(question: str, answer: str):

@@ -15,10 +15,11 @@ from torch.utils._pytree import tree_flatten
 
 import amad.distill.attention as attention_module
 import amad.models.attention_inputs as chunk_policy
+from amad.bench._batches import random_batch
 from amad.distill import AttentionDistiller, DistillationTask
 from amad.lit import DistillationModule
 from amad.losses.methods import A2D, AMAD, SHD, AMADProjection, AttnDistill, HeadMean, MiniLMRelation, OneToOne
-from amad.models import build_model, derive_student, random_batch
+from amad.models import build_model, derive_student
 from amad.models import fast_attention as fa
 
 F64 = torch.float64

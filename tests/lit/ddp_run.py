@@ -15,9 +15,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from amad.bench._batches import random_batch
 from amad.lit import DistillationModule
 from amad.losses import AMAD
-from amad.models import build_model, random_batch
+from amad.models import build_model
 
 N_TRAIN, N_TEST, GLOBAL_BATCH, STEPS = 32, 10, 8, 3
 

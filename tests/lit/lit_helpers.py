@@ -5,8 +5,8 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from amad.bench._batches import random_batch
 from amad.losses import attention_method
-from amad.models import random_batch
 
 
 def method(name: str, **options):

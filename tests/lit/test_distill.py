@@ -10,6 +10,7 @@ from lit_helpers import TASK_OF, RandomBatchDataModule, fit_trainer
 from lit_helpers import method as attention
 
 from amad.lit import DistillationModule, FineTuneModule, FrozenTeacher
+from amad.losses.methods import checkpoint_safe_globals
 
 STUDENT = {"num_heads": 2, "num_layers": 1, "init": "random"}
 
@@ -106,7 +107,8 @@ def test_checkpoint_holds_student_only_resumes_and_exports(tmp_path, tiny_teache
         enable_checkpointing=True,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt2", save_last=True)],
     )
-    trainer2.fit(resumed, datamodule=dm, ckpt_path=str(last))
+    with checkpoint_safe_globals():  # the checkpoint's hyperparameters hold the method object
+        trainer2.fit(resumed, datamodule=dm, ckpt_path=str(last))
     assert trainer2.global_step == 4
 
     out = export_checkpoint(last, tmp_path / "export")

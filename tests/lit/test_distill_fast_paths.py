@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from amad.bench._batches import random_batch
 from amad.distill import AttentionDistiller
 from amad.lit import DistillationModule
 from amad.losses import A2D, attention_method
-from amad.models import build_model, random_batch
+from amad.models import build_model
 
 
 def _terms_and_grads(module, batch):

@@ -6,10 +6,11 @@ import torch
 from lit_helpers import fit_trainer
 from torch.utils.data import DataLoader
 
-from amad.data.scene_data import AttributeCollator, SceneAttributeDataset
+from amad.data.collate import AttributeCollator
 from amad.lit import FineTuneModule
 from amad.lit.attributes import SceneAttributeModule
 from amad.models import build_model
+from amad.scenes.datasets import SceneAttributeDataset
 
 
 def test_attribute_stage_trains_the_image_encoder_only(tmp_path, monkeypatch):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from amad.data.shape_attributes import ShapeAttributes
-from amad.data.shapes_text import TEMPLATES, all_attributes, render
 from amad.metrics.attributes import AttributeAccuracy, attribute_record, named_values, reference_oracle
 from amad.metrics.records import decode_records
+from amad.scenes.attributes import ShapeAttributes
+from amad.scenes.captions import TEMPLATES, all_attributes, render
 
 RED_CIRCLE = ShapeAttributes("circle", "red", "large", 0, 0)
 TEAL_TRIANGLE = ShapeAttributes("triangle", "teal", "small", 2, 1)

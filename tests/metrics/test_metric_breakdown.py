@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from amad.data.shape_attributes import ShapeAttributes
 from amad.metrics import (
     AttributeAccuracy,
     CaptionMetrics,
@@ -15,6 +14,7 @@ from amad.metrics import (
     TranslationBLEU,
     metric_dict,
 )
+from amad.scenes.attributes import ShapeAttributes
 
 RED_CIRCLE = ShapeAttributes("circle", "red", "small", 0, 0)
 BLUE_TRIANGLE = ShapeAttributes("triangle", "blue", "large", 2, 2)

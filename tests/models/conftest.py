@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amad.models import build_model, random_batch
+from amad.bench._batches import random_batch
+from amad.models import build_model
 
 FAMILIES = ("blip-vqa", "blip-caption", "vlt5")
 

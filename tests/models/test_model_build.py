@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amad.models import FAMILIES, build_model, model_config, random_batch
+from amad.bench._batches import random_batch
+from amad.models import FAMILIES, build_model, model_config
 from amad.models.tokenizers import build_word_tokenizer
 
 

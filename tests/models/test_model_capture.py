@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from amad.models import build_model, random_batch
+from amad.bench._batches import random_batch
+from amad.models import build_model
 from amad.models.capture import SINK_ATTR, AttentionPoint
 
 

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from amad.models import build_model, load_pretrained, random_batch, save_pretrained
+from amad.bench._batches import random_batch
+from amad.models import build_model, load_pretrained, save_pretrained
 from amad.models.tokenizers import build_word_tokenizer, load_tokenizer
 
 

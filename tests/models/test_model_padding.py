@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import pickle
 
 import pytest
 import torch
+from transformers import BlipForQuestionAnswering
 from transformers.models.blip import modeling_blip_text
 
-from amad.models import build_model, random_batch
+from amad.bench._batches import random_batch
+from amad.models import build_model
 from amad.models.blip_patch import (
     _ORIGINAL_FORWARD,
     apply_blip_cross_attention_fix,
@@ -42,11 +46,20 @@ def test_the_installed_blip_has_the_bug():
     assert "attention_mask = encoder_attention_mask if is_cross_attention else attention_mask" in self_src
 
 
-def test_fix_is_explicit_and_idempotent():
-    build_model("blip-vqa", "tiny")  # building a BLIP adapter applies it
-    assert blip_cross_attention_fix_applied()
-    assert apply_blip_cross_attention_fix() is False
-    assert modeling_blip_text.BlipTextAttention.forward is not _ORIGINAL_FORWARD
+def test_fix_is_explicit_idempotent_and_scoped_to_the_adapters_model():
+    model = build_model("blip-vqa", "tiny")  # building a BLIP adapter applies it to its model
+    assert blip_cross_attention_fix_applied(model.model)
+    assert apply_blip_cross_attention_fix(model.model) == 0
+    # transformers' class keeps its (buggy) forward: a BLIP model built without amad is unchanged
+    assert modeling_blip_text.BlipTextAttention.forward is _ORIGINAL_FORWARD
+    plain = BlipForQuestionAnswering(model.model.config)
+    assert not blip_cross_attention_fix_applied(plain)
+    assert apply_blip_cross_attention_fix(plain) == sum(
+        isinstance(m, modeling_blip_text.BlipTextAttention) for m in plain.modules()
+    )
+    assert blip_cross_attention_fix_applied(plain)
+    for copied in (copy.deepcopy(model.model), pickle.loads(pickle.dumps(model.model))):  # the fix travels
+        assert blip_cross_attention_fix_applied(copied)
 
 
 def test_blip_vqa_padded_equals_unpadded_and_bug_shows_without_fix():
@@ -54,7 +67,7 @@ def test_blip_vqa_padded_equals_unpadded_and_bug_shows_without_fix():
     diff, loss_alone, loss_padded = padded_vs_alone(model, "blip-vqa")
     assert diff < 1e-5
     assert loss_alone == pytest.approx(loss_padded, abs=1e-6)
-    remove_blip_cross_attention_fix()
+    remove_blip_cross_attention_fix(model.model)
     try:
         diff_bug, _, _ = padded_vs_alone(model, "blip-vqa")
         batch = random_batch("blip-vqa", 3, model=model, seed=1)
@@ -62,7 +75,7 @@ def test_blip_vqa_padded_equals_unpadded_and_bug_shows_without_fix():
             maps = model(batch, sites=("decoder.cross",)).attentions["decoder.cross"][0]
         leaked = maps.masked_select(~batch["attention_mask"].bool()[:, None, None, :].expand_as(maps))
     finally:
-        apply_blip_cross_attention_fix()
+        apply_blip_cross_attention_fix(model.model)
     assert diff_bug > 1e-3, "without the fix padding should change the logits"
     assert leaked.sum() > 0, "without the fix the decoder attends to padded question tokens"
 

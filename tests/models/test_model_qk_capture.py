@@ -13,11 +13,12 @@ import torch
 from transformers.models.blip import modeling_blip as hf_blip
 from transformers.models.blip import modeling_blip_text as hf_blip_text
 
-from amad.models import build_model, random_batch
+from amad.bench._batches import random_batch
+from amad.models import build_model
 from amad.models import fast_attention as fa
 from amad.models.attention_inputs import AttentionInputs
 from amad.models.blip_patch import (
-    apply_blip_cross_attention_fix,
+    _ORIGINAL_TEXT_SELF_FORWARD,
     apply_blip_fast_attention,
     blip_cross_attention_fix_applied,
     blip_fast_attention_applied,
@@ -170,21 +171,21 @@ def test_site_that_hands_over_nothing_raises_naming_it():
         model(random_batch("vlt5", 2, model=model), sites=("encoder.self",), attention_source="qk")
 
 
-def test_blip_fast_attention_patch_is_explicit_idempotent_and_removable():
-    build_model("blip-vqa", "tiny")  # building a BLIP adapter applies both patches
-    assert blip_fast_attention_applied() and blip_cross_attention_fix_applied()
-    assert apply_blip_fast_attention() is False
-    remove_blip_fast_attention()
-    try:
-        assert not blip_fast_attention_applied()
-        assert not hasattr(hf_blip.BlipAttention.forward, "_amad_fast_attention_patch")
-        model = build_model("blip-vqa", "tiny", seed=0)  # re-applied by the adapter
-        assert blip_fast_attention_applied()
-        assert isinstance(model, torch.nn.Module)
-    finally:
-        apply_blip_fast_attention()
-        apply_blip_cross_attention_fix()
-    assert getattr(hf_blip_text.BlipTextSelfAttention.forward, "_amad_fast_attention_patch", False)
+def test_blip_fast_attention_patch_is_per_model_idempotent_and_removable():
+    model = build_model("blip-vqa", "tiny")  # building a BLIP adapter patches its model's modules
+    assert blip_fast_attention_applied(model.model) and blip_cross_attention_fix_applied(model.model)
+    assert apply_blip_fast_attention(model.model) == 0
+    # transformers' classes are untouched: a BLIP model built without an adapter runs transformers' code
+    plain = hf_blip.BlipForQuestionAnswering(model.model.config)
+    assert not blip_fast_attention_applied(plain) and not blip_cross_attention_fix_applied(plain)
+    assert type(plain.vision_model.encoder.layers[0].self_attn) is hf_blip.BlipAttention
+    assert hf_blip_text.BlipTextSelfAttention.forward is _ORIGINAL_TEXT_SELF_FORWARD
+    n = remove_blip_fast_attention(model.model)
+    assert n == sum(isinstance(m, (hf_blip.BlipAttention, hf_blip_text.BlipTextSelfAttention)) for m in model.modules())
+    assert not blip_fast_attention_applied(model.model)
+    assert blip_cross_attention_fix_applied(model.model)  # the two patches are independent
+    assert apply_blip_fast_attention(model.model) == n
+    assert blip_fast_attention_applied(model.model)
 
 
 def test_blip_vqa_fast_path_keeps_the_cross_attention_mask_fix():
@@ -224,11 +225,11 @@ def test_dropout_runs_in_training_and_maps_stay_pre_dropout(family):
 def test_generation_is_unchanged_by_the_patch(tiny64):
     model, batch = tiny64
     first = model.generate_ids(batch, max_new_tokens=3)
-    remove_blip_fast_attention()
+    remove_blip_fast_attention(model.model)
     try:
         plain = model.generate_ids(batch, max_new_tokens=3)
     finally:
-        apply_blip_fast_attention()
+        apply_blip_fast_attention(model.model)
     assert torch.equal(first, plain)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amad.models import build_model, derive_student, random_batch
+from amad.bench._batches import random_batch
+from amad.models import build_model, derive_student
 from amad.models.student import _LAYER_KEY
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,22 @@ import torch
 from amad.cli import main
 
 ROOT = Path(__file__).parents[2]
+
+
+def test_the_command_sets_the_environment_defaults_only_where_unset(monkeypatch):
+    """The `amad` command, not `import amad`, makes runs offline by default; a user's choice stands."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert main(["--help"]) == 0
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert os.environ["WANDB_MODE"] == "online"
+
+
+def test_the_command_leaves_the_warning_filters_as_it_found_them():
+    before = list(warnings.filters)
+    assert main(["export", "runs/none/last.ckpt", "runs/never"]) == 2  # ran, failed in one line
+    assert warnings.filters == before
 
 
 def test_help_lists_every_command(capsys):

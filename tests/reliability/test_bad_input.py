@@ -14,9 +14,10 @@ import pytest
 import torch
 from jsonargparse import ArgumentError
 
+from amad.bench._batches import random_batch
 from amad.lit import DistillationModule
 from amad.losses import AMAD, one_to_one_loss
-from amad.models import build_model, derive_student, load_checkpoint_model, random_batch, save_pretrained
+from amad.models import build_model, derive_student, load_checkpoint_model, save_pretrained
 
 ROOT = Path(__file__).parents[2]
 
@@ -173,11 +174,12 @@ def test_hub_id_fails_fast_with_a_local_path_hint():
 
 
 def test_run_starts_offline_with_a_wandb_key_and_no_network(tmp_path):
-    """With WANDB_API_KEY set and WANDB_MODE unset, amad defaults W&B to offline: no ~100 s hang."""
+    """With WANDB_API_KEY set and WANDB_MODE unset, the amad command defaults W&B to offline: no ~100 s hang."""
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "HF_HUB_OFFLINE")}
     env.update(WANDB_API_KEY="0" * 40, AMAD_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
     script = (
-        "import amad, os, time\n"
+        "import os, time\n"
+        "from amad.cli import set_environment_defaults; set_environment_defaults()  # what `amad` does first\n"
         "from lightning.pytorch.loggers import WandbLogger\n"
         "t=time.time(); lg=WandbLogger(project='amad', save_dir=os.environ['OUT']); lg.experiment\n"
         "lg.log_metrics({'x': 1.0}); lg.experiment.finish()\n"

@@ -8,8 +8,10 @@ import torch
 from fsspec.implementations.local import LocalFileOpener
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from amad.bench._batches import random_batch
 from amad.lit import DistillationModule
-from amad.models import build_model, load_checkpoint_model, random_batch
+from amad.losses.methods import checkpoint_safe_globals
+from amad.models import build_model, load_checkpoint_model
 
 
 class Batches(torch.utils.data.Dataset):
@@ -56,7 +58,8 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, monkeyp
         accelerator="cpu",
     )
     with pytest.raises(OSError, match="disk full"):
-        trainer2.fit(module, train_dataloaders=loader, ckpt_path=str(last))
+        with checkpoint_safe_globals():
+            trainer2.fit(module, train_dataloaders=loader, ckpt_path=str(last))
     monkeypatch.undo()
     again = load_checkpoint_model(last).state_dict()  # still the complete step-2 checkpoint
     assert all(torch.equal(good[k], again[k]) for k in good)

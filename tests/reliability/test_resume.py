@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from amad.data import EasyVQADataModule
 from amad.lit import DistillationModule
 from amad.losses import AMAD
+from amad.losses.methods import checkpoint_safe_globals
 from amad.models import build_model
 
 STEPS, CRASH_AT = 9, 5
@@ -67,7 +68,8 @@ def _run(tmp_path, setup, crash: bool, resume: str | None = None):
         callbacks=[rec, ckpt] + ([Crash()] if crash else []),
     )
     RUNS.append(rec)
-    trainer.fit(module, datamodule=EasyVQADataModule(**dm_kwargs), ckpt_path=resume)
+    with checkpoint_safe_globals():  # the checkpoint's hyperparameters hold the method object
+        trainer.fit(module, datamodule=EasyVQADataModule(**dm_kwargs), ckpt_path=resume)
     return module, rec.losses, trainer
 
 

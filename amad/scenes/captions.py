@@ -1,6 +1,6 @@
 """English captions and their German translations for the synthetic shapes tasks.
 
-Every sentence is rendered from a :class:`~amad.data.shape_attributes.ShapeAttributes` by one of
+Every sentence is rendered from a :class:`~amad.scenes.attributes.ShapeAttributes` by one of
 :data:`TEMPLATES`. Each template exists in English and German; the German side declines article and
 adjectives for the noun's gender, the case the template puts it in (nominative, accusative after
 "es gibt" / "zeigt", dative after "auf") and the article kind (strong/mixed after "ein", weak after
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from itertools import product
 
-from amad.data.shape_attributes import COLS, PALETTE, ROWS, SHAPES, SIZES, ShapeAttributes
+from amad.scenes.attributes import COLS, PALETTE, ROWS, SHAPES, SIZES, ShapeAttributes
 
 SIZE_EN = {"small": "small", "medium": "medium-sized", "large": "large"}
 SIZE_DE = {"small": "klein", "medium": "mittelgroß", "large": "groß"}

@@ -8,8 +8,8 @@ every output pixel is the (1, 3, 3, 1)/8 ⊗ (1, 3, 3, 1)/8 weighted mean of a 4
 so edge pixels are blends ``bg + (colour - bg) · k/64``. This module draws the same way:
 
 * background: every channel uniform in 230..255 (``randint(230, 255)``), the same for every pixel;
-* shape and colour: uniform over :data:`~amad.data.shape_attributes.SHAPES` and the 8 colours of
-  :data:`~amad.data.shape_attributes.PALETTE`;
+* shape and colour: uniform over :data:`~amad.scenes.attributes.SHAPES` and the 8 colours of
+  :data:`~amad.scenes.attributes.PALETTE`;
 * extents on the canvas uniform in 16..64 (``IM_DRAW_SIZE / 8 .. IM_DRAW_SIZE / 2``):
   rectangles draw width and height independently (aspect 1/4..4), circles one diameter, triangles
   one side; rectangle and circle boxes lie inside the canvas; triangles are equilateral and upright
@@ -25,8 +25,8 @@ were refitted exactly when this module was written, see docs/datasets.md).
 
 Attributes of a generated scene are the **drawn** ones: shape and colour as drawn; size and position
 of the drawn shape, i.e. of the canvas mask PIL fills (:func:`drawn_mask`), with the definitions of
-:func:`~amad.data.shape_attributes.read_attributes` (size = area fraction cut at
-:data:`~amad.data.shape_attributes.SIZE_THRESHOLDS`; row/col = the centroid's cell of a 3 × 3 grid,
+:func:`~amad.scenes.attributes.read_attributes` (size = area fraction cut at
+:data:`~amad.scenes.attributes.SIZE_THRESHOLDS`; row/col = the centroid's cell of a 3 × 3 grid,
 pixel centres at ``k + 0.5``). The reader measures the same on the anti-aliased 64 × 64 image, with
 the mask "nearer the shape colour than the background" (about half-covered); that mask loses or gains
 edge pixels against the drawn shape (its area is 0.0023 smaller on average, -0.015..+0.014), and
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from amad.data.shape_attributes import (
+from amad.scenes.attributes import (
     _CIRCLE_FILL,
     _RECT_FILL,
     PALETTE,
@@ -92,7 +92,7 @@ class SceneSpec:
 
     Attributes:
         shape: "circle" | "rectangle" | "triangle".
-        colour: a key of :data:`~amad.data.shape_attributes.PALETTE`.
+        colour: a key of :data:`~amad.scenes.attributes.PALETTE`.
         x: rectangle / circle: left edge of the box; triangle: x of the base's left end.
         y: rectangle / circle: top edge of the box; triangle: y of the base (the bottom edge).
         width: rectangle: box width; circle: diameter; triangle: side. PIL boxes are inclusive, so a
@@ -201,7 +201,7 @@ def drawn_mask(spec: SceneSpec) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaskMeasures:
-    """The quantities :func:`~amad.data.shape_attributes.read_attributes` decides on, for one mask.
+    """The quantities :func:`~amad.scenes.attributes.read_attributes` decides on, for one mask.
 
     Attributes:
         area: mask area / image area.
@@ -303,7 +303,7 @@ def _attributes(spec: SceneSpec, m: MaskMeasures) -> ShapeAttributes:
 def drawn_attributes(spec: SceneSpec) -> ShapeAttributes:
     """Attributes of a scene as drawn: shape and colour of ``spec``; size, row and column of the drawn
     shape (:func:`drawn_measures`) with the definitions of
-    :func:`~amad.data.shape_attributes.read_attributes`; ``area`` / ``fill`` of the drawn shape.
+    :func:`~amad.scenes.attributes.read_attributes`; ``area`` / ``fill`` of the drawn shape.
 
     Raises:
         ValueError: the shape covers no canvas pixel.
@@ -437,7 +437,7 @@ class SceneGenerator(torch.utils.data.Dataset):
             ``None`` (default): unlimited, ``len()`` raises ``TypeError``.
 
     ``gen[i]`` returns ``(image, attributes)``: uint8 (3, 64, 64) and the drawn
-    :class:`~amad.data.shape_attributes.ShapeAttributes`; :meth:`spec` gives the scene's
+    :class:`~amad.scenes.attributes.ShapeAttributes`; :meth:`spec` gives the scene's
     :class:`SceneSpec`.
     """
 

@@ -1,6 +1,6 @@
-"""Measure how generated scenes (:mod:`amad.data.scenes`) compare with the easy-VQA package's images.
+"""Measure how generated scenes (:mod:`amad.scenes.generator`) compare with the easy-VQA package's images.
 
-    python -m amad.data.scenes_report --out docs/images/scenes_vs_easyvqa.png [--n 5000] [--refit 5000]
+    python -m amad.scenes.report --out docs/images/scenes_vs_easyvqa.png [--n 5000] [--refit 5000]
 
 writes a labelled grid (2 rows of 8 package images over 2 rows of 8 generated ones) to ``--out`` and
 the statistics of both sets as JSON to ``--stats`` (default: ``scenes_stats.json`` beside ``--out``):
@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from amad.data import easyvqa_source as src
-from amad.data.scenes import (
+from amad.scenes import easyvqa_source as src
+from amad.scenes.attributes import PALETTE, SHAPES, SIZES, ShapeAttributes, read_all
+from amad.scenes.generator import (
     BACKGROUND_RANGE,
     CANVAS,
     SceneGenerator,
@@ -34,7 +35,6 @@ from amad.data.scenes import (
     reader_safe,
     render_scene,
 )
-from amad.data.shape_attributes import PALETTE, SHAPES, SIZES, ShapeAttributes, read_all
 
 QUANTILES = (0, 5, 50, 95, 100)
 
@@ -158,7 +158,7 @@ def scene_statistics(images: torch.Tensor, attrs: Sequence[ShapeAttributes]) -> 
 
 
 def rejection_share(n: int = 20_000, seed: int = 12345) -> float:
-    """Share of draws :func:`~amad.data.scenes.sample_spec` rejects and redraws (see :func:`reader_safe`)."""
+    """Share of draws :func:`~amad.scenes.generator.sample_spec` rejects and redraws (see :func:`reader_safe`)."""
     rng = np.random.default_rng(seed)
     lo, hi = BACKGROUND_RANGE
     rejected = 0
@@ -171,7 +171,7 @@ def rejection_share(n: int = 20_000, seed: int = 12345) -> float:
 
 
 def refit(image: torch.Tensor, attrs: ShapeAttributes, reach: int = 3) -> SceneSpec | None:
-    """The :class:`~amad.data.scenes.SceneSpec` that renders ``image`` exactly, searched around the
+    """The :class:`~amad.scenes.generator.SceneSpec` that renders ``image`` exactly, searched around the
     canvas box read from its non-background pixels; ``None`` if no candidate within ``reach`` canvas
     pixels of that box renders it exactly.
 
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         }
     del pkg["_per_image"], genst["_per_image"]
     stats = {
-        "command": f"python -m amad.data.scenes_report --out {args.out} --n {args.n} --seed {args.seed}"
+        "command": f"python -m amad.scenes.report --out {args.out} --n {args.n} --seed {args.seed}"
         + (f" --refit {args.refit}" if args.refit else ""),
         "package": {"source": "easy-vqa train + test images", **pkg},
         "generated": {"source": f"SceneGenerator(seed={args.seed})[0:{args.n}]", **genst},

@@ -1,4 +1,8 @@
-"""Random but valid batches in the docs/architecture.md format (tests and benchmarks)."""
+"""Random but valid batches in the docs/architecture.md format, for the benchmarks and the tests.
+
+Private (not part of the library's API): the benchmarks measure models on them, the tests import them
+from here. A user's batches come from a DataModule (:mod:`amad.data`).
+"""
 
 from __future__ import annotations
 

@@ -15,14 +15,14 @@ That gives 8 + 3 × 8 + 8 × 8 = 96 (question, answer) pairs per image; the pack
 32 % of the open and 8 % of the yes/no ones for each of its images. Answers are the 13 of the
 package's ``answers.txt`` (3 shapes, 8 colours, yes, no).
 
-Captions and translations come from :mod:`amad.data.shapes_text` (the templates of the embedded
+Captions and translations come from :mod:`amad.scenes.captions` (the templates of the embedded
 caption and translation tasks).
 """
 
 from __future__ import annotations
 
-from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes
-from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, captions, render
+from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes
+from amad.scenes.captions import CAPTION_TEMPLATES, TEMPLATES, captions, render
 
 #: Open questions answered by the shape; "{colour}" is the image's colour.
 SHAPE_QUESTIONS: tuple[str, ...] = (
@@ -92,7 +92,7 @@ def vqa_pairs(attrs: ShapeAttributes) -> list[tuple[str, str]]:
 
 
 def scene_captions(attrs: ShapeAttributes) -> list[str]:
-    """The 5 reference captions of the caption task (:func:`amad.data.shapes_text.captions`)."""
+    """The 5 reference captions of the caption task (:func:`amad.scenes.captions.captions`)."""
     return captions(attrs)
 
 

@@ -1,6 +1,6 @@
 """Training data on freshly generated scenes (SYNTHETIC): the teachers' pre-training, never the students'.
 
-:class:`~amad.data.scenes.SceneGenerator` draws unlimited easy-VQA-like scenes, a pure function of
+:class:`~amad.scenes.generator.SceneGenerator` draws unlimited easy-VQA-like scenes, a pure function of
 ``(seed, index)``; this module turns them into training examples:
 
 * :class:`GeneratedTaskDataset`: the examples of an embedded task (VQA questions and answers with the
@@ -8,7 +8,8 @@
   :class:`~amad.data.dataset.VisionTextDataset`'s, so the task's DataModule, tokenizer and collate serve
   them unchanged (``train_scenes=N`` of the embedded DataModules).
 * :class:`SceneAttributeDataset`: (image, attribute labels) for the vision stage of a teacher's
-  pre-training: shape, colour, size, row and column of the one shape, as drawn.
+  pre-training: shape, colour, size, row and column of the one shape, as drawn (batched by
+  :class:`amad.data.collate.AttributeCollator`).
 
 Drawing a scene takes a few milliseconds (PIL at 2× size, then the reader's check that its attributes
 are unambiguous): too slow to draw 64 scenes for every training step on two cores. So the datasets
@@ -30,12 +31,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from amad.data.collate import prepare_images
-from amad.data.scene_text import vqa_pairs
-from amad.data.scenes import SceneGenerator
-from amad.data.shape_attributes import COLS, PALETTE, ROWS, SHAPES, SIZES, ShapeAttributes
-from amad.data.shapes_text import CAPTION_TEMPLATES, TEMPLATES, captions, render
 from amad.paths import cache_root
+from amad.scenes.attributes import COLS, PALETTE, ROWS, SHAPES, SIZES, ShapeAttributes
+from amad.scenes.captions import CAPTION_TEMPLATES, TEMPLATES, captions, render
+from amad.scenes.generator import SceneGenerator
+from amad.scenes.text import vqa_pairs
 
 #: easy-VQA kept about 32 % of an image's open questions and 8 % of its yes/no ones (docs/datasets.md):
 #: a generated question is drawn with these weights, so answer kinds come in the package's proportions.
@@ -58,7 +58,7 @@ def _draw(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[dict[str, 
 
 
 class ScenePool:
-    """Scenes ``0 .. size - 1`` of :class:`~amad.data.scenes.SceneGenerator` ``seed``, drawn once.
+    """Scenes ``0 .. size - 1`` of :class:`~amad.scenes.generator.SceneGenerator` ``seed``, drawn once.
 
     ``pool[i]`` returns ``(uint8 image (3, 64, 64), ShapeAttributes)`` for ``i % size`` (a pool serves
     datasets of any length). Drawn in parallel processes on first use and cached in memory (per process)
@@ -178,23 +178,3 @@ class SceneAttributeDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, attrs = self.scenes[i]
         return image, attribute_labels(attrs)
-
-
-class AttributeCollator:
-    """Batches of :class:`SceneAttributeDataset`: ``{"pixel_values" (B, 3, S, S), "labels" (B, 5)}``.
-
-    Args:
-        image_size: side of ``pixel_values`` (the teacher's input); None keeps 64.
-        normalize: (mean, std), as the task's DataModule normalises.
-    """
-
-    def __init__(self, image_size: int | None = None, normalize: Any = (0.5, 0.5)) -> None:
-        self.image_size = image_size
-        self.mean, self.std = normalize
-
-    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        images = torch.stack([im for im, _ in items])
-        return {
-            "pixel_values": prepare_images(images, self.image_size, self.mean, self.std),
-            "labels": torch.stack([lab for _, lab in items]),
-        }

@@ -1,10 +1,10 @@
 """Image classification on generated scenes (SYNTHETIC): which shape in which colour, 3 × 8 = 24 classes.
 
 The data of the embedded ViT example (docs/models.md, "Distil your own transformers model"): each image is
-one scene of :class:`~amad.data.scenes.SceneGenerator` (a circle, rectangle or triangle in one of 8 colours
+one scene of :class:`~amad.scenes.generator.SceneGenerator` (a circle, rectangle or triangle in one of 8 colours
 on a light background, at any size and position), its label ``shape_index · 8 + colour_index``
 (:func:`scene_class`). Train, validation and test scenes come from three different seeds of the generator,
-so no image is shared between splits; each split is a :class:`~amad.data.scene_data.ScenePool`, drawn once
+so no image is shared between splits; each split is a :class:`~amad.scenes.datasets.ScenePool`, drawn once
 and cached on disk.
 
 Batches are the keyword arguments of a transformers image classifier: ``{"pixel_values" (B, 3, S, S)
@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from amad.data.collate import prepare_images
-from amad.data.scene_data import ScenePool
-from amad.data.shape_attributes import PALETTE, SHAPES, ShapeAttributes
+from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes
+from amad.scenes.datasets import ScenePool
 
 #: the class names, ``"<colour> <shape>"``, in label order
 CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for s in SHAPES for c in PALETTE)

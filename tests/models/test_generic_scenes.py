@@ -10,8 +10,8 @@ import torch
 
 from amad.cli import main
 from amad.data.scene_classes import CLASS_NAMES, SceneClassesDataModule, scene_class
-from amad.data.shape_attributes import ShapeAttributes
 from amad.lit.classify import ClassificationDistillationModule
+from amad.scenes.attributes import ShapeAttributes
 
 EXP = Path(__file__).parents[2] / "experiments" / "scenes-vit"
 STUDENTS = ("gt", "kd", "one_to_one", "amad")

@@ -140,8 +140,9 @@ PACKAGE_GRAPH = {p: set(PACKAGE_EDGES.get(p, {})) for p in PACKAGES}
 
 #: The layers of docs/architecture.md, bottom first: a package imports only from lower layers.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("amad.paths", "amad.losses"),
-    ("amad.scenes", "amad.models"),
+    ("amad.paths",),
+    ("amad.models",),
+    ("amad.scenes", "amad.losses"),
     ("amad.metrics", "amad.distill", "amad.config"),
     ("amad.data",),
     ("amad.lit", "amad.callbacks", "amad.export"),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
+from amad.artefacts import fault_point, fsync_dir
 from amad.models.io import load_checkpoint_model, save_pretrained
 
 
@@ -12,9 +15,25 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path) -> Path:
     """Rebuild the trainable model of an amad checkpoint and ``save_pretrained`` it (with tokenizer).
 
     The teacher is not in the checkpoint and never exported; extra trainable parts of a method (an
-    A2D aligner) are not part of the student and are not exported either.
+    A2D aligner) are not part of the student and are not exported either. The folder is written under a
+    temporary name and renamed when complete: an export that dies halfway leaves no half folder (and an
+    existing ``out_dir`` is replaced only by a complete one).
     """
-    return save_pretrained(load_checkpoint_model(ckpt), Path(out_dir))
+    model = load_checkpoint_model(ckpt)  # checked (CRCs) before anything is written
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(model, tmp)
+    fault_point("export.rename")
+    if out.exists():  # rename the old one away first: a crash in between leaves both, never neither
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    fsync_dir(out.parent)
+    return out
 
 
 def main(argv: list[str]) -> int:

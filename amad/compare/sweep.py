@@ -30,6 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from amad.artefacts import DamagedFile, read_json, warn
 from amad.compare.config import load_compare_config
 from amad.compare.console import Console
 from amad.config import deep_merge, load_config
@@ -143,7 +144,11 @@ def _last_snapshot(results: dict[str, Any], method: str) -> dict[str, Any] | Non
         if r["method"] == method and r.get("head_alignment"):
             path = Path(r["head_alignment"]) / "snapshots.json"
             if path.is_file():
-                snaps = json.loads(path.read_text())
+                try:
+                    snaps = read_json(path)
+                except DamagedFile as err:  # a figure's input: the row goes without it, the sweep goes on
+                    warn(f"{err}; the sweep table shows no head statistics for {method}")
+                    return None
                 return snaps[max(snaps, key=int)]
     return None
 

@@ -237,8 +237,8 @@ def run_comparison(
     ``also_test``: see :func:`run_one`.
     """
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     with FileLock(out / ".lock", f"the comparison output {out}"):
+        (out / "runs").mkdir(parents=True, exist_ok=True)
         return _run_comparison(cfg, out, logger_kind, split, log, console, also_test)
 
 

@@ -42,6 +42,8 @@ EXTRA_WEIGHTS_FILE = "amad_extra.safetensors"
 MODEL_CONFIG_KEY = "amad_model_config"
 MODEL_PREFIX_KEY = "amad_model_prefix"
 TOKENIZER_KEY = "amad_tokenizer"
+#: a comparison's teacher record (:mod:`amad.compare.teacher_files`), when the folder is one
+TEACHER_RECORD = "teacher.json"
 
 _ARCHITECTURES = {
     "BlipForQuestionAnswering": "blip-vqa",
@@ -88,7 +90,7 @@ def check_pretrained_dir(folder: str | Path, weights: bool = True) -> dict[str, 
 
     Every JSON file must parse, every safetensors file must have a complete header, the weights must be
     there (unless ``weights=False``), and the files listed in ``amad_adapter.json`` must have their
-    recorded size and SHA-256.
+    recorded size and SHA-256 (those listed in ``teacher.json`` instead, where a teacher's record has them).
 
     Raises:
         DamagedFile: naming the first damaged file and what is wrong with it.
@@ -100,7 +102,13 @@ def check_pretrained_dir(folder: str | Path, weights: bool = True) -> dict[str, 
     meta = docs.get(ADAPTER_FILE, {})
     if not isinstance(meta, dict):
         raise DamagedFile(folder / ADAPTER_FILE, "not a JSON object")
-    check_digests(folder, meta.get("files") or {}, ADAPTER_FILE)
+    # a comparison's teacher records every file's digest in teacher.json (covering amad_adapter.json,
+    # and the weights of a teacher saved before amad_adapter.json held digests)
+    record = docs.get(TEACHER_RECORD)
+    if isinstance(record, dict) and record.get("files"):
+        check_digests(folder, record["files"], TEACHER_RECORD)
+    else:
+        check_digests(folder, meta.get("files") or {}, ADAPTER_FILE)
     for p in sorted(folder.glob("*.safetensors")):
         check_safetensors(p)
     if weights:

@@ -187,7 +187,7 @@ def check_zip(path: str | Path, what: str = "torch.save archive") -> None:
     path = Path(path)
     try:
         if not zipfile.is_zipfile(path):
-            raise DamagedFile(path, f"not a complete {what} (cut short, or not such a file)")
+            raise DamagedFile(path, f"not a readable {what}: incomplete (cut short) or not such a file")
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except DamagedFile:

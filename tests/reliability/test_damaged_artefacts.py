@@ -373,3 +373,25 @@ def test_two_writers_of_one_record_leave_one_whole_record(tmp_path):
             seen.add(json.loads(path.read_text())["writer"])  # never a torn or mixed file
     assert all(p.wait() == 0 for p in procs)
     assert json.loads(path.read_text())["writer"] in "ab" and seen <= {"a", "b"}
+
+
+# ----------------------------------------------------------------------------- W&B folders: never read by amad
+def test_a_damaged_earlier_wandb_run_does_not_stop_the_next_run(tmp_path):
+    """amad never reads W&B's files; a new offline run starts beside a damaged one, which stays as it was."""
+    old = tmp_path / "wandb" / "offline-run-20260101_000000-abcdefgh"
+    (old / "files").mkdir(parents=True)
+    (old / "run-abcdefgh.wandb").write_bytes(b"\xff" * 10)  # cut short and altered
+    (old / "files" / "config.yaml").write_bytes(b"\xff: [")
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    env = {**os.environ, "WANDB_MODE": "offline", "OUT": str(tmp_path)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    script = (
+        "import amad, os\nfrom amad.compare.run import make_logger\n"
+        "lg = make_logger('wandb', __import__('pathlib').Path(os.environ['OUT']), 'g', 'gt-seed0',"
+        " {'name': 'x', 'preset': 'smoke'})\n"
+        "lg.log_metrics({'x': 1.0}); lg.experiment.finish()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before

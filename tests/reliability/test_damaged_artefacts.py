@@ -270,6 +270,19 @@ def test_an_export_that_fails_halfway_leaves_the_previous_one_whole(checkpoint, 
     load_model(out)
 
 
+def test_export_into_an_existing_folder_keeps_the_users_files(checkpoint, export, tmp_path):
+    from amad.export import export_checkpoint
+
+    out = tmp_path / "student"
+    shutil.copytree(export, out)
+    (out / "NOTES.md").write_text("mine")
+    damage(out / "model.safetensors", "flip")  # an earlier export gone bad: exporting again repairs it
+    export_checkpoint(checkpoint, out)
+    assert (out / "NOTES.md").read_text() == "mine" and not list(tmp_path.glob(".student.*"))
+    assert listing(out) == {**listing(export), "NOTES.md": file_digest(out / "NOTES.md")["sha256"]}
+    load_model(out)
+
+
 # ----------------------------------------------------------------------------- configs: refused
 @pytest.mark.parametrize("fault", FAULTS)
 def test_damaged_comparison_config_is_one_error_line(tmp_path, monkeypatch, capsys, fault):

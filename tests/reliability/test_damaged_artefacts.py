@@ -79,6 +79,18 @@ def test_damaged_cached_teacher_is_set_aside_with_one_warning(tiny_teacher, tmp_
     assert not entry.exists() and sorted(p.name for p in aside.iterdir()), "set aside whole, nothing deleted"
 
 
+def test_a_record_without_digests_written_before_them_still_loads(tiny_teacher, tmp_path):
+    entry = tmp_path / tiny_teacher.name
+    shutil.copytree(tiny_teacher, entry)
+    for name in ("teacher.json", "amad_adapter.json"):
+        record = json.loads((entry / name).read_text())
+        del record["files"]
+        (entry / name).write_text(json.dumps(record))
+    assert cached_teacher(entry)["fingerprint"] == "0123456789ab"  # structure checked only
+    damage(entry / "tokenizer.json", "truncate")  # structure is still checked
+    assert cached_teacher(entry) is None
+
+
 def test_damaged_cached_teacher_in_a_read_only_cache_is_a_named_error(tiny_teacher, tmp_path, monkeypatch):
     entry = tmp_path / tiny_teacher.name
     shutil.copytree(tiny_teacher, entry)

@@ -57,7 +57,14 @@ def checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ckpt")
     teacher = build_model("blip-vqa", preset="tiny")
     module = DistillationModule(teacher=teacher, student={"num_heads": 2, "num_layers": 1})
-    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=folder,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader([random_batch("blip-vqa", 2, tokenizer=teacher.tokenizer)], batch_size=None))
     trainer.save_checkpoint(folder / "last.ckpt")
     return folder / "last.ckpt"

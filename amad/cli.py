@@ -21,8 +21,25 @@ from jsonargparse import ArgumentError
 USER_ERRORS = (ValueError, OSError, yaml.YAMLError, ArgumentError, FloatingPointError)
 
 
+def named_cause(err: BaseException) -> BaseException:
+    """The damaged file behind ``err``, if any: jsonargparse reports a constructor's error as "Does not
+    validate against any of the Union subtypes" plus the whole namespace, and keeps the real cause (e.g.
+    :class:`~amad.artefacts.DamagedFile` naming a teacher's file) only in the exception chain."""
+    from amad.artefacts import DamagedFile
+
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, DamagedFile):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return err
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (a jsonargparse report reduced to its key and complaint)."""
+    err = named_cause(err)
     if isinstance(err, ArgumentError):
         from amad.compare.config import summarize_parse_error
 

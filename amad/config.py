@@ -61,7 +61,7 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
 
     Raises:
         FileNotFoundError: the file (or one of its bases) does not exist; names the referencing file.
-        ValueError: a cycle in ``base:`` or a file that is not a mapping.
+        ValueError: a cycle in ``base:``, a file that is not valid UTF-8 YAML or not a mapping.
     """
     path = Path(path).resolve()
     if path in _seen:
@@ -69,7 +69,11 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if not path.is_file():
         ref = f" (referenced from {_seen[-1]})" if _seen else ""
         raise FileNotFoundError(f"config file {path} does not exist{ref}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:  # name the file: YAML's own message does not
+        problem = " ".join(str(err).split())
+        raise ValueError(f"config {path} is not valid YAML ({problem})") from err
     if not isinstance(data, dict):
         raise ValueError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
     bases = data.pop(BASE_KEY, []) or []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from amad.artefacts import check_zip
 from amad.config import deep_merge, load_config, method_subclasses
 from amad.lit.base import COMPARE_PREFIX
 from amad.losses.methods import checkpoint_safe_globals
@@ -168,8 +168,7 @@ def check_checkpoint_arg(args: list[str]) -> None:
         path = Path(value)
         if not path.is_file():
             raise FileNotFoundError(f"--ckpt_path {path} does not exist (expected a .ckpt written by `amad fit`)")
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            raise ValueError(f"--ckpt_path {path} is not a readable checkpoint (not a torch.save archive)")
+        check_zip(path, "checkpoint (torch.save archive)")  # a resumed run must not start from altered bytes
 
 
 def run_lightning_cli(args: list[str]) -> None:

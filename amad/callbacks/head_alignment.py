@@ -23,6 +23,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from amad.artefacts import atomic_write_json
+
 
 def plot_head_alignment(weights: dict[str, Tensor], out_dir: str | Path, title: str = "") -> list[Path]:
     """Write one PNG per site (panels = layers) of (Ht, Hs) weight matrices.
@@ -228,7 +230,7 @@ class AlignmentSnapshots(L.Callback):
             "weights": {k: v.tolist() for k, v in weights.items()},
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "snapshots.json").write_text(json.dumps(self.snapshots, indent=1))
+        atomic_write_json(self.out_dir / "snapshots.json", self.snapshots)  # read back by `amad sweep`
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

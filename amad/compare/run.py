@@ -15,6 +15,7 @@ run; each run's library output (W&B banners, Lightning and transformers messages
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from amad.artefacts import DamagedFile, FileLock, atomic_write_json, fault_point, read_json, set_aside
 from amad.callbacks.progress import ProgressLine, format_seconds
 from amad.callbacks.timing import StepTimer
 from amad.compare.config import (
@@ -126,6 +128,7 @@ def run_one(
     finally:
         dm.train_batch_hooks = []
     train_time = time.perf_counter() - start
+    fault_point("student.trained")
     start = time.perf_counter()
     metrics = evaluate_model(module.student, dm, split, module.max_new_tokens)
     record = {
@@ -133,6 +136,7 @@ def run_one(
         "seed": seed,
         "metrics": metrics,
         "params": count_params(module.student),
+        "weights_sha256": weights_digest(module.student),
         "train_time_s": round(train_time, 2),
         "eval_time_s": round(time.perf_counter() - start, 2),
         "data_wait_s": round(sum(timer.wait), 2),
@@ -149,6 +153,31 @@ def run_one(
         if logger_kind == "wandb":
             logger.experiment.finish()
     return record
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a module's state: a resumed comparison is checked against an
+    uninterrupted one bit for bit, not only by its (coarse) metrics."""
+    h = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def read_run_record(path: Path) -> dict[str, Any] | None:
+    """The run record at ``path``; None if there is none, or if it is damaged (set aside with one warning
+    line: the run is trained again)."""
+    try:
+        record = read_json(path)
+        if not isinstance(record.get("metrics"), dict):
+            raise DamagedFile(path, "no metrics: not a finished run's record")
+        return record
+    except FileNotFoundError:
+        return None
+    except DamagedFile as err:
+        set_aside(path, err.problem)
+        return None
 
 
 def _serves(cache: Any, module: Any) -> bool:
@@ -210,10 +239,18 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Run (or resume) a comparison; writes results.json, results.md, the chart and heatmaps in ``out``.
 
+    One process at a time writes to ``out`` (``out/.lock``: a second one is refused, naming the first).
     ``also_test``: see :func:`run_one`.
     """
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    with FileLock(out / ".lock", f"the comparison output {out}"):
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        return _run_comparison(cfg, out, logger_kind, split, log, console, also_test)
+
+
+def _run_comparison(
+    cfg: dict[str, Any], out: Path, logger_kind: str, split: str, log, console: Console | None, also_test: bool
+) -> dict[str, Any]:
     console = console or Console(enabled=False)
     teacher_path, teacher_record = ensure_teacher(cfg, log=log)
     data_cfg = cfg["data"]
@@ -240,7 +277,7 @@ def run_comparison(
     for method, seed in plan:
         path = out / "runs" / f"{method}-seed{seed}.json"
         run_fp = _run_fingerprint(cfg, method, seed, split, also_test)
-        record = json.loads(path.read_text()) if path.is_file() else None
+        record = read_run_record(path)  # damaged: set aside and rerun
         if record is not None and record.get("fingerprint") == run_fp:
             log(f"{method} seed {seed}: done already ({path})")
             records[(method, seed)] = record
@@ -258,9 +295,7 @@ def run_comparison(
         with console.quiet(out / "logs" / f"{method}-seed{seed}.log"):
             record = run_one(cfg, method, seed, teacher_path, dm, out, logger_kind, split, progress, cache, also_test)
         record["fingerprint"] = run_fp
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+        atomic_write_json(path, record)
         records[(method, seed)] = record
         elapsed = time.perf_counter() - start
         left = elapsed / k * (len(todo) - k)
@@ -289,7 +324,7 @@ def run_comparison(
     for rec in results["summary"]:  # the report highlights AMAD: asked of the method, not of its name
         attention = method_attention(cfg["methods"][rec["method"]], f"methods.{rec['method']}")
         rec["is_amad"] = attention is not None and attention.is_amad
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return results
 

@@ -39,6 +39,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from amad.artefacts import DamagedFile, read_json, warn
 from amad.compare.config import (
     check_student_overrides,
     load_compare_config,
@@ -336,7 +337,11 @@ def _last_snapshot(cell_out: Path, method: str, runs: list[dict[str, Any]]) -> d
     path = cell_out / "heatmaps" / method / "snapshots.json"
     if not path.is_file():
         return None
-    snaps = json.loads(path.read_text())
+    try:
+        snaps = read_json(path)
+    except DamagedFile as err:  # a figure's input: the row goes without it, the sweep goes on
+        warn(f"{err}; the sweep table shows no head statistics for {method}")
+        return None
     return snaps[max(snaps, key=int)] if snaps else None
 
 

@@ -11,10 +11,8 @@ recipe, per-stage records, test metrics and training time). The cache root is ``
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,10 +21,19 @@ from typing import Any
 import lightning as L
 import torch
 
+from amad.artefacts import FileLock
 from amad.compare.config import fingerprint, load_compare_config, make_datamodule, optimization_kwargs
+from amad.compare.teacher_files import (
+    cached_teacher,
+    check_teacher_path,
+    fault_callbacks,
+    load_last_stage,
+    public_record,
+    publish_teacher,
+    save_stage,
+)
 from amad.compare.tower_stage import shared_attribute_stage
 from amad.lit.base import COMPARE_PREFIX
-from amad.models.io import save_pretrained
 from amad.paths import cache_root
 
 TEACHER_KEYS = (
@@ -75,10 +82,21 @@ def teacher_datamodule_config(cfg: dict[str, Any]) -> dict[str, Any]:
 def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]]:
     """Return (teacher dir or file, teacher record with ``metrics``, ``train_time_s``, ``fingerprint``).
 
+    One process at a time finds or trains a comparison's teacher (a lock in the cache; another waits,
+    then reuses what the first trained). A damaged cached teacher or kept stage is set aside and
+    retrained; a damaged ``teacher.path`` is a :class:`~amad.artefacts.DamagedFile` error naming the file
+    (:mod:`amad.compare.teacher_files`).
+
     Args:
         cfg: the loaded comparison config.
         log: progress printer.
     """
+    lock = cache_root() / "locks" / f"teacher-{cfg['name']}.lock"  # beside, not in, teachers/
+    with FileLock(lock, f"the teacher cache of {cfg['name']}", wait=True):
+        return _ensure_teacher(cfg, log)
+
+
+def _ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]]:
     t = cfg["teacher"]
     dm = make_datamodule(teacher_datamodule_config(cfg))
     facts = getattr(dm, "metadata", {})
@@ -90,8 +108,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
                 f"teacher.path {path} does not exist (expected a save_pretrained dir "
                 "or .ckpt); remove teacher.path to train the teacher instead"
             )
-        meta = path / "teacher.json" if path.is_dir() else None
-        record = json.loads(meta.read_text()) if meta and meta.is_file() else {}
+        record = public_record(check_teacher_path(path))  # damaged: one error naming the file
         if record.get("fingerprint", fp) == fp:  # a user's teacher has no record: trust the path
             log(f"teacher: using {path}")
             return path, {**record, "source": str(path)}
@@ -100,10 +117,10 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
             f"{record['fingerprint']} != {fp}); training a fresh one"
         )
     out = cache_root() / "teachers" / f"{cfg['name']}-{fp}"
-    meta = out / "teacher.json"
-    if meta.is_file():
+    record = cached_teacher(out)  # damaged: set aside (one warning line) and trained again
+    if record is not None:
         log(f"teacher: reusing {out}")
-        return out, {**json.loads(meta.read_text()), "source": str(out)}
+        return out, {**record, "source": str(out)}
     log(f"teacher: training {t['model']} (cached as {out})")
     # pre-trained stages are kept by their own recipe: an interrupted run resumes after the last one,
     # and a recipe that changes only its fine-tuning starts from them
@@ -114,9 +131,6 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
     model, stages = train_teacher(cfg, dm, log, resume_dir=stages_dir)
     test = evaluate_model(model, dm, "test", t["max_new_tokens"])
     oracle = oracle_metrics(dm, "test")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp)
     record = {
         "fingerprint": fp,
         "config": {k: t.get(k) for k in TEACHER_KEYS + RECIPE_KEYS},
@@ -130,9 +144,7 @@ def ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any]
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),
     }
-    (tmp / "teacher.json").write_text(json.dumps(record, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # atomic: a half-trained or half-written teacher is never "cached"
+    publish_teacher(model, out, record)
     log(f"teacher: test {test} after {record['train_time_s']:.0f}s of training")
     return out, {**record, "source": str(out)}
 
@@ -168,7 +180,7 @@ def quiet_trainer(max_steps: int = -1, precision: str = "32-true", callbacks=(),
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=10,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks) + fault_callbacks(),
     )
 
 
@@ -217,10 +229,7 @@ def train_teacher(
     def keep(record: dict[str, Any]) -> None:
         stages.append(record)
         if resume_dir is not None:
-            resume_dir.mkdir(parents=True, exist_ok=True)
-            tmp = resume_dir / f"stage{len(stages)}.pt.tmp"
-            torch.save({"state_dict": model.state_dict(), "stages": stages}, tmp)
-            os.replace(tmp, resume_dir / f"stage{len(stages)}.pt")
+            save_stage(resume_dir, len(stages), {"state_dict": model.state_dict(), "stages": stages})
 
     names = [s["stage"] for s in stages]
     if "attributes" in pre and "pretrain.attributes" not in names:
@@ -246,15 +255,10 @@ def train_teacher(
 
 def _resume(model: Any, resume_dir: Path | None, log) -> list[dict[str, Any]]:
     """Load the last stage kept in ``resume_dir`` into ``model``; its stage records (or [])."""
-    kept = sorted(resume_dir.glob("stage*.pt")) if resume_dir is not None and resume_dir.is_dir() else []
-    if not kept:
+    found = load_last_stage(resume_dir, model)  # a damaged stage file is set aside, the one before used
+    if found is None:
         return []
-    try:
-        state = torch.load(kept[-1], map_location="cpu", weights_only=True)
-        model.load_state_dict(state["state_dict"])
-    except Exception as err:  # a stage file cut short by a crash: start over, never fail on it
-        log(f"teacher: cannot resume from {kept[-1]} ({type(err).__name__}: {err}); training from the start")
-        return []
+    state = found[0]
     log(f"teacher: resuming after {', '.join(s['stage'] for s in state['stages'])} (kept in {resume_dir})")
     return [{**s, "resumed": True} for s in state["stages"]]
 
@@ -324,7 +328,12 @@ def evaluate_model(model: Any, dm: Any, split: str, max_new_tokens: int) -> dict
 
     module = FineTuneModule(model=model, task=dm.task, max_new_tokens=int(max_new_tokens))
     trainer = L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        devices=1,
+        callbacks=fault_callbacks(),
     )
     run = trainer.test if split == "test" else trainer.validate
     res = run(module, datamodule=dm, verbose=False)[0]

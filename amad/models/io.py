@@ -2,7 +2,10 @@
 
 A ``save_pretrained`` directory holds the HF files (``config.json``, ``model.safetensors``),
 ``amad_adapter.json`` (family, adapter settings, special ids), ``amad_extra.safetensors`` (modules
-outside the HF model, e.g. VL-T5's visual embedding) and the tokenizer files.
+outside the HF model, e.g. VL-T5's visual embedding) and the tokenizer files. ``amad_adapter.json`` is
+written last and records the size and SHA-256 of every other file (``files``); :func:`load_pretrained`
+checks them where recorded, and checks every folder's JSON files and safetensors headers
+(:func:`check_pretrained_dir`): a damaged folder is one error naming the file, never a library traceback.
 
 An amad ``.ckpt`` (written by ``amad fit``) carries, besides Lightning's ``state_dict``, what rebuilding
 its trainable model needs: :data:`MODEL_CONFIG_KEY` (the adapter's ``config_dict()``),
@@ -21,6 +24,15 @@ from typing import Any
 
 import torch
 
+from amad.artefacts import (
+    DamagedFile,
+    atomic_write_text,
+    check_digests,
+    check_safetensors,
+    check_zip,
+    folder_digests,
+    read_json,
+)
 from amad.models.adapter import AttentionAdapter
 from amad.models.build import adapter_class, build_model
 from amad.models.tokenizers import load_tokenizer, word_tokenizer_from_vocab
@@ -30,6 +42,8 @@ EXTRA_WEIGHTS_FILE = "amad_extra.safetensors"
 MODEL_CONFIG_KEY = "amad_model_config"
 MODEL_PREFIX_KEY = "amad_model_prefix"
 TOKENIZER_KEY = "amad_tokenizer"
+#: a comparison's teacher record (:mod:`amad.compare.teacher_files`), when the folder is one
+TEACHER_RECORD = "teacher.json"
 
 _ARCHITECTURES = {
     "BlipForQuestionAnswering": "blip-vqa",
@@ -46,21 +60,68 @@ def save_pretrained(adapter: AttentionAdapter, path: str | Path) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    before = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
     adapter.model.save_pretrained(path)
+    extra = adapter.extra_state_dict()
+    if extra:
+        save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(path / EXTRA_WEIGHTS_FILE))
+    if adapter.tokenizer is not None:
+        adapter.tokenizer.save_pretrained(str(path))
     meta = {
         "family": adapter.family,
         "extra_config": adapter.extra_config(),
         "bos_token_id": adapter.bos_token_id,
         "eos_token_id": adapter.eos_token_id,
         "pad_token_id": adapter.pad_token_id,
+        # last: the other files are complete when their digests are written
+        # (only the files written here: a user's other files in the folder are theirs to change)
+        "files": {
+            name: d
+            for name, d in folder_digests(path, skip=(ADAPTER_FILE,)).items()
+            if before.get(name) != (path / name).stat().st_mtime_ns
+        },
     }
-    (path / ADAPTER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    extra = adapter.extra_state_dict()
-    if extra:
-        save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(path / EXTRA_WEIGHTS_FILE))
-    if adapter.tokenizer is not None:
-        adapter.tokenizer.save_pretrained(str(path))
+    atomic_write_text(path / ADAPTER_FILE, json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def check_pretrained_dir(folder: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Check a model folder before loading it; returns its ``amad_adapter.json`` (or {}).
+
+    Every JSON file must parse, every safetensors file must have a complete header, the weights must be
+    there (unless ``weights=False``), and the files listed in ``amad_adapter.json`` must have their
+    recorded size and SHA-256 (those listed in ``teacher.json`` instead, where a teacher's record has them).
+
+    Raises:
+        DamagedFile: naming the first damaged file and what is wrong with it.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise DamagedFile(folder / "config.json", "missing: not a folder written by save_pretrained")
+    docs = {p.name: read_json(p, object) for p in sorted(folder.glob("*.json"))}
+    meta = docs.get(ADAPTER_FILE, {})
+    if not isinstance(meta, dict):
+        raise DamagedFile(folder / ADAPTER_FILE, "not a JSON object")
+    # a comparison's teacher records every file's digest in teacher.json (covering amad_adapter.json,
+    # and the weights of a teacher saved before amad_adapter.json held digests)
+    record = docs.get(TEACHER_RECORD)
+    if isinstance(record, dict) and record.get("files"):
+        check_digests(folder, record["files"], TEACHER_RECORD)
+    else:
+        check_digests(folder, meta.get("files") or {}, ADAPTER_FILE)
+    for p in sorted(folder.glob("*.safetensors")):
+        check_safetensors(p)
+    if weights:
+        check_weights_present(folder)
+    return meta
+
+
+def check_weights_present(folder: Path) -> None:
+    """:class:`DamagedFile` unless ``folder`` holds the HF model's weights (safetensors or a .bin)."""
+    if not any(p.name != EXTRA_WEIGHTS_FILE for p in folder.glob("*.safetensors")) and not any(
+        folder.glob("pytorch_model*.bin")
+    ):
+        raise DamagedFile(folder / "model.safetensors", "missing: the folder has no model weights")
 
 
 def resolve_local_path(path: str | Path) -> Path:
@@ -105,17 +166,16 @@ def load_pretrained(
     A plain T5 checkpoint gets a freshly initialised visual embedding, listed in ``adapter.init_report``.
     """
     local = resolve_local_path(path)
-    meta_file = local / ADAPTER_FILE
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = check_pretrained_dir(local, weights=False)
     if family is None:
         family = meta.get("family")
     if family is None:
-        cfg_file = local / "config.json"
-        archs = (json.loads(cfg_file.read_text()).get("architectures") or []) if cfg_file.is_file() else []
+        archs = read_json(local / "config.json").get("architectures") or []
         family = next((_ARCHITECTURES[a] for a in archs if a in _ARCHITECTURES), None)
         if family is None:
             raise ValueError(f"cannot tell the model family of {local} (architectures {archs}); pass family=")
     cls = adapter_class(family)
+    check_weights_present(local)
     model = cls.load_hf(str(local))
     if tokenizer is None and any((local / f).is_file() for f in _TOKENIZER_FILES):
         tokenizer = load_tokenizer(local)
@@ -155,11 +215,13 @@ def load_checkpoint_model(path: str | Path) -> AttentionAdapter:
 
     Raises:
         FileNotFoundError: no file at ``path``.
+        DamagedFile: the file is cut short or altered (a ``ValueError`` naming it).
         ValueError: the file is not an amad checkpoint (or not readable), or its weights do not fit its config.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    check_zip(path, "checkpoint (torch.save archive)")  # torch.load would take altered bytes as weights
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated / not a torch file

@@ -25,6 +25,7 @@ import functools
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,9 +83,9 @@ class ScenePool:
 @functools.lru_cache(maxsize=4)
 def _load_pool(seed: int, size: int) -> tuple[torch.Tensor, tuple[ShapeAttributes, ...]]:
     path = cache_root() / "scenes" / f"seed{seed}-{size}.npz"
-    if path.is_file():
-        with np.load(path) as f:
-            images, attrs = f["images"], json.loads(str(f["attributes"]))
+    loaded = _read_pool(path, size) if path.is_file() else None
+    if loaded is not None:
+        images, attrs = loaded
     else:
         workers = max(1, min(os.cpu_count() or 1, 8))
         bounds = np.linspace(0, size, workers * 4 + 1).astype(int)
@@ -97,6 +98,25 @@ def _load_pool(seed: int, size: int) -> tuple[torch.Tensor, tuple[ShapeAttribute
         np.savez_compressed(tmp, images=images, attributes=json.dumps(attrs))
         os.replace(tmp, path)  # atomic: a half-written pool is never read
     return torch.from_numpy(images), tuple(ShapeAttributes(**a) for a in attrs)
+
+
+def _read_pool(path: Path, size: int) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+    """A cached pool, or None when it is damaged (set aside with one warning line: it is drawn again)."""
+    from amad.artefacts import DamagedFile, check_zip, set_aside
+
+    try:
+        check_zip(path, "scene pool (.npz)")
+        with np.load(path) as f:
+            images, attrs = f["images"], json.loads(str(f["attributes"]))
+        if len(images) != size or len(attrs) != size:
+            raise DamagedFile(path, f"holds {len(images)} scenes, expected {size}")
+    except DamagedFile as err:
+        set_aside(path, err.problem)
+        return None
+    except (OSError, ValueError, KeyError) as err:
+        set_aside(path, f"{type(err).__name__}: {err}")
+        return None
+    return images, attrs
 
 
 def attribute_labels(attrs: ShapeAttributes) -> torch.Tensor:

@@ -128,7 +128,7 @@ def test_a_staged_recipe_records_every_stage_and_the_breakdown(tmp_path, monkeyp
     assert teacher_fingerprint(cfg, facts) != record["fingerprint"]
 
 
-def test_an_interrupted_recipe_resumes_after_its_last_stage_and_trains_the_same_teacher(tmp_path, monkeypatch):
+def test_an_interrupted_recipe_resumes_after_its_last_stage_and_trains_the_same_teacher(tmp_path, monkeypatch, capsys):
     from amad.compare import teacher as teacher_mod
     from amad.compare.config import load_compare_config, make_datamodule
     from amad.compare.teacher import teacher_datamodule_config, train_teacher
@@ -158,10 +158,12 @@ def test_an_interrupted_recipe_resumes_after_its_last_stage_and_trains_the_same_
     a, b = whole.state_dict(), resumed.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), "resuming trains what one run trains"
 
-    (keep / "stage3.pt").write_bytes(b"cut short")  # a corrupt file never fails the run: start over
+    (keep / "stage3.pt").write_bytes(b"cut short")  # a damaged stage never fails the run: set aside
     lines.clear()
+    capsys.readouterr()
     train_teacher(cfg, dm, log=lines.append, resume_dir=keep)
-    assert any("cannot resume from" in line and "stage3.pt" in line for line in lines)
+    assert "stage3.pt is damaged" in capsys.readouterr().err and list(keep.glob("stage3.pt.corrupt-*"))
+    assert any("resuming after pretrain.attributes, pretrain.task" in line for line in lines)
 
 
 def test_a_recipe_that_changes_only_its_finetuning_starts_from_the_kept_pretraining(tmp_path, monkeypatch):

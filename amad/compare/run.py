@@ -307,6 +307,7 @@ def _run_comparison(
     runs = [records[p] for p in plan]
     results = {
         "name": cfg["name"],
+        "commit": source_commit(),
         "task": getattr(dm, "task", None),
         "task_description": cfg.get("description", ""),
         "model": cfg["teacher"]["model"].get("family"),
@@ -337,6 +338,29 @@ def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, al
         | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
         | ({"also_test": True} if also_test else {})
     )
+
+
+def source_commit() -> str | None:
+    """The git commit of the amad source that made a result (``+dirty`` with uncommitted changes), or
+    None outside a git checkout: results.json says which code produced it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "amad"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def quiet_libraries() -> None:

@@ -75,3 +75,13 @@ def test_the_report_says_in_its_first_line_whether_the_instrument_can_be_trusted
     assert line.startswith(first), line
     table = (tmp_path / "results.md").read_text().split("| method |", 1)[1].splitlines()
     assert table[2].startswith("| teacher | 92.0"), "the teacher's metric is the table's first row"
+
+
+def test_results_name_the_commit_of_the_code_that_made_them():
+    import subprocess
+
+    from amad.compare.run import source_commit
+
+    commit = source_commit()
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert commit is not None and commit.split("+")[0] == head

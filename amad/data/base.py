@@ -97,9 +97,6 @@ class VisionTextDataModule(L.LightningDataModule):
         self.seed = seed
         self.datasets: dict[str, VisionTextDataset] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
-        #: functions applied to every collated training batch, in order (e.g. ``amad compare`` attaches
-        #: the cached teacher outputs of the batch's examples)
-        self.train_batch_hooks: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
 
     @property
     def pixel_size(self) -> int | None:
@@ -189,12 +186,9 @@ class VisionTextDataModule(L.LightningDataModule):
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
-        collate = self.collator()
-        if train and self.train_batch_hooks:
-            collate = _Hooked(collate, tuple(self.train_batch_hooks))
         kwargs = dict(
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=self.collator(),
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
@@ -225,19 +219,6 @@ class VisionTextDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
-
-
-class _Hooked:
-    """A collate function followed by batch hooks (picklable for DataLoader workers)."""
-
-    def __init__(self, collate: Callable[[list], dict[str, Any]], hooks: tuple[Callable, ...]) -> None:
-        self.collate, self.hooks = collate, hooks
-
-    def __call__(self, items: list) -> dict[str, Any]:
-        batch = self.collate(items)
-        for hook in self.hooks:
-            batch = hook(batch)
-        return batch
 
 
 class FileImagesDataModule(VisionTextDataModule):

@@ -14,7 +14,7 @@ different values. LightningCLI's saved ``config.yaml`` records them instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 

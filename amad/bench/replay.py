@@ -9,6 +9,10 @@ own loader and (b) forward, backward and AdamW step. Reported per method: median
 ratio of its step (b) to ground truth's (medians of the per-round ratios, and their IQR: the machine's
 noise), and the data wait's share of (a + b).
 
+Times are the process's CPU time (``time.process_time``): on a machine whose cores are shared with other
+jobs, wall-clock time also counts the slices the other jobs ran in (the ``*_wall`` fields keep it). The
+steps run on one thread in a comparison (``OMP_NUM_THREADS=1``), where the two agree on an idle core.
+
 The teacher is randomly initialised at the configured shape: replay costs the same whatever its weights.
 Lightning's own per-step work (logging, callbacks) is not in the step: it is the same for every method.
 """
@@ -67,39 +71,43 @@ def measure_replay(config: str, preset: str = "default", steps: int = 40, warmup
         module.train()
     loaders = {m: iter(_cycle(dm)) for m in METHODS}
 
-    def step(method: str) -> tuple[float, float]:
+    def step(method: str) -> tuple[float, float, float, float]:
         module, opt = built[method]
-        t0 = time.perf_counter()
+        t0, w0 = time.process_time(), time.perf_counter()
         batch = next(loaders[method])
-        t1 = time.perf_counter()
+        t1, w1 = time.process_time(), time.perf_counter()
         loss = module.distillation(batch)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return t1 - t0, time.perf_counter() - t1
+        return t1 - t0, time.process_time() - t1, w1 - w0, time.perf_counter() - w1
 
     for _ in range(warmup):
         for m in METHODS:
             step(m)
-    wait: dict[str, list[float]] = {m: [] for m in METHODS}
-    compute: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[tuple[float, float, float, float]]] = {m: [] for m in METHODS}
     for _ in range(steps):  # interleaved: machine noise hits every method alike
         for m in METHODS:
-            w, c = step(m)
-            wait[m].append(w)
-            compute[m].append(c)
+            times[m].append(step(m))
     methods = {}
     for m in METHODS:
-        per_round = sorted(c / g for c, g in zip(compute[m], compute["gt"], strict=True))
+        wait, compute, wait_wall, compute_wall = (list(x) for x in zip(*times[m], strict=True))
+        gt = [x[1] for x in times["gt"]]
+        per_round = sorted(c / g for c, g in zip(compute, gt, strict=True))
         q = len(per_round) // 4
-        med = statistics.median(compute[m])
+        med = statistics.median(compute)
         methods[m] = {
             "step_s": med,
-            "wait_s": statistics.median(wait[m]),
-            "steps_per_s": 1.0 / (med + statistics.median(wait[m])),
+            "wait_s": statistics.median(wait),
+            "steps_per_s": 1.0 / (med + statistics.median(wait)),
             "ratio_to_gt": statistics.median(per_round),
             "ratio_iqr": [per_round[q], per_round[-1 - q]],
-            "data_wait_fraction": sum(wait[m]) / (sum(wait[m]) + sum(compute[m])),
+            "data_wait_fraction": sum(wait) / (sum(wait) + sum(compute)),
+            "step_s_wall": statistics.median(compute_wall),
+            "ratio_to_gt_wall": statistics.median(
+                c / g for c, g in zip(compute_wall, [x[3] for x in times["gt"]], strict=True)
+            ),
+            "data_wait_fraction_wall": sum(wait_wall) / (sum(wait_wall) + sum(compute_wall)),
         }
     rec = {
         "config": config,

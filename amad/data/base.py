@@ -22,11 +22,14 @@ import lightning as L
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from amad.data.collate import VisionTextCollator
+from amad.data.collate import PreparedImages, VisionTextCollator
 from amad.data.dataset import Example, VisionTextDataset, select
-from amad.data.images import ImageFiles, check_image_files, warn_skipped
+from amad.data.images import ImageFiles, TensorImages, check_image_files, warn_skipped
 from amad.data.resumable import ResumableDataLoader
 from amad.models.tokenizers import build_word_tokenizer, load_tokenizer
+
+#: in-memory images are resized and normalised once per split while they take at most this many bytes
+PREPARED_IMAGES_MAX_BYTES = 1 << 30
 
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
@@ -96,6 +99,8 @@ class VisionTextDataModule(L.LightningDataModule):
         self.eval_subset = eval_subset
         self.seed = seed
         self.datasets: dict[str, VisionTextDataset] = {}
+        # split -> (its dataset, the same with images prepared once)
+        self._prepared: dict[str, tuple[VisionTextDataset, VisionTextDataset]] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
 
     @property
@@ -186,6 +191,7 @@ class VisionTextDataModule(L.LightningDataModule):
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        dataset = self._with_prepared_images(split)
         kwargs = dict(
             num_workers=self.num_workers,
             collate_fn=self.collator(),
@@ -198,11 +204,29 @@ class VisionTextDataModule(L.LightningDataModule):
             # a comparison differ in order as well as in initialisation)
             run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
             return ResumableDataLoader(
-                self.datasets[split], self.batch_size, shuffle=True, seed=self.seed * 1_000_003 + run_seed, **kwargs
+                dataset, self.batch_size, shuffle=True, seed=self.seed * 1_000_003 + run_seed, **kwargs
             )
         return DataLoader(
-            self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, **kwargs
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train, **kwargs
         )
+
+    def _with_prepared_images(self, split: str) -> VisionTextDataset:
+        """The split's dataset, with its in-memory images resized and normalised once
+        (:class:`~amad.data.collate.PreparedImages`) rather than in every batch: same batches, less work
+        per batch. Kept as is for image files, augmented images (the transform reads uint8 images) and
+        images that would take more than :data:`PREPARED_IMAGES_MAX_BYTES` prepared."""
+        ds = self.datasets[split]
+        if split in self._prepared and self._prepared[split][0] is ds:
+            return self._prepared[split][1]
+        images = getattr(ds, "images", None)
+        if not isinstance(ds, VisionTextDataset) or not isinstance(images, TensorImages) or ds.transform is not None:
+            return ds
+        if PreparedImages.nbytes(images.images, self.image_size) > PREPARED_IMAGES_MAX_BYTES:
+            return ds
+        mean, std = self.normalize
+        prepared = PreparedImages(images.images, self.image_size, mean, std)
+        self._prepared[split] = (ds, VisionTextDataset(ds.examples, prepared))
+        return self._prepared[split][1]
 
     def _resumable(self) -> bool:
         trainer = getattr(self, "trainer", None)

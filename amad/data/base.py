@@ -192,9 +192,12 @@ class VisionTextDataModule(L.LightningDataModule):
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         dataset = self._with_prepared_images(split)
+        collate = self.collator()
+        if isinstance(dataset, VisionTextDataset):  # tokenize the split's texts once, not per batch
+            collate.remember([ex.source for ex in dataset.examples], [ex.target for ex in dataset.examples])
         kwargs = dict(
             num_workers=self.num_workers,
-            collate_fn=self.collator(),
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )

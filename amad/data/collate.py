@@ -158,9 +158,20 @@ class VisionTextCollator:
                 return [fresh[t] if t in fresh else self._memo[t] for t in texts]
         return [self._memo[t] for t in texts]
 
+    def remember(self, sources: Sequence[str], targets: Sequence[str]) -> None:
+        """Tokenize a split's texts now, in one call each, so that its batches only look them up (skipped
+        when they would not fit in the memo)."""
+        full = [self._full(t) for t in sources]
+        if len(set(full)) + len(set(targets)) + len(self._memo) <= self.MEMO_SIZE:
+            self._encode(full)
+            self._encode(list(targets))
+
+    def _full(self, text: str) -> str:
+        return f"{self.text_prefix} {text}".strip()
+
     def source_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of sources: ``[CLS] prefix text [SEP]``, cut to ``max_source_len``."""
-        full = [f"{self.text_prefix} {t}".strip() for t in texts]
+        full = [self._full(t) for t in texts]
         room = self.max_source_len - len(self.start) - len(self.end)
         return [self.start + ids[:room] + self.end for ids in self._encode(full)]
 

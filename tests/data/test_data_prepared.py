@@ -20,6 +20,7 @@ def test_prepared_images_and_remembered_ids_give_the_same_batches(dm_cls, kwargs
     loader = dm.train_dataloader()
     assert isinstance(loader.dataset.images, PreparedImages), "in-memory images are prepared once"
     assert dm.train_dataloader().dataset is loader.dataset, "once per split, not per loader"
+    assert len(loader.collate_fn._memo) > 0, "the split's texts are tokenized when the loader is made"
     plain = dm.collator()  # the per-batch path: uint8 images resized and normalised in the collate
     for batch in loader:
         items = [dm.datasets["train"][i] for i in range(len(dm.datasets["train"]))]

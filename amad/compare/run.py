@@ -269,6 +269,8 @@ def run_comparison(
             f"{prefix} {scores} (train {record['train_time_s']:.0f}s, eval {record['eval_time_s']:.0f}s, "
             f"teacher {record['teacher']})" + (f"; ~{format_seconds(left)} left" if k < len(todo) else "")
         )
+    if cache is not None:
+        cache.close()  # frees it now (and deletes its memory-mapped files, if it has any)
     runs = [records[p] for p in plan]
     results = {
         "name": cfg["name"],

@@ -88,7 +88,10 @@ class TeacherCache:
         """Run the teacher once over ``batches`` (the training set, in any order and batch size)."""
         was_training = self.teacher.training
         self.teacher.eval()
-        capacity = len(getattr(batches, "dataset", ())) or None  # a DataLoader says how many examples
+        try:  # a DataLoader over a map-style dataset says how many examples: the arrays' rows
+            capacity = len(batches.dataset) or None  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            capacity = None  # rows grow by doubling
         try:
             for batch in batches:
                 out = self.teacher(batch, sites=tuple(self.layers), layers=self.layers)

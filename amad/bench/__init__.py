@@ -2,7 +2,9 @@
 
 Parts: ``losses`` (vectorised losses vs loop references), ``step`` (distillation step overhead over
 teacher forward + student step), ``memory`` (peak memory ratio), ``scaling`` (tokens and heads),
-``throughput`` (samples/s of the demo's training and data-wait fraction), or ``all`` (these five); and
+``throughput`` (samples/s of the demo's training and data-wait fraction), ``replay`` (a comparison's own
+step with the teacher's outputs replayed from its cache: ground truth vs one-to-one vs AMAD, interleaved;
+the demo and the BLIP captioning comparison), or ``all`` (these six); and
 ``qk`` (attention distillation from queries and keys against maps, at base shapes: about an hour on CPU,
 so only when named).
 """
@@ -13,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-PARTS = ("losses", "step", "memory", "scaling", "throughput")
+PARTS = ("losses", "step", "memory", "scaling", "throughput", "replay")
 #: parts run only when named (not by ``all``)
 EXTRA_PARTS = ("qk",)
 
@@ -29,6 +31,8 @@ def _part(name: str):
         from amad.bench.scaling import run_scaling as run
     elif name == "throughput":
         from amad.bench.throughput import run
+    elif name == "replay":
+        from amad.bench.replay import run
     elif name == "qk":
         from amad.bench.qk import run
     else:

@@ -109,7 +109,7 @@ def run_one(
     module = build_module(cfg, method, seed, teacher_path, dm.task)
     replay = cache is not None and module.distillation.uses_teacher and _serves(cache, module)
     if replay:
-        dm.train_batch_hooks = [lambda batch: {**batch, "teacher_out": cache.replay(batch)}]
+        module.distillation.teacher_cache = cache
     logger = make_logger(
         logger_kind, out, f"{cfg['name']}-{out.name}", f"{method}-seed{seed}", {**cfg, "method": method, "seed": seed}
     )
@@ -126,7 +126,7 @@ def run_one(
     try:
         trainer.fit(module, datamodule=dm)
     finally:
-        dm.train_batch_hooks = []
+        module.distillation.teacher_cache = None
     train_time = time.perf_counter() - start
     fault_point("student.trained")
     start = time.perf_counter()
@@ -220,9 +220,15 @@ def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, method
         return None
     start = time.perf_counter()
     loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collator())
-    cache = TeacherCache(module.teacher, {s: sorted(ls) for s, ls in layers.items()}).fill(loader)
+    budget = cfg["train"].get("teacher_cache_memory_mb")  # beyond it: memory-mapped (default: RAM / 4)
+    cache = TeacherCache(
+        module.teacher,
+        {s: sorted(ls) for s, ls in layers.items()},
+        memory_budget=None if budget is None else int(float(budget) * 2**20),
+    ).fill(loader)
     log(
-        f"teacher outputs: {len(cache.examples)} training examples cached once ({cache.nbytes / 2**20:.0f} MB, "
+        f"teacher outputs: {len(cache)} training examples cached once ({cache.nbytes / 2**20:.0f} MB"
+        f"{' memory-mapped' if cache.memory_mapped else ''}, "
         f"{time.perf_counter() - start:.0f}s), replayed to every run that distils maps or logits"
     )
     return cache
@@ -304,6 +310,8 @@ def _run_comparison(
             f"{prefix} {scores} (train {record['train_time_s']:.0f}s, eval {record['eval_time_s']:.0f}s, "
             f"teacher {record['teacher']})" + (f"; ~{format_seconds(left)} left" if k < len(todo) else "")
         )
+    if cache is not None:
+        cache.close()  # frees it now (and deletes its memory-mapped files, if it has any)
     runs = [records[p] for p in plan]
     results = {
         "name": cfg["name"],
@@ -331,7 +339,8 @@ def _run_comparison(
 
 
 def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, also_test: bool = False) -> str:
-    train = {k: v for k, v in cfg["train"].items() if k != "teacher_cache"}  # replay is exact: same run
+    # replay is exact, from RAM or a memory-mapped file: the same run
+    train = {k: v for k, v in cfg["train"].items() if k not in ("teacher_cache", "teacher_cache_memory_mb")}
     return fingerprint(
         {k: cfg[k] for k in ("data", "teacher", "student")}
         | {"train": train, "method": cfg["methods"][method], "seed": seed, "split": split}

@@ -12,6 +12,12 @@ Each dataset item is a dict ``{"image": uint8 (3, H, W), "id", "source": str, "t
 * ``attributes`` (list of dicts of :class:`~amad.scenes.attributes.ShapeAttributes`) when the
   items carry them (the synthetic caption and translation tasks, generated scenes).
 
+Images that are already floating point are taken as prepared (resized and normalised, e.g. by
+:class:`PreparedImages`, which does it once for a DataModule's in-memory images) and only stacked.
+Token ids of each distinct text are computed once per collator and remembered (up to
+:attr:`VisionTextCollator.MEMO_SIZE` texts): the training loop sees the same questions and answers every
+epoch.
+
 Tokenizers without ``[CLS]`` (T5) get no start token; without ``[SEP]`` the source ends with the EOS
 token (``</s>`` for T5). Targets end with EOS, or ``[SEP]`` when the tokenizer has no EOS (BERT, as
 BLIP uses it). Over-long texts are cut so that the special tokens stay.
@@ -61,6 +67,40 @@ def prepare_images(
     return (x - m) / s
 
 
+class PreparedImages:
+    """In-memory uint8 images (a :class:`~amad.data.images.TensorImages`) resized and normalised once.
+
+    A callable key → float (3, S, S), the same values :func:`prepare_images` gives a batch of them, so
+    that the collate function only stacks them (the demo's loader spent half its collate time resizing
+    the same images again every epoch).
+
+    Args:
+        images: uint8 (N, 3, H, W).
+        image_size, mean, std: as in :func:`prepare_images`.
+        chunk: images prepared per call (bounds the temporary memory).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        image_size: int | None,
+        mean: float | Sequence[float] = 0.5,
+        std: float | Sequence[float] = 0.5,
+        chunk: int = 1024,
+    ) -> None:
+        parts = [prepare_images(images[i : i + chunk], image_size, mean, std) for i in range(0, len(images), chunk)]
+        self.images = torch.cat(parts) if parts else images.float()
+
+    @staticmethod
+    def nbytes(images: torch.Tensor, image_size: int | None) -> int:
+        """Memory the prepared float32 images of ``images`` (N, 3, H, W) would take."""
+        side = images.shape[-2:] if image_size is None else (image_size, image_size)
+        return images.shape[0] * images.shape[1] * side[0] * side[1] * 4
+
+    def __call__(self, key: int) -> torch.Tensor:
+        return self.images[int(key)]
+
+
 def _as_dict(attributes: Any) -> dict[str, Any] | None:
     return None if attributes is None else dict(vars(attributes))
 
@@ -76,6 +116,9 @@ class VisionTextCollator:
         max_source_len: longest ``input_ids`` row, special tokens included.
         max_target_len: longest ``labels`` row, EOS included.
     """
+
+    #: distinct texts whose token ids a collator remembers
+    MEMO_SIZE = 1 << 17
 
     def __init__(
         self,
@@ -104,18 +147,40 @@ class VisionTextCollator:
         self.eos = eos
         if max_source_len < len(self.start) + len(self.end) or max_target_len < 1:
             raise ValueError("max_source_len / max_target_len too small for the special tokens")
+        self._memo: dict[str, list[int]] = {}
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts`` (no special tokens), each distinct text tokenized once."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if new:
+            ids = self.tokenizer(new, add_special_tokens=False)["input_ids"]
+            if len(self._memo) + len(new) <= self.MEMO_SIZE:
+                self._memo.update(zip(new, ids, strict=True))
+            else:  # past the memo's size: tokenize without remembering
+                fresh = dict(zip(new, ids, strict=True))
+                return [fresh[t] if t in fresh else self._memo[t] for t in texts]
+        return [self._memo[t] for t in texts]
+
+    def remember(self, sources: Sequence[str], targets: Sequence[str]) -> None:
+        """Tokenize a split's texts now, in one call each, so that its batches only look them up (skipped
+        when they would not fit in the memo)."""
+        full = [self._full(t) for t in sources]
+        if len(set(full)) + len(set(targets)) + len(self._memo) <= self.MEMO_SIZE:
+            self._encode(full)
+            self._encode(list(targets))
+
+    def _full(self, text: str) -> str:
+        return f"{self.text_prefix} {text}".strip()
 
     def source_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of sources: ``[CLS] prefix text [SEP]``, cut to ``max_source_len``."""
-        full = [f"{self.text_prefix} {t}".strip() for t in texts]
+        full = [self._full(t) for t in texts]
         room = self.max_source_len - len(self.start) - len(self.end)
-        enc = self.tokenizer(full, add_special_tokens=False)["input_ids"] if full else []
-        return [self.start + ids[:room] + self.end for ids in enc]
+        return [self.start + ids[:room] + self.end for ids in self._encode(full)]
 
     def target_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of targets: ``text [EOS]``, cut to ``max_target_len``."""
-        enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-        return [[*ids[: self.max_target_len - 1], self.eos] for ids in enc]
+        return [[*ids[: self.max_target_len - 1], self.eos] for ids in self._encode(list(texts))]
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         if not items:
@@ -131,8 +196,9 @@ class VisionTextCollator:
             input_ids[i, : len(a)] = torch.tensor(a, dtype=torch.long)
             attention_mask[i, : len(a)] = 1
             labels[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+        prepared = images.is_floating_point()  # resized and normalised already (PreparedImages)
         batch = {
-            "pixel_values": prepare_images(images, self.image_size, self.mean, self.std),
+            "pixel_values": images if prepared else prepare_images(images, self.image_size, self.mean, self.std),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from amad.distill.attention import AttentionDistiller, LayerMapSpec
+from amad.distill.cache import TeacherCache
 from amad.distill.teacher import FrozenTeacher
 from amad.losses.methods import AttentionMethod
 from amad.losses.output import output_kd_loss
@@ -44,6 +45,10 @@ class DistillationTask(nn.Module):
             of query rows (same loss and gradients; no whole map kept or built). ``qk`` serves every map
             method but ``amad_proj`` on equal grids (``ValueError`` otherwise); ``minilm_relation`` takes
             its Q/K/V projections under either.
+        teacher_cache: the teacher's outputs on the training examples, computed once
+            (:class:`~amad.distill.cache.TeacherCache`): when set, :meth:`forward` replays them for the
+            batch's examples instead of running the teacher (the caller checks that the cache serves
+            this objective: :meth:`TeacherCache.serves`). Settable later as :attr:`teacher_cache`.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class DistillationTask(nn.Module):
         sites: Sequence[str] | None = None,
         layer_map: LayerMapSpec = "uniform",
         attention_source: Literal["maps", "qk"] = "maps",
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         super().__init__()
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
@@ -66,6 +72,7 @@ class DistillationTask(nn.Module):
         self.attention_source = attention_source
         self.attn = AttentionDistiller(self.teacher.model, student, attention, sites, layer_map, attention_source)
         self.alpha, self.beta, self.gamma, self.kd_temperature = alpha, beta, gamma, kd_temperature
+        self.teacher_cache = teacher_cache
 
     def train(self, mode: bool = True) -> DistillationTask:
         """Put the student (and the attention criteria) in ``mode``; the teacher stays in eval."""
@@ -106,8 +113,8 @@ class DistillationTask(nn.Module):
         Args:
             batch: the batch dict (docs/architecture.md).
             teacher_out: the teacher's :class:`~amad.models.AdapterOutput` for this very batch if it was
-                computed already, or its :class:`~amad.distill.cache.ReplayedTeacher` (outputs cached once
-                per training example); computed here otherwise.
+                computed already; else replayed from :attr:`teacher_cache` when one is set, else computed
+                here.
 
         Returns:
             ``loss_task``, ``loss_kd`` (if β > 0), ``loss_attn`` and ``loss_attn/<site>`` (if γ > 0 and
@@ -117,9 +124,12 @@ class DistillationTask(nn.Module):
         terms: dict[str, Tensor] = {"loss_task": s_out.loss}
         loss = self.alpha * s_out.loss
         if self.uses_teacher:
-            t_out = self.teacher_outputs(batch) if teacher_out is None else teacher_out
-            if hasattr(t_out, "for_student"):  # replayed from a TeacherCache: padded to this batch's shapes
-                t_out = t_out.for_student(s_out)
+            if teacher_out is not None:
+                t_out = teacher_out
+            elif self.teacher_cache is not None:  # cached once per example, shaped like this batch's outputs
+                t_out = self.teacher_cache.replay(batch, s_out)
+            else:
+                t_out = self.teacher_outputs(batch)
             if self.beta > 0:
                 terms["loss_kd"] = output_kd_loss(s_out.logits, t_out.logits, s_out.target_mask, self.kd_temperature)
                 loss = loss + self.beta * terms["loss_kd"]

@@ -147,7 +147,7 @@ class DistillationModule(TaskModule):
         return self.distillation(batch, teacher_out)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        terms = self.distillation(batch, batch.get("teacher_out"))
+        terms = self.distillation(batch)
         bs = len(batch["ids"])
         if not torch.isfinite(terms["loss"]):
             bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))

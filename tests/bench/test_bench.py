@@ -33,7 +33,7 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "all", "--quick", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert set(data) == {"losses", "step", "memory", "scaling", "throughput"}
+    assert set(data) == {"losses", "step", "memory", "scaling", "throughput", "replay"}
     assert all("speedup_vs_loop" in r for r in data["losses"])
     assert all("amad_over_one_to_one" in r for r in data["losses"] if r["method"] == "amad")
     assert all(
@@ -42,6 +42,19 @@ def test_bench_all_quick_writes_every_part(tmp_path):
     assert all("peak_ratio" in r for r in data["memory"])
     assert {r["axis"] for r in data["scaling"]} == {"tokens", "student_heads", "step_tokens"}
     assert 0.0 <= data["throughput"][0]["data_wait_fraction"] <= 1.0
+
+
+def test_bench_replay_quick_times_the_three_methods_of_the_demo(tmp_path):
+    """``amad bench replay --quick`` (the demo's smoke preset, a few seconds): ground truth, one-to-one and
+    AMAD steps with the teacher replayed from the comparison's cache, as ratios to ground truth."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "replay", "--quick", "--out", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())["replay"]
+    assert rec["config"].endswith("easyvqa_blip.yaml") and rec["cache_mb"] > 0 and rec["train_examples"] > 0
+    assert set(rec["methods"]) == {"gt", "one_to_one", "amad"}
+    for m in rec["methods"].values():
+        assert m["step_s"] > 0 and m["steps_per_s"] > 0 and 0.0 <= m["data_wait_fraction"] < 1.0
+    assert rec["methods"]["gt"]["ratio_to_gt"] == 1.0
 
 
 def test_bench_qk_quick_writes_its_records(tmp_path):

@@ -21,25 +21,27 @@ def _setup(dm, family):
     return teacher
 
 
-def _terms_and_grads(task, batch, teacher_out=None):
+def _terms_and_grads(task, batch, cache=None):
     task.student.zero_grad(set_to_none=True)
-    terms = task(batch, teacher_out)
+    task.teacher_cache = cache  # an explicit input of the task: replayed instead of the teacher's forward
+    terms = task(batch)
     terms["loss"].backward()
     grads = {n: p.grad.clone() for n, p in task.student.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in terms.items()}, grads
 
 
 @pytest.mark.parametrize(
-    ("dm_cls", "family", "method"),
+    ("dm_cls", "family", "method", "budget"),
     [
-        (EasyVQADataModule, "blip-vqa", "amad"),
-        (EasyVQADataModule, "blip-vqa", "one_to_one"),
-        (EasyVQADataModule, "vlt5", "amad"),
-        (ShapesCaptionDataModule, "blip-caption", "shd"),
-        (EasyVQADataModule, "blip-vqa", None),  # output KD only
+        (EasyVQADataModule, "blip-vqa", "amad", None),
+        (EasyVQADataModule, "blip-vqa", "amad", 1),  # a 1-byte budget: memory-mapped files
+        (EasyVQADataModule, "blip-vqa", "one_to_one", None),
+        (EasyVQADataModule, "vlt5", "amad", None),
+        (ShapesCaptionDataModule, "blip-caption", "shd", None),
+        (EasyVQADataModule, "blip-vqa", None, None),  # output KD only
     ],
 )
-def test_replayed_outputs_give_the_live_losses_and_gradients(dm_cls, family, method):
+def test_replayed_outputs_give_the_live_losses_and_gradients(dm_cls, family, method, budget, tmp_path):
     dm = dm_cls(subset=24, batch_size=8, text_prefix="vqa:" if family == "vlt5" else "")
     teacher = _setup(dm, family)
     student = derive_student(teacher, num_heads=2, num_layers=1, init="random", seed=1)
@@ -48,11 +50,14 @@ def test_replayed_outputs_give_the_live_losses_and_gradients(dm_cls, family, met
     layers = task.attn.teacher_layers() if method else {}
     # the cache is filled in other batches (another order, size and padding) than the training batches
     fill = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=5, collate_fn=dm.collator())
-    cache = TeacherCache(task.teacher, layers).fill(fill)
-    assert len(cache.examples) == 24 and cache.nbytes > 0
+    cache = TeacherCache(task.teacher, layers, memory_budget=budget, folder=tmp_path).fill(fill)
+    assert len(cache) == 24 and cache.nbytes > 0
+    assert cache.memory_mapped == (budget is not None)
+    files = list(tmp_path.glob("cache-*/*.bin"))
+    assert len(files) == (len(cache.arrays) if budget else 0), "one file per array, older sizes removed"
     for batch in dm.train_dataloader():
         live_terms, live_grads = _terms_and_grads(task, batch)
-        terms, grads = _terms_and_grads(task, batch, cache.replay(batch))
+        terms, grads = _terms_and_grads(task, batch, cache)
         assert terms.keys() == live_terms.keys()
         for k in terms:
             torch.testing.assert_close(terms[k], live_terms[k], rtol=1e-5, atol=1e-6)
@@ -75,4 +80,14 @@ def test_what_a_cache_serves():
     one = DistillationTask(teacher, copy.deepcopy(student), OneToOne()).attn
     assert not kd_only.serves(*one.capture_sites(), one.teacher_layers())
     with pytest.raises(KeyError, match="not in the teacher cache"):
-        kd_only.replay({"ids": [12345]})
+        kd_only.replay({"ids": [12345]}, None)
+
+
+def test_a_memory_mapped_cache_deletes_its_files(tmp_path):
+    dm = EasyVQADataModule(subset=8, batch_size=4)
+    teacher = _setup(dm, "blip-vqa")
+    loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=3, collate_fn=dm.collator())
+    cache = TeacherCache(teacher, {"text.self": [0]}, memory_budget=1, folder=tmp_path).fill(loader)
+    assert cache.memory_mapped and list(tmp_path.glob("cache-*/*.bin"))
+    cache.close()
+    assert not list(tmp_path.iterdir())

@@ -101,7 +101,7 @@ def test_a_tiny_sweep_runs_in_sittings_and_scores_val_and_test(tmp_path, monkeyp
     assert "[cell 1/1 num_heads2-initrandom] [2/2] amad seed 0: vqa_acc" in log, log
     report = json.loads((out / "sweep.json").read_text())
     assert [(r["num_heads"], r["method"]) for r in report["rows"]] == [(2, "one_to_one"), (2, "amad")]
-    assert len(report["missing"]) == 2 and "Not run yet (2)" in (out / "sweep.md").read_text()
+    assert len(report["missing"]) == 2 and "Not run yet (2 cell methods)" in (out / "sweep.md").read_text()
     # the next sitting: the rest (the finished cell is not redone); one teacher for every cell
     assert main(argv) == 0
     log = capsys.readouterr().out

@@ -140,7 +140,7 @@ PACKAGE_GRAPH = {p: set(PACKAGE_EDGES.get(p, {})) for p in PACKAGES}
 
 #: The layers of docs/architecture.md, bottom first: a package imports only from lower layers.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("amad.paths",),
+    ("amad.paths", "amad.artefacts"),
     ("amad.models",),
     ("amad.scenes", "amad.losses"),
     ("amad.metrics", "amad.distill", "amad.config"),

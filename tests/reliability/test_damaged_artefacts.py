@@ -51,8 +51,8 @@ def checkpoint(tmp_path_factory) -> Path:
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from amad.bench._batches import random_batch
     from amad.lit import DistillationModule
-    from amad.models import random_batch
 
     folder = tmp_path_factory.mktemp("ckpt")
     teacher = build_model("blip-vqa", preset="tiny")
@@ -319,7 +319,7 @@ def test_damaged_comparison_config_is_one_error_line(tmp_path, monkeypatch, caps
 # ----------------------------------------------------------------------------- scene pools: rebuilt
 @pytest.mark.parametrize("fault", ("truncate", "flip"))
 def test_damaged_scene_pool_is_set_aside_and_drawn_again(tmp_path, monkeypatch, capsys, fault):
-    from amad.data import scene_data
+    from amad.scenes import datasets as scene_data
 
     monkeypatch.setenv("AMAD_CACHE", str(tmp_path))
     scene_data._load_pool.cache_clear()
@@ -339,11 +339,13 @@ def test_damaged_scene_pool_is_set_aside_and_drawn_again(tmp_path, monkeypatch, 
 def test_damaged_head_snapshot_leaves_a_sweep_row_without_it(tmp_path, capsys, fault):
     from amad.compare.sweep import _last_snapshot
 
-    atomic_write_json(tmp_path / "snapshots.json", {"5": {"spread": 0.1, "head_diversity": 0.2}})
-    results = {"runs": [{"method": "amad", "head_alignment": str(tmp_path)}]}
-    assert _last_snapshot(results, "amad") == {"spread": 0.1, "head_diversity": 0.2}
-    damage(tmp_path / "snapshots.json", fault)
-    assert _last_snapshot(results, "amad") is None
+    folder = tmp_path / "heatmaps" / "amad"
+    folder.mkdir(parents=True)
+    atomic_write_json(folder / "snapshots.json", {"5": {"spread": 0.1, "head_diversity": 0.2}})
+    runs = [{"method": "amad", "seed": 0, "head_alignment": str(folder)}]
+    assert _last_snapshot(tmp_path, "amad", runs) == {"spread": 0.1, "head_diversity": 0.2}
+    damage(folder / "snapshots.json", fault)
+    assert _last_snapshot(tmp_path, "amad", runs) is None
     assert "snapshots.json" in capsys.readouterr().err
 
 

@@ -17,15 +17,14 @@ decoder and sized by each task's vocabulary, is not part of it).
 
 from __future__ import annotations
 
-import json
-import os
-import time
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from amad.artefacts import atomic_write_bytes, atomic_write_json, check_zip, read_json, set_aside
 from amad.compare.config import fingerprint
 from amad.paths import cache_root
 
@@ -128,24 +127,21 @@ def shared_attribute_stage(
     weights, record_file = folder / "tower.pt", folder / "record.json"
     if weights.is_file() and record_file.is_file():
         try:
+            check_zip(weights)  # torch.load does not check the archive's CRCs
             state = torch.load(weights, map_location="cpu", weights_only=True)
-            record = json.loads(record_file.read_text())
+            record = read_json(record_file)
             load_tower(model, state, weights)
             log(f"teacher pretrain.attributes: shared tower {key} (trained once, reused)")
             return {**record, "tower": key, "shared_from_cache": True}
         except Exception as err:  # torn or foreign file (any unpickling error): set aside, train again
-            aside = folder.with_name(f"{folder.name}.corrupt-{int(time.time())}")
-            os.replace(folder, aside)
-            log(f"teacher: shared tower {weights} unreadable ({type(err).__name__}: {err}); set aside as {aside}")
+            set_aside(folder, f"{weights.name} unreadable: {type(err).__name__}: {err}", log)
     canonical = build_model(CANONICAL_FAMILY[group], seed=seed, **tower_build_kwargs(model_cfg))
     record = train(canonical, stage, dm, precision, seed, log)
     state = tower_state(canonical, group)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "tower.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, weights)
-    tmp = folder / "record.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, record_file)  # written last: a folder without it is an unfinished stage
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(weights, buffer.getvalue())
+    atomic_write_json(record_file, record)  # written last: a folder without it is an unfinished stage
     load_tower(model, state, weights)
     return {**record, "tower": key}

@@ -288,28 +288,46 @@ def sweep_figure(report: dict[str, Any], path: Path) -> Path | None:
     others = [label for label in labels if label not in amad]
     colours = {label: palette[i % len(palette)] for i, label in enumerate(others)} | dict.fromkeys(amad, "tab:red")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.8), squeeze=False, sharey=True)
+    one_x = len({p[0] for lines in panels.values() for pts in lines.values() for p in pts}) == 1
     for ax, (panel, lines) in zip(axes[0], panels.items(), strict=True):
-        for label, points in lines.items():
-            points = sorted(points, key=lambda p: p[0])
-            xs = [p[0] for p in points]
-            ys = [scale * p[1] for p in points]
-            err = [0.0 if p[2] is None else scale * p[2] for p in points]
-            amad_line = label in amad
-            ax.errorbar(
-                xs, ys, yerr=err, label=label, marker="o", capsize=3, color=colours[label],
-                lw=2.2 if amad_line else 1.2, ls="-" if amad_line else "--", zorder=3 if amad_line else 2,
-            )  # fmt: skip
-        if all(isinstance(x, (int, float)) for x in {p[0] for pts in lines.values() for p in pts}):
-            ax.set_xscale("log", base=2)
-            ticks = sorted({p[0] for pts in lines.values() for p in pts})
-            ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.set_xlabel("student heads" if x_key == "num_heads" else x_key)
+        if one_x:  # a one-cell study (amad_variants): the methods side by side, not lines of one point
+            _methods_side_by_side(ax, lines, scale, colours)
+        else:
+            _lines_against_x(ax, lines, scale, colours, amad)
+            ax.set_xlabel("student heads" if x_key == "num_heads" else x_key)
+        if one_x:
+            panel = ((x_key, next(iter(lines.values()))[0][0]), *panel)
         ax.set_title(", ".join(f"{k} {v}" for k, v in panel) or report.get("name") or "sweep", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"test {metric}" + (" %" if scale == 100.0 else ""))
-    axes[0][-1].legend(fontsize=8, loc="best")
+    if not one_x:
+        axes[0][-1].legend(fontsize=8, loc="best")
     fig.suptitle(f"sweep {report.get('name') or ''}: mean ± std over seeds (no bar: one seed)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _lines_against_x(ax: Any, lines: dict[str, list], scale: float, colours: dict, amad: set[str]) -> None:
+    for label, points in lines.items():
+        points = sorted(points, key=lambda p: p[0])
+        xs = [p[0] for p in points]
+        ys = [scale * p[1] for p in points]
+        err = [0.0 if p[2] is None else scale * p[2] for p in points]
+        amad_line = label in amad
+        ax.errorbar(
+            xs, ys, yerr=err, label=label, marker="o", capsize=3, color=colours[label],
+            lw=2.2 if amad_line else 1.2, ls="-" if amad_line else "--", zorder=3 if amad_line else 2,
+        )  # fmt: skip
+    if all(isinstance(x, (int, float)) for x in {p[0] for pts in lines.values() for p in pts}):
+        ax.set_xscale("log", base=2)
+        ticks = sorted({p[0] for pts in lines.values() for p in pts})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+
+
+def _methods_side_by_side(ax: Any, lines: dict[str, list], scale: float, colours: dict) -> None:
+    for k, (label, ((_, mean, std),)) in enumerate(lines.items()):
+        err = 0.0 if std is None else scale * std
+        ax.errorbar([k], [scale * mean], yerr=[err], marker="o", capsize=4, color=colours[label])
+    ax.set_xticks(range(len(lines)), list(lines), rotation=30, ha="right")

@@ -164,11 +164,13 @@ def test_amad_temperature_is_chosen_per_cell_on_val_never_on_test(tmp_path):
     assert sweep_figure(report, tmp_path / "sweep.png").stat().st_size > 0
 
 
-def test_the_figure_has_one_panel_per_init():
+def test_the_figure_has_one_panel_per_init(tmp_path):
     rows = [_row("gt", 0.5, 0.5, heads=h, init=i) for h in (1, 2) for i in ("random", "teacher")]
     panels = figure_lines({"grid": {"num_heads": [1, 2], "init": ["random", "teacher"]}, "rows": rows})
     assert list(panels) == [(("init", "random"),), (("init", "teacher"),)]
     assert [p[0] for p in panels[(("init", "teacher"),)]["gt"]] == [1, 2]
+    one_cell = {"grid": {"num_heads": [2], "init": ["random"]}, "rows": [_row("gt", 0.5, 0.5), _row("amad", 0.6, 0.6)]}
+    assert sweep_figure(one_cell, tmp_path / "one.png").stat().st_size > 0, "methods side by side"
 
 
 def test_the_table_shows_the_diagnostics_and_the_teacher_heads_once():

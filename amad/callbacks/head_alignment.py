@@ -166,13 +166,52 @@ def weight_spread(weights: dict[str, Tensor]) -> dict[str, float]:
     }
 
 
+def head_cosines(maps: Tensor, query_mask: Tensor | None) -> Tensor | None:
+    """The mean cosine between the flattened maps of two different heads of one layer, over every head
+    pair and example (padded query rows zeroed first): 1 when every head attends alike. None for one head.
+
+    Args:
+        maps: (B, H, Q, K) attention maps of one layer.
+        query_mask: (B, Q), 1 on valid query rows; None when nothing is padded.
+    """
+    if maps.shape[1] < 2:
+        return None
+    if query_mask is not None:
+        maps = maps * query_mask[:, None, :, None]
+    flat = torch.nn.functional.normalize(maps.flatten(2).float(), dim=-1)  # (B, H, Q*K)
+    cos = flat @ flat.transpose(1, 2)  # (B, H, H)
+    h = cos.shape[-1]
+    return cos[:, ~torch.eye(h, dtype=torch.bool, device=cos.device)].mean()
+
+
+def layer_head_cosines(out: Any, sites: tuple[str, ...] | list[str]) -> dict[str, list[float | None]]:
+    """site -> per layer :func:`head_cosines` of a model's output (None for a layer not captured or of one
+    head)."""
+    masks = getattr(out, "query_masks", None) or {}
+    result = {}
+    for site in sites:
+        cos = [None if m is None else head_cosines(m, masks.get(site)) for m in out.attentions[site]]
+        result[site] = [None if c is None else float(c) for c in cos]
+    return result
+
+
+def head_diversity(out: Any, sites: tuple[str, ...] | list[str]) -> float | None:
+    """1 - the mean of :func:`head_cosines` over every given site and layer: 0 when every head attends
+    alike. None for one-head models (no pair to compare)."""
+    cosines = [c for per_layer in layer_head_cosines(out, sites).values() for c in per_layer if c is not None]
+    return None if not cosines else 1.0 - sum(cosines) / len(cosines)
+
+
 @torch.no_grad()
-def student_head_diversity(pl_module: L.LightningModule, batch: dict[str, Any]) -> float | None:
-    """1 - the mean cosine between the flattened maps of two heads of the student, over every distilled
-    site, layer, head pair and example (valid query rows only): 0 when every head attends alike. None
-    for one-head students."""
-    student, attn = pl_module.student, pl_module.attn
-    sites = attn.capture_sites()[0]
+def student_head_diversity(
+    pl_module: L.LightningModule, batch: dict[str, Any], sites: tuple[str, ...] | None = None
+) -> float | None:
+    """The student's :func:`head_diversity` on ``batch`` over ``sites`` (default: the distilled ones): 1 -
+    the mean cosine between the flattened maps of two heads, over every site, layer, head pair and
+    example (valid query rows only). None for one-head students or when there is no site."""
+    student = pl_module.student
+    if sites is None:
+        sites = pl_module.attn.capture_sites()[0]
     if not sites:
         return None
     was = student.training
@@ -181,19 +220,7 @@ def student_head_diversity(pl_module: L.LightningModule, batch: dict[str, Any]) 
         out = student(batch, sites=sites)
     finally:
         student.train(was)
-    cosines = []
-    for site in sites:
-        mask = out.query_masks[site]
-        for maps in out.attentions[site]:
-            if maps is None or maps.shape[1] < 2:
-                continue
-            flat = (maps * mask[:, None, :, None]).flatten(2)  # (B, H, Q*K)
-            flat = torch.nn.functional.normalize(flat.float(), dim=-1)
-            cos = flat @ flat.transpose(1, 2)  # (B, H, H)
-            h = cos.shape[-1]
-            off = cos[:, ~torch.eye(h, dtype=torch.bool, device=cos.device)]
-            cosines.append(off.mean())
-    return None if not cosines else float(1 - torch.stack(cosines).mean())
+    return head_diversity(out, sites)
 
 
 class AlignmentSnapshots(L.Callback):

@@ -96,6 +96,7 @@ def run_one(
     progress: ProgressLine | None = None,
     cache: Any = None,
     also_test: bool = False,
+    diagnostics_batch: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one student; returns its run record.
 
@@ -104,6 +105,9 @@ def run_one(
             this method's captures (else the live teacher runs).
         also_test: with ``split="val"``, evaluate on test too (``metrics_test``): a sweep chooses on val
             and reports test from the same students.
+        diagnostics_batch: the comparison's fixed validation batch
+            (:func:`~amad.callbacks.diagnostics.fixed_batch`): the record's ``diagnostics`` are measured on
+            it at the first and last step (:class:`~amad.callbacks.diagnostics.DiagnosticsCallback`).
     """
     train = cfg["train"]
     module = build_module(cfg, method, seed, teacher_path, dm.task)
@@ -121,6 +125,12 @@ def run_one(
         from amad.callbacks.head_alignment import AlignmentSnapshots
 
         callbacks.append(AlignmentSnapshots(dm, out / "heatmaps" / method))
+    diagnostics = None
+    if diagnostics_batch is not None:
+        from amad.callbacks.diagnostics import DiagnosticsCallback
+
+        diagnostics = DiagnosticsCallback(diagnostics_batch)
+        callbacks.append(diagnostics)
     trainer = quiet_trainer(int(train["max_steps"]), train.get("precision", "32-true"), callbacks, logger)
     start = time.perf_counter()
     try:
@@ -148,6 +158,8 @@ def run_one(
         record["metrics_test"] = evaluate_model(module.student, dm, "test", module.max_new_tokens)
     if snapshots:
         record["head_alignment"] = str(out / "heatmaps" / method)
+    if diagnostics is not None:
+        record["diagnostics"] = diagnostics.result
     if logger:
         logger.finalize("success")
         if logger_kind == "wandb":
@@ -275,6 +287,10 @@ def _run_comparison(
     }
     if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
         teacher_record["metrics"] = evaluate_model(teacher, dm, split, cfg["teacher"]["max_new_tokens"])
+    from amad.callbacks.diagnostics import fixed_batch
+
+    diagnostics_batch = fixed_batch(dm)
+    teacher_record["head_similarity"] = teacher_head_similarity_cached(teacher, teacher_record, diagnostics_batch, out)
     del teacher
     methods = ordered_methods(cfg["methods"])
     plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]
@@ -299,7 +315,20 @@ def _run_comparison(
         prefix = f"[{k}/{len(todo)}] {method} seed {seed}:"
         progress = ProgressLine(prefix, every_n_steps=max(int(cfg["train"]["max_steps"]) // 4, 1), write=console.say)
         with console.quiet(out / "logs" / f"{method}-seed{seed}.log"):
-            record = run_one(cfg, method, seed, teacher_path, dm, out, logger_kind, split, progress, cache, also_test)
+            record = run_one(
+                cfg,
+                method,
+                seed,
+                teacher_path,
+                dm,
+                out,
+                logger_kind,
+                split,
+                progress,
+                cache,
+                also_test,
+                diagnostics_batch,
+            )
         record["fingerprint"] = run_fp
         atomic_write_json(path, record)
         records[(method, seed)] = record
@@ -336,6 +365,30 @@ def _run_comparison(
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return results
+
+
+def teacher_head_similarity_cached(
+    teacher: torch.nn.Module, teacher_record: dict[str, Any], batch: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    """The teacher's per-layer head similarity (:func:`~amad.callbacks.diagnostics.teacher_head_similarity`)
+    on the fixed batch: computed once per teacher and batch, kept in ``out/teacher_heads.json``."""
+    from amad.callbacks.diagnostics import teacher_head_similarity
+
+    key = fingerprint(
+        {"teacher": teacher_record.get("fingerprint"), "weights": weights_digest(teacher), "ids": batch.get("ids")}
+    )
+    path = out / "teacher_heads.json"
+    try:
+        kept = read_json(path)
+        if kept.get("key") == key and isinstance(kept.get("head_similarity"), dict):
+            return kept["head_similarity"]
+    except FileNotFoundError:
+        pass
+    except DamagedFile as err:
+        set_aside(path, err.problem)
+    similarity = teacher_head_similarity(teacher, batch)
+    atomic_write_json(path, {"key": key, "examples": len(batch.get("ids", ())), "head_similarity": similarity})
+    return similarity
 
 
 def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, also_test: bool = False) -> str:

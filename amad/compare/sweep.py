@@ -20,10 +20,14 @@ init=teacher`` runs part of the grid, ``--methods`` and ``--seeds`` part of the 
 sweep can be spread over sittings. Each student is evaluated on the validation split (for choosing)
 **and** on the test split (for reporting): the choice of a setting never sees test.
 
-``<out>/sweep.json`` and ``sweep.md`` gather every finished run of the whole grid (from any sitting): per
-cell and method, the val and test metric (mean ± std over seeds; n/a with one seed), and for methods with
-head weights (AMAD) the spread of the a_ij and the student heads' diversity at the end of training
-(seed 0).
+``--grid num_heads=4 --grid init=teacher`` replaces the file's values of those keys (a one-cell study
+such as ``experiments/sweeps/amad_variants.yaml`` at the cell the main sweep points to).
+
+``<out>/sweep.json``, ``sweep.md`` and ``sweep.png`` gather every finished run of the whole grid (from any
+sitting), :mod:`amad.compare.sweep_report`: per cell and method, the val and test metric (mean ± std over
+seeds; n/a with one seed) and the run diagnostics (:mod:`amad.callbacks.diagnostics`: the attention term
+before γ at the start and end, the student heads' diversity, AMAD's a_ij spread), AMAD's τ chosen on val
+per cell, and once the teacher's per-layer head similarity; the figure draws test against student heads.
 """
 
 from __future__ import annotations
@@ -34,12 +38,10 @@ import dataclasses
 import functools
 import itertools
 import json
-import statistics
 import typing
 from pathlib import Path
 from typing import Any
 
-from amad.artefacts import DamagedFile, read_json, warn
 from amad.compare.config import (
     check_student_overrides,
     load_compare_config,
@@ -60,17 +62,24 @@ from amad.compare.schema import (
     check_value,
     close_key,
 )
+from amad.compare.sweep_report import cell_rows, choose, sweep_figure, sweep_table, tau_families, teacher_similarity
 from amad.config import deep_merge, load_config
 
 
-def load_sweep(path: str) -> dict[str, Any]:
+def load_sweep(path: str, grid: dict[str, list[Any]] | None = None) -> dict[str, Any]:
     """The sweep YAML, checked against :class:`~amad.compare.schema.SweepConfig` and every cell's
     comparison against the comparison schema; ``comparison`` resolved to a path that exists.
+
+    Args:
+        grid: values that replace the file's for these grid keys (``--grid``, :func:`parse_grid`),
+            checked like the file's.
 
     Raises:
         ValueError: one line naming the file and the key (an unknown key with the closest valid one).
     """
     cfg = load_config(path)
+    if grid:
+        cfg["grid"] = {**(cfg.get("grid") or {}), **grid}
     try:
         typed: SweepConfig = build(SweepConfig, cfg, "")
         cfg["comparison"] = str(_comparison_path(typed.comparison, path))
@@ -142,6 +151,25 @@ def parse_cells(specs: list[str], grid: dict[str, list[Any]]) -> dict[str, list[
                 raise ValueError(f"--cells {spec!r}: {text.strip()!r} is not a value of {key} {list(by_text)}")
             only.setdefault(key, []).append(by_text[text.strip()])
     return only
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
+    """``--grid`` values (``num_heads=4``, ``init=teacher``; repeated for other keys) as the grid values
+    that replace the file's for those keys: a sweep of one cell chosen on the command line. Each value
+    is read as YAML (``4`` an integer); :func:`load_sweep` checks them.
+
+    Raises:
+        ValueError: a spec that is not KEY=VALUE[,VALUE...].
+    """
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--grid {spec!r}: expected KEY=VALUE[,VALUE...], e.g. num_heads=4")
+        grid[key.strip()] = [yaml.safe_load(v.strip()) for v in values.split(",")]
+    return grid
 
 
 def cell_name(cell: dict[str, Any]) -> str:
@@ -238,6 +266,7 @@ def run_sweep(
     overrides: dict[str, Any] | None = None,
     only: dict[str, list[Any]] | None = None,
     methods: list[str] | None = None,
+    grid: dict[str, list[Any]] | None = None,
 ) -> dict:
     """Run (or resume) the cells of the sweep, or those of ``only``; write ``sweep.json`` and ``sweep.md``
     in ``out`` from every finished run of the whole grid.
@@ -246,12 +275,13 @@ def run_sweep(
         overrides: quick checks and sittings: ``max_steps``, ``seeds``, ``eval_subset``.
         only: grid values kept per key (:func:`parse_cells`).
         methods: the methods to train (default: all of the sweep's).
+        grid: grid values replacing the file's (:func:`parse_grid`).
     """
     from amad.compare.run import run_comparison
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     console = console or Console(enabled=False)
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, grid)
     full = restrict(sweep, **overrides)
     part = restrict(full, only, methods)
     out = Path(out)
@@ -267,123 +297,26 @@ def run_sweep(
             console.prefix = ""
     rows, missing = [], []
     for cell in cells(full):
-        cell_rows = _cell_rows(cell, cell_config(full, cell, path), out / cell_name(cell))
-        rows += cell_rows
-        done = {r["method"] for r in cell_rows}
+        cell_rows_ = cell_rows(cell, cell_config(full, cell, path), out / cell_name(cell))
+        rows += cell_rows_
+        done = {r["method"] for r in cell_rows_}
         missing += [{**cell, "method": m} for m in full["methods"] if m not in done]
-    report = {"sweep": str(path), "name": sweep.get("name"), "grid": sweep["grid"], "rows": rows, "missing": missing}
+    families = tau_families(full["methods"])
+    report = {
+        "sweep": str(path),
+        "name": sweep.get("name"),
+        "grid": full["grid"],
+        "teacher_head_similarity": teacher_similarity([out / cell_name(c) for c in cells(full)]),
+        "families": families,
+        "choices": choose(rows, families, list(full["grid"])),
+        "rows": rows,
+        "missing": missing,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(report, indent=1))
     (out / "sweep.md").write_text(sweep_table(report))
+    sweep_figure(report, out / "sweep.png")
     return report
-
-
-def _stats(values: list[float]) -> dict[str, float | None]:
-    """Mean and sample std; the std of one value is unknown (None), never 0."""
-    if not values:
-        return {}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
-
-
-def finished_runs(cfg: dict[str, Any], cell_out: Path) -> list[dict[str, Any]]:
-    """The runs of one cell kept in ``cell_out/runs`` whose config is the cell's (any number of seeds,
-    from any sitting), in method then seed order."""
-    from amad.compare.run import _run_fingerprint
-
-    records = []
-    for method in cfg["methods"]:
-        paths = sorted(
-            (cell_out / "runs").glob(f"{method}-seed*.json"), key=lambda p: int(p.stem.rpartition("seed")[2] or 0)
-        )
-        for path in paths:
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # half-written: the run is not finished
-            if record.get("method") != method or not isinstance(record.get("seed"), int):
-                continue
-            if record.get("fingerprint") == _run_fingerprint(cfg, method, record["seed"], "val", True):
-                records.append(record)
-    return records
-
-
-def _cell_rows(cell: dict[str, Any], cfg: dict[str, Any], cell_out: Path) -> list[dict[str, Any]]:
-    runs = finished_runs(cfg, cell_out)
-    if not runs:
-        return []
-    metric = next(iter(runs[0]["metrics"]))
-    rows = []
-    for method in dict.fromkeys(r["method"] for r in runs):
-        rs = [r for r in runs if r["method"] == method]
-        row = {
-            **cell,
-            "method": method,
-            "metric": metric,
-            "n": len(rs),
-            "val": _stats([r["metrics"][metric] for r in rs]),
-            "test": _stats([r["metrics_test"][metric] for r in rs if "metrics_test" in r]),
-        }
-        snap = _last_snapshot(cell_out, method, rs)
-        if snap:
-            row["weight_spread"], row["head_diversity"] = snap.get("spread"), snap.get("head_diversity")
-        rows.append(row)
-    return rows
-
-
-def _last_snapshot(cell_out: Path, method: str, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The head-weight snapshot at the last step of the seed-0 run (methods with head weights only)."""
-    if not any(r["seed"] == 0 and r.get("head_alignment") for r in runs):
-        return None
-    path = cell_out / "heatmaps" / method / "snapshots.json"
-    if not path.is_file():
-        return None
-    try:
-        snaps = read_json(path)
-    except DamagedFile as err:  # a figure's input: the row goes without it, the sweep goes on
-        warn(f"{err}; the sweep table shows no head statistics for {method}")
-        return None
-    return snaps[max(snaps, key=int)] if snaps else None
-
-
-def _pm(stats: dict[str, Any]) -> str:
-    if not stats:
-        return ""
-    spread = "n/a" if stats["std"] is None else f"{100 * stats['std']:.1f}"
-    return f"{100 * stats['mean']:.1f} ± {spread}"
-
-
-def sweep_table(report: dict[str, Any]) -> str:
-    """Markdown: one row per (cell, method): seeds, val (choose) and test (report) in % (± n/a with one
-    seed), AMAD's weight spread (the mean over rows of max - min of a_ij; 0 = uniform) and the student
-    heads' diversity (1 - mean cosine between a student's heads' maps; seed 0, last step)."""
-    keys = list(report["grid"])
-    lines = [
-        f"# sweep {report.get('name') or ''}",
-        "",
-        "| " + " | ".join(keys) + " | method | n | val % | test % | a_ij row range | head diversity |",
-        "|" + "---|" * (len(keys) + 6),
-    ]
-    for r in report["rows"]:
-        spread = (r.get("weight_spread") or {}).get("mean_row_range")
-        div = r.get("head_diversity")
-        row = [str(r[k]) for k in keys] + [
-            r["method"],
-            str(r["n"]),
-            _pm(r["val"]),
-            _pm(r["test"]),
-            "" if spread is None else f"{spread:.3f}",
-            "" if div is None else f"{div:.3f}",
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    missing = report.get("missing") or []
-    if missing:
-        by_cell: dict[str, list[str]] = {}
-        for m in missing:
-            by_cell.setdefault(cell_name({k: m[k] for k in keys}), []).append(m["method"])
-        done = {cell_name({k: r[k] for k in keys}) for r in report["rows"]}
-        parts = [f"{c} ({'all' if c not in done else ', '.join(ms)})" for c, ms in by_cell.items()]
-        lines += ["", f"Not run yet ({len(missing)} cell methods): " + "; ".join(parts) + "."]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -400,6 +333,14 @@ def main(argv: list[str]) -> int:
         metavar="KEY=V1[,V2]",
         help="run only these cells of the grid (repeat for other keys), e.g. --cells num_heads=4,8 --cells init=random",
     )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1[,V2]",
+        help="replace the YAML's values of a grid key (repeat for other keys), e.g. --grid num_heads=4 --grid "
+        "init=teacher for a one-cell sweep (experiments/sweeps/amad_variants.yaml)",
+    )
     parser.add_argument("--methods", default=None, help="comma-separated subset of the sweep's methods")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the YAML's)")
     parser.add_argument("--max-steps", type=int, default=None, help="quick check: cap every student's steps")
@@ -411,7 +352,8 @@ def main(argv: list[str]) -> int:
     ns = parser.parse_args(argv)
     if ns.out is None and not ns.print_config:
         parser.error("the following arguments are required: --out")
-    sweep = load_sweep(ns.config)
+    grid = parse_grid(ns.grid)
+    sweep = load_sweep(ns.config, grid)
     only = parse_cells(ns.cells, sweep["grid"])
     methods = ns.methods.split(",") if ns.methods else None
     quick = {"max_steps": ns.max_steps, "seeds": ns.seeds, "eval_subset": ns.eval_subset}
@@ -432,6 +374,7 @@ def main(argv: list[str]) -> int:
         overrides=quick,
         only=only,
         methods=methods,
+        grid=grid,
     )
     print((Path(ns.out) / "sweep.md").read_text())
     print(f"sweep: {len(report['rows'])} rows, {len(report['missing'])} cell methods not run yet -> {ns.out}")

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from amad.compare.config import method_attention
-from amad.compare.sweep import cell_config, cells, load_sweep, parse_cells, sweep_table
+from amad.compare.sweep import cell_config, cells, load_sweep, parse_cells, parse_grid
+from amad.compare.sweep_report import choose, figure_lines, sweep_figure, sweep_table, tau_families
 
 ROOT = Path(__file__).parents[2]
 
@@ -117,6 +118,100 @@ def test_a_tiny_sweep_runs_in_sittings_and_scores_val_and_test(tmp_path, monkeyp
     assert not report["missing"]
     assert all(r["val"]["mean"] is not None and r["test"] and r["val"]["std"] is None for r in report["rows"])
     amad2 = report["rows"][3]
-    assert amad2["weight_spread"]["uniform"] == 0.5 and 0.0 <= amad2["head_diversity"] <= 1.0
-    assert report["rows"][1]["head_diversity"] is None, "one head: no pair to compare"
+    assert amad2["weight_uniform"] == 0.5 and 0.0 <= amad2["weight_row_range"]["mean"] <= 1.0
+    assert 0.0 <= amad2["head_diversity"]["end"]["mean"] <= 1.0 and amad2["attn_loss"]["start"]["mean"] > 0
+    assert report["rows"][1]["head_diversity"]["end"] == {}, "one head: no pair to compare"
+    # the teacher's heads once, per site and layer, from the same fixed batch
+    similarity = report["teacher_head_similarity"]
+    assert similarity and all(0 <= c <= 1 + 1e-6 for layers in similarity.values() for c in layers if c is not None)
+    assert "Teacher heads: mean pairwise cosine" in (out / "sweep.md").read_text()
+    assert (out / "sweep.png").stat().st_size > 0
     assert "| 2 | random | amad | 1 |" in (out / "sweep.md").read_text() and "± n/a" in (out / "sweep.md").read_text()
+
+
+def _row(method, val, test, heads=2, init="random", n=3):
+    return {
+        "num_heads": heads,
+        "init": init,
+        "method": method,
+        "metric": "vqa_acc",
+        "n": n,
+        "val": {"mean": val, "std": 0.01 if n > 1 else None},
+        "test": {"mean": test, "std": 0.02 if n > 1 else None},
+    }
+
+
+def test_amad_temperature_is_chosen_per_cell_on_val_never_on_test(tmp_path):
+    sweep = load_sweep(str(ROOT / "experiments/sweeps/amad_heads.yaml"))
+    families = tau_families(sweep["methods"])
+    assert families == {"amad": ["amad_t1", "amad_t0.3", "amad_t0.1"]}, "one-to-one, gt... are no family"
+    rows = [
+        _row("one_to_one", 0.70, 0.71),
+        _row("amad_t1", 0.60, 0.90, n=1),  # best on test: must not be chosen
+        _row("amad_t0.3", 0.72, 0.65),
+        _row("amad_t0.1", 0.65, 0.70, n=1),
+        _row("one_to_one", 0.70, 0.71, heads=4),
+        _row("amad_t1", 0.80, 0.75, heads=4),
+        _row("amad_t0.3", 0.72, 0.80, heads=4),
+    ]
+    choices = choose(rows, families, ["num_heads", "init"])
+    assert [(c["num_heads"], c["chosen"]) for c in choices] == [(2, "amad_t0.3"), (4, "amad_t1")]
+    report = {"name": "t", "grid": {"num_heads": [2, 4], "init": ["random"]}, "rows": rows, "families": families}
+    lines = figure_lines(report)[(("init", "random"),)]
+    assert set(lines) == {"one_to_one", "amad"}, "one line for the family, named after it"
+    assert lines["amad"] == [(2, 0.65, 0.02), (4, 0.75, 0.02)]
+    assert "| 2 | random | amad_t0.3 * | 3 |" in sweep_table({**report, "choices": choices})
+    assert sweep_figure(report, tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_the_figure_has_one_panel_per_init(tmp_path):
+    rows = [_row("gt", 0.5, 0.5, heads=h, init=i) for h in (1, 2) for i in ("random", "teacher")]
+    panels = figure_lines({"grid": {"num_heads": [1, 2], "init": ["random", "teacher"]}, "rows": rows})
+    assert list(panels) == [(("init", "random"),), (("init", "teacher"),)]
+    assert [p[0] for p in panels[(("init", "teacher"),)]["gt"]] == [1, 2]
+    one_cell = {"grid": {"num_heads": [2], "init": ["random"]}, "rows": [_row("gt", 0.5, 0.5), _row("amad", 0.6, 0.6)]}
+    assert sweep_figure(one_cell, tmp_path / "one.png").stat().st_size > 0, "methods side by side"
+
+
+def test_the_table_shows_the_diagnostics_and_the_teacher_heads_once():
+    row = {
+        **_row("amad_t1", 0.6, 0.6),
+        "attn_loss": {"start": {"mean": 0.5, "std": 0.1}, "end": {"mean": 0.25, "std": 0.05}},
+        "head_diversity": {"start": {"mean": 0.1, "std": None}, "end": {"mean": 0.4, "std": None}},
+        "weight_row_range": {"mean": 0.3, "std": 0.02},
+    }
+    report = {
+        "grid": {"num_heads": [2], "init": ["random"]},
+        "rows": [row, _row("gt", 0.5, 0.5)],
+        "teacher_head_similarity": {"vision.self": [0.9, 0.7], "text.cross": [0.5, None]},
+    }
+    table = sweep_table(report)
+    assert (
+        "| 2 | random | amad_t1 | 3 | 60.0 ± 1.0 | 60.0 ± 2.0 | 0.5000 → 0.2500 | 0.100 → 0.400 | 0.300 ± 0.020 |"
+        in table
+    )
+    assert "| 2 | random | gt | 3 | 50.0 ± 1.0 | 50.0 ± 2.0 |  |  |  |" in table
+    assert "| vision.self | 0.900 | 0.700 |" in table and "| text.cross | 0.500 |  |" in table
+    assert "over all layers 0.700" in table and table.count("Teacher heads") == 1
+
+
+def test_the_variants_study_is_one_cell_given_in_the_file_or_on_the_command_line():
+    path = str(ROOT / "experiments/sweeps/amad_variants.yaml")
+    sweep = load_sweep(path)
+    assert cells(sweep) == [{"num_heads": 2, "init": "random"}]
+    methods = sweep["methods"]
+    assert {"amad", "amad_l2", "amad_token", "amad_proj", "one_to_one", "one_to_one_g3", "one_to_one_g10"} <= set(
+        methods
+    )
+    assert [methods[m]["gamma"] for m in ("one_to_one", "one_to_one_g3", "one_to_one_g10")] == [1.0, 3.0, 10.0]
+    attention = {m: method_attention(e) for m, e in methods.items()}
+    assert {attention[m].variant for m in ("amad", "amad_l2", "amad_token")} == {"kl", "l2", "token"}
+    taus = {a.weight_temperature for a in attention.values() if a is not None and a.is_amad}
+    assert len(taus) == 1, "every AMAD variant at the one chosen temperature"
+    assert sweep["seeds"] == 3
+    moved = load_sweep(path, parse_grid(["num_heads=4", "init=teacher"]))
+    assert cells(moved) == [{"num_heads": 4, "init": "teacher"}]
+    with pytest.raises(ValueError, match=r"grid\.num_heads\[0\]: expected an integer"):
+        load_sweep(path, parse_grid(["num_heads=four"]))
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_grid(["num_heads"])

@@ -175,3 +175,39 @@ def test_probe_configs_load_with_their_methods_and_the_shipped_teachers_recipe(p
     parent = load_compare_config(str(path.parent.parent / "easyvqa_blip.yaml"))
     assert cfg["methods"] and all("attention" in m for m in cfg["methods"].values())
     assert fingerprint(cfg["teacher"]) == fingerprint(parent["teacher"])
+
+
+SWEEPS = sorted((EXP / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_methods_build_and_take_a_real_batch(path):
+    """Every method of a shipped sweep builds on its first cell's student with the comparison's shipped
+    teacher, and its objective is finite on one batch of the real data (e.g. the projection variant's
+    fixed map size matches the vision tower's maps)."""
+    from amad.compare.config import make_datamodule, method_kwargs, optimization_kwargs
+    from amad.compare.sweep import cell_config, cells, load_sweep
+    from amad.lit import DistillationModule
+    from amad.models.io import load_model
+
+    sweep = load_sweep(str(path))
+    cfg = cell_config(sweep, cells(sweep)[0], str(path))
+    teacher = shipped_teacher(ROOT / "experiments/compare" / f"{cfg['name']}.yaml")
+    if teacher is None:
+        pytest.skip(f"{cfg['name']} ships no teacher matching its recipe")
+    dm = make_datamodule({**cfg["data"], "init_args": {**cfg["data"]["init_args"], "eval_subset": 8}})
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    batch = {k: v[:4] for k, v in batch.items()}
+    teacher = load_model(teacher)  # once: every module wraps it frozen, none changes it
+    for name, entry in cfg["methods"].items():
+        torch.manual_seed(0)
+        module = DistillationModule(
+            teacher=teacher,
+            student=dict(cfg["student"]),
+            task=dm.task,
+            **optimization_kwargs(cfg["train"]),
+            **method_kwargs(entry, f"methods.{name}"),
+        )
+        terms = module.distillation(batch)
+        assert torch.isfinite(terms["loss"]), f"{path.name}: method {name}"

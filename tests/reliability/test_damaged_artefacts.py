@@ -337,7 +337,7 @@ def test_damaged_scene_pool_is_set_aside_and_drawn_again(tmp_path, monkeypatch, 
 # ----------------------------------------------------------------------------- sweep's head snapshots
 @pytest.mark.parametrize("fault", ("truncate", "flip"))
 def test_damaged_head_snapshot_leaves_a_sweep_row_without_it(tmp_path, capsys, fault):
-    from amad.compare.sweep import _last_snapshot
+    from amad.compare.sweep_report import _last_snapshot
 
     folder = tmp_path / "heatmaps" / "amad"
     folder.mkdir(parents=True)

@@ -119,6 +119,9 @@ class TaskModule(L.LightningModule):
         """The model being trained (and evaluated, checkpointed, exported)."""
         raise NotImplementedError
 
+    #: Multiplier of ``lr`` for :meth:`extra_trainable_parameters` (a subclass option).
+    extra_lr_scale: float = 1.0
+
     def extra_trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters trained alongside the model but not part of it (e.g. an A2D aligner)."""
         return []
@@ -247,8 +250,8 @@ class TaskModule(L.LightningModule):
             for (scale, decays), ps in buckets.items()
         ]
         extra = [p for p in self.extra_trainable_parameters() if p.requires_grad]
-        if extra:
-            groups.append({"params": extra, "weight_decay": 0.0})
+        if extra:  # no decay: the AMAD projection starts at W = I, and decay would pull it towards 0
+            groups.append({"params": extra, "lr": self.lr * self.extra_lr_scale, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=self.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(total, self.warmup_ratio, self.schedule))

@@ -48,6 +48,9 @@ class DistillationModule(TaskModule):
             (both models run SDPA and keep only the queries, keys, masks and position biases of the
             distilled layers; the losses rebuild the maps in chunks: same values, no whole map). See
             :class:`~amad.distill.DistillationTask`.
+        attention_lr_scale: multiplier of ``lr`` for the attention method's own trained parameters (A2D's
+            aligners, the AMAD projection's ``W``, ``b``), which are not part of the student. The
+            projection's ``W`` (n x n, from ``I``) is swamped within a few steps at a student's lr.
         skip_nonfinite: on a non-finite loss, skip the batch (counted in ``train/skipped_batches``)
             instead of stopping with an error naming the step and the term.
         vocab_size: the data's vocabulary size (linked from the DataModule by the CLI); a teacher
@@ -70,11 +73,13 @@ class DistillationModule(TaskModule):
         sites: list[str] | None = None,
         layer_map: LayerMapSpec = "uniform",
         attention_source: Literal["maps", "qk"] = "maps",
+        attention_lr_scale: float = 1.0,
         skip_nonfinite: bool = False,
         vocab_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.extra_lr_scale = float(attention_lr_scale)
         modules = [n for n, v in (("teacher", teacher), ("student", student)) if isinstance(v, nn.Module)]
         self.save_hyperparameters(ignore=modules or None)
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(resolve_model(teacher))

@@ -153,3 +153,21 @@ def test_finetune_from_preset_decodes_with_the_datas_tokenizer(tmp_path):
     preds = module.model.generate(next(iter(dm.val_dataloader())), max_new_tokens=2)
     vocab = set(dm.tokenizer.get_vocab())
     assert all(w in vocab for p in preds for w in p.split()), preds
+
+
+
+def test_attention_lr_scale_reaches_the_attention_methods_own_parameters(tmp_path, tiny_teacher_factory):
+    """A2D's aligners train with the student, at ``attention_lr_scale`` x lr and without decay."""
+    teacher = tiny_teacher_factory("blip-vqa")
+    module = _module(teacher, "blip-vqa", "a2d", lr=1e-3, attention_lr_scale=0.01)
+    dm = RandomBatchDataModule("blip-vqa", tokenizer=teacher.tokenizer)
+    trainer = fit_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=dm)
+    aligners = {id(p) for p in module.attn.parameters()}
+    assert aligners
+    groups = trainer.optimizers[0].param_groups
+    mine = [g for g in groups if {id(p) for p in g["params"]} & aligners]
+    assert len(mine) == 1 and {id(p) for p in mine[0]["params"]} == aligners
+    assert mine[0]["initial_lr"] == pytest.approx(1e-5) and mine[0]["weight_decay"] == 0.0
+    assert all(g["initial_lr"] == pytest.approx(1e-3) for g in groups if g is not mine[0])
+    assert {id(p) for p in module.student.parameters()} <= {id(p) for g in groups for p in g["params"]}

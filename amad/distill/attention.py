@@ -67,6 +67,7 @@ class AttentionDistiller(nn.Module):
         # sites never padded in either model: no mask, so no masked copies of their (largest) maps
         self._unpadded = set(getattr(teacher, "unpadded_sites", ())) & set(getattr(student, "unpadded_sites", ()))
         self._stack_ok = False
+        self._heads_read: dict[str, int] = {}
         if method is None:
             return
         self.input_kind = method.input_kind
@@ -102,6 +103,7 @@ class AttentionDistiller(nn.Module):
             for l_s in range(ls):
                 self.criteria[self.key(site, l_s)] = method.build(teacher.num_heads(site), student.num_heads(site))
         self._stack_ok = self.input_kind == "maps" and all(type(c).stackable for c in self.criteria.values())
+        self._heads_read = self.teacher_heads()
 
     @property
     def from_qk(self) -> bool:
@@ -123,6 +125,17 @@ class AttentionDistiller(nn.Module):
         """(sites whose maps are needed, sites whose Q/K/V are needed)."""
         sites = tuple(self.layer_maps)
         return (sites, ()) if self.input_kind == "maps" else ((), sites)
+
+    def teacher_heads(self) -> dict[str, int]:
+        """site -> how many leading teacher heads its criteria read (one-to-one: the student's; AMAD: all).
+
+        The teacher cache replays only these, and stacked layer pairs copy only these; the criteria accept
+        maps of just these heads (:meth:`~amad.losses.criteria.AttentionCriterion.teacher_heads_read`).
+        """
+        heads: dict[str, int] = {}
+        for site, lmap in self.layer_maps.items():
+            heads[site] = max(self.criteria[self.key(site, l_s)].teacher_heads_read() for l_s in range(len(lmap)))
+        return heads
 
     def teacher_layers(self) -> dict[str, tuple[int, ...]]:
         """site -> the teacher layers the layer map uses: the only teacher maps worth capturing."""
@@ -224,7 +237,9 @@ class AttentionDistiller(nn.Module):
             t_maps, s_maps = [t_all[l_t] for l_t in lmap], list(s_all[: len(lmap)])
             if self._stackable(t_maps, s_maps):
                 # pairs stacked along the batch: (L*B, H, Q, K) maps or (L*B, H, Q|K, d) queries and keys;
-                # masks repeated to match
+                # masks repeated to match; of the teacher maps only the heads the criteria read are copied
+                if not self.from_qk:
+                    t_maps = [t[:, : self._heads_read[site]] for t in t_maps]
                 rep = {k: None if v is None else v.repeat(len(lmap), 1) for k, v in kwargs.items()}
                 means[site], _ = self._call(
                     site, list(range(len(lmap))), list(lmap), self._stack(t_maps), self._stack(s_maps), rep

@@ -193,10 +193,14 @@ class TeacherCache:
         return all(site in self.layers and set(layers.get(site, ())) <= set(self.layers[site]) for site in sites)
 
     # -- replay -----------------------------------------------------------------------------------
-    def replay(self, batch: dict[str, Any], student_out: AdapterOutput) -> AdapterOutput:
+    def replay(
+        self, batch: dict[str, Any], student_out: AdapterOutput, heads: Mapping[str, int] | None = None
+    ) -> AdapterOutput:
         """The teacher's outputs for ``batch`` (by ``batch["ids"]``) shaped like ``student_out`` (same
         batch): logits (B, T, V) and, for every site the student captured, a tuple over teacher layers of
-        (B, Ht, Q, K) maps (None at layers not cached). KeyError names a missing example."""
+        (B, Ht, Q, K) maps (None at layers not cached). ``heads``: site -> how many leading heads to replay
+        (the ones the losses read, :meth:`AttentionDistiller.teacher_heads`; default all): a one-to-one run
+        gathers a quarter of an 8 → 2 heads cache. KeyError names a missing example."""
         try:
             rows = torch.tensor([self.index[_key(i)] for i in batch["ids"]], dtype=torch.long)
         except KeyError as err:
@@ -208,8 +212,9 @@ class TeacherCache:
             ref = next(m for m in s_maps if m is not None)
             cached = self.layers.get(site, ())
             per_layer: list[Tensor | None] = [None] * (max(cached, default=-1) + 1)
+            h = (heads or {}).get(site)
             for layer in cached:
-                per_layer[layer] = self._rows(f"{site}/{layer}", rows, (None, *ref.shape[-2:]), device)
+                per_layer[layer] = self._rows(f"{site}/{layer}", rows, (h, *ref.shape[-2:]), device)
             attentions[site] = tuple(per_layer)
         return AdapterOutput(
             loss=logits.new_zeros(()),

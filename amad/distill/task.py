@@ -127,7 +127,8 @@ class DistillationTask(nn.Module):
             if teacher_out is not None:
                 t_out = teacher_out
             elif self.teacher_cache is not None:  # cached once per example, shaped like this batch's outputs
-                t_out = self.teacher_cache.replay(batch, s_out)
+                heads = self.attn.teacher_heads() if self.uses_attention else None  # only the heads read
+                t_out = self.teacher_cache.replay(batch, s_out, heads)
             else:
                 t_out = self.teacher_outputs(batch)
             if self.beta > 0:

@@ -93,7 +93,9 @@ def _kl_and_grad(tf: Tensor, sf: Tensor, a: Tensor, eps: float, tiny: float) -> 
         j = slice(i, i + step)
         g = torch.bmm(a[j], sf[j], out=G[j])  # Eq. 9 mixture, then G in the same buffer
         below = _below(g, eps)
-        torch.div(tf[j], g.clamp_min_(eps), out=g)
+        if below is not None:  # the floor changes nothing where no entry is at or below it
+            g.clamp_min_(eps)
+        torch.div(tf[j], g, out=g)
         per_example[j] = g.clamp_min(tiny).log_().mul_(tf[j]).sum(dim=(1, 2))
         if below is not None:
             g.masked_fill_(below, 0)

@@ -112,8 +112,10 @@ class AttentionCriterion(nn.Module):
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer {layer} out of range for num_layers={self.num_layers}")
         if self.input_kind == "maps":
-            for x, h in ((teacher, self.teacher_heads), (student, self.student_heads)):
-                if isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] != h:
+            # teacher maps may hold all Ht heads or only those the loss reads (the distiller and the teacher
+            # cache leave the others out: they would only be copied)
+            for x, hs in ((teacher, (self.teacher_heads, self.teacher_heads_read())), (student, (self.student_heads,))):
+                if isinstance(x, Tensor) and x.dim() == 4 and x.shape[1] not in hs:
                     raise ValueError(
                         f"{type(self).__name__} was built for {self.teacher_heads} teacher / {self.student_heads} "
                         f"student heads, got teacher {tuple(teacher.shape)} and student {tuple(student.shape)}"
@@ -166,8 +168,13 @@ class AttentionCriterion(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no row_loss")
 
     def block_teacher_heads(self) -> slice:
-        """The teacher heads the loss reads (only these are built)."""
+        """The teacher heads the loss reads (only these are built); a leading slice ``0:h`` or all."""
         return slice(None)
+
+    def teacher_heads_read(self) -> int:
+        """How many leading teacher heads the loss reads (:meth:`block_teacher_heads`): teacher maps of just
+        these heads are accepted in place of all ``teacher_heads``."""
+        return len(range(self.teacher_heads)[self.block_teacher_heads()])
 
     def block_slices(self, blocks: RowBlocks) -> list[slice] | None:
         """The query rows to build (None: all); may restrict ``blocks``' query mask to them."""

@@ -83,6 +83,27 @@ def test_what_a_cache_serves():
         kd_only.replay({"ids": [12345]}, None)
 
 
+def test_a_one_to_one_run_replays_only_the_heads_it_reads():
+    dm = EasyVQADataModule(subset=8, batch_size=8)
+    teacher = _setup(dm, "blip-vqa")
+    student = derive_student(teacher, num_heads=2, num_layers=1, init="random")
+    one = DistillationTask(teacher, student, OneToOne())
+    heads = one.attn.teacher_heads()
+    assert heads and set(heads.values()) == {2}
+    amad = DistillationTask(teacher, copy.deepcopy(student), AMAD()).attn
+    assert amad.teacher_heads() == {site: teacher.num_heads(site) for site in heads}
+    loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=3, collate_fn=dm.collator())
+    cache = TeacherCache(one.teacher, one.attn.teacher_layers()).fill(loader)
+    batch = next(iter(dm.train_dataloader()))
+    s_out = one.student(batch, **one.capture())
+    full, part = cache.replay(batch, s_out), cache.replay(batch, s_out, heads)
+    for site, maps in full.attentions.items():
+        for m, p in zip(maps, part.attentions[site], strict=True):
+            if m is not None:
+                assert p.shape == (m.shape[0], 2, *m.shape[2:])
+                torch.testing.assert_close(p, m[:, :2], rtol=0, atol=0)
+
+
 def test_a_memory_mapped_cache_deletes_its_files(tmp_path):
     dm = EasyVQADataModule(subset=8, batch_size=4)
     teacher = _setup(dm, "blip-vqa")

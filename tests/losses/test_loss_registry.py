@@ -78,6 +78,22 @@ def test_criteria_equal_the_functions():
     assert w is None
 
 
+def test_a_criterion_takes_teacher_maps_of_only_the_heads_it_reads():
+    t, s, qmask = _inputs("maps")
+    one = build_attention_criterion("one_to_one", teacher_heads=4, student_heads=3)
+    assert one.teacher_heads_read() == 3
+    loss, w = one(t[:, :3].contiguous(), s, query_mask=qmask)
+    want, want_w = one(t, s, query_mask=qmask)
+    torch.testing.assert_close(loss, want, rtol=0, atol=0)
+    torch.testing.assert_close(w, want_w)
+    with pytest.raises(ValueError, match="built for 4 teacher / 3 student heads"):
+        one(t[:, :2], s, query_mask=qmask)
+    amad = build_attention_criterion("amad", teacher_heads=4, student_heads=3)
+    assert amad.teacher_heads_read() == 4
+    with pytest.raises(ValueError, match="built for 4 teacher / 3 student heads"):
+        amad(t[:, :3], s, query_mask=qmask)
+
+
 def test_amad_proj_is_sized_per_layer_from_map_size_or_lazily():
     t, s, qmask = _inputs("maps")
     sized = build_attention_criterion("amad_proj", teacher_heads=4, student_heads=3, num_layers=2, map_size=(5, 5))

@@ -70,7 +70,7 @@ def make_logger(kind: str, out: Path, group: str, name: str, cfg: dict[str, Any]
     return False
 
 
-def build_module(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, task: str):
+def build_module(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, task: str, dm: Any = None):
     """The run's :class:`~amad.lit.DistillationModule` (or the comparison's system,
     :mod:`amad.compare.system`), seeded: the student's initial weights depend on the seed only (never on
     whether the teacher was trained or its outputs cached)."""
@@ -79,7 +79,7 @@ def build_module(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path
     system = system_path(cfg)
     if system:
         return build_student_system(
-            cfg, method_kwargs(cfg["methods"][method], f"methods.{method}", system), seed, teacher_path
+            cfg, method_kwargs(cfg["methods"][method], f"methods.{method}", system), seed, teacher_path, dm
         )
     L.seed_everything(seed, workers=True, verbose=False)
     return DistillationModule(
@@ -113,7 +113,7 @@ def run_one(
             and reports test from the same students.
     """
     train = cfg["train"]
-    module = build_module(cfg, method, seed, teacher_path, dm.task)
+    module = build_module(cfg, method, seed, teacher_path, dm.task, dm)
     system = system_path(cfg)
     uses_teacher = module.distillation is not None and module.distillation.uses_teacher
     replay = cache is not None and uses_teacher and _serves(cache, module)
@@ -285,7 +285,7 @@ def _run_comparison(
     dm.prepare_data()
     system = system_path(cfg)
     if system:  # scored by the system, as its students are
-        teacher = teacher_system(cfg, teacher_path)
+        teacher = teacher_system(cfg, teacher_path, dm)
         teacher_record = {**teacher_record, **teacher_facts(teacher)}
     else:
         from amad.models.io import load_model

@@ -125,11 +125,22 @@ def system_optimization(section: dict[str, Any]) -> dict[str, float]:
     return {k: float(section[k]) for k in SYSTEM_OPTIMIZATION_KEYS if section.get(k) is not None}
 
 
-def build_student_system(cfg: dict[str, Any], method_kwargs: dict[str, Any], seed: int, teacher_path: Any) -> Any:
+def data_links(cls: type, dm: Any) -> dict[str, Any]:
+    """What the DataModule gives the system, as ``amad fit`` links it: ``task`` and ``vocab_size`` where
+    the system takes them and the DataModule has them (a language model's vocabulary)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: getattr(dm, k) for k in ("task", "vocab_size") if k in params and dm is not None and hasattr(dm, k)}
+
+
+def build_student_system(
+    cfg: dict[str, Any], method_kwargs: dict[str, Any], seed: int, teacher_path: Any, dm: Any = None
+) -> Any:
     """A run's student system, seeded: its initial weights depend on the seed only."""
     L.seed_everything(seed, workers=True, verbose=False)
-    return system_class(system_path(cfg))(
+    cls = system_class(system_path(cfg))
+    return cls(
         teacher=str(teacher_path),
+        **data_links(cls, dm),
         student=dict(cfg["student"]),
         **system_optimization(cfg["train"]),
         **(system_kwargs(cfg) | method_kwargs),  # a method entry may override a fixed setting
@@ -153,10 +164,17 @@ def evaluate_system(module: Any, dm: Any, split: str) -> dict[str, float]:
     return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
 
 
-def teacher_system(cfg: dict[str, Any], teacher_path: Any) -> Any:
+def teacher_system(cfg: dict[str, Any], teacher_path: Any, dm: Any = None) -> Any:
     """The system with the teacher in the student's place: evaluating it evaluates the teacher."""
-    module = system_class(system_path(cfg))(
-        teacher=str(teacher_path), student={}, attention=None, beta=0.0, gamma=0.0, **system_kwargs(cfg)
+    cls = system_class(system_path(cfg))
+    module = cls(
+        teacher=str(teacher_path),
+        student={},
+        attention=None,
+        beta=0.0,
+        gamma=0.0,
+        **data_links(cls, dm),
+        **system_kwargs(cfg),
     )
     module.student = module.distillation.teacher.model
     return module
@@ -164,7 +182,7 @@ def teacher_system(cfg: dict[str, Any], teacher_path: Any) -> Any:
 
 def evaluate_teacher(cfg: dict[str, Any], teacher_path: Any, dm: Any, split: str) -> dict[str, float]:
     """The teacher's metrics on ``split``, scored by the comparison's system as its students are."""
-    return evaluate_system(teacher_system(cfg, teacher_path), dm, split)
+    return evaluate_system(teacher_system(cfg, teacher_path, dm), dm, split)
 
 
 def train_system_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, list[dict[str, Any]]]:
@@ -175,8 +193,9 @@ def train_system_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, 
 
     t = cfg["teacher"]
     L.seed_everything(int(t.get("seed") or 0), workers=True, verbose=False)
-    module = system_class(system_path(cfg))(
-        teacher=None, student=dict(t["model"]), **system_optimization(t), **system_kwargs(cfg)
+    cls = system_class(system_path(cfg))
+    module = cls(
+        teacher=None, student=dict(t["model"]), **data_links(cls, dm), **system_optimization(t), **system_kwargs(cfg)
     )
     steps = int(t["max_steps"])
     progress = ProgressLine("teacher:", every_n_steps=max(steps // 10, 1), write=log)
@@ -213,10 +232,12 @@ def check_teacher_model(cfg: dict[str, Any], where: str = "teacher.model") -> No
     """
     import json
 
+    from amad.compare.config import make_datamodule
     from amad.compare.schema import SchemaError, check_keys
 
     model = (cfg.get("teacher") or {}).get("model") or {}
-    fixed = json.dumps(system_kwargs(cfg), sort_keys=True, default=str)
+    links = data_links(system_class(system_path(cfg)), make_datamodule(cfg["data"]))  # a constructor: no data read
+    fixed = json.dumps(system_kwargs(cfg) | links, sort_keys=True, default=str)
     try:
         fields = _config_fields(system_path(cfg), json.dumps(model, sort_keys=True, default=str), fixed)
     except (ValueError, TypeError) as err:

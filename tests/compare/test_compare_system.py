@@ -129,3 +129,17 @@ def test_the_table_leads_with_the_systems_headline_metric():
     assert table_metrics({"task": "lm", "summary": summary}) == ["ppl", "next_token_acc"]
     assert table_metrics({"task": "lm", "headline": "next_token_acc", "summary": summary}) == ["next_token_acc", "ppl"]
     assert table_metrics({"task": "classify", "summary": [{"acc": {"mean": 1.0}}]}) == ["acc"]
+
+
+def test_the_datamodule_gives_the_system_its_task_and_vocabulary_as_amad_fit_links_them():
+    from types import SimpleNamespace
+
+    from amad.compare.system import data_links
+
+    class LanguageSystem:  # a constructor of the contract's shape that also takes the vocabulary
+        def __init__(self, teacher=None, student=None, task: str = "lm", vocab_size: int | None = None): ...
+
+    assert data_links(LanguageSystem, SimpleNamespace(task="lm", vocab_size=57)) == {"task": "lm", "vocab_size": 57}
+    assert data_links(LanguageSystem, SimpleNamespace()) == {} and data_links(LanguageSystem, None) == {}
+    classify = system_class("amad.lit.classify.ClassificationDistillationModule")
+    assert data_links(classify, SimpleNamespace(task="classify")) == {"task": "classify"}

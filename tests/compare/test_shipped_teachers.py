@@ -36,7 +36,7 @@ def test_a_shipped_teacher_matches_its_comparisons_recipe_and_data(path):
     if cfg.get("system"):  # an any-model teacher: a transformers checkpoint its system loads
         from amad.compare.system import teacher_system
 
-        teacher = teacher_system(cfg, folder).student
+        teacher = teacher_system(cfg, folder, dm).student
         assert teacher.model.config.image_size == dm.image_size
     else:
         teacher = load_model(folder)

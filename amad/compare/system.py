@@ -65,8 +65,9 @@ class DistilledSystem(Protocol):
     fields of the model built from scratch), ``attention`` (an :class:`~amad.losses.AttentionMethod` or
     None), ``alpha``, ``beta``, ``kd_temperature``, ``gamma``, ``sites``, ``layer_map``,
     ``attention_source`` (as :class:`~amad.distill.DistillationTask`), ``lr``, ``weight_decay``,
-    ``export_dir`` (save the trained student there at the end of ``fit``), and any fixed settings of
-    its own (``num_classes``...) that ``system.init_args`` gives.
+    ``export_dir`` (save the trained student there at the end of ``fit``), ``task`` / ``vocab_size``
+    where it takes them (from the DataModule, :func:`data_links`), and any fixed settings of its own
+    (``num_classes``...) that ``system.init_args`` gives.
 
     Attributes:
         student: the trained model, a :class:`~amad.models.GenericAdapter` (``.model`` the transformers model).

@@ -30,5 +30,6 @@ class StepTimer(L.Callback):
         now = time.perf_counter()
         if batch_idx >= self.skip:
             self.compute.append(now - self._start)
-            self.sizes.append(len(batch["ids"]))
+            # VL batches carry "ids"; any-model batches (amad.compare.system) carry "labels"
+            self.sizes.append(len(batch["ids"] if "ids" in batch else batch["labels"]))
         self._end = now

@@ -34,6 +34,7 @@ from amad.compare.schema import (
     ComparisonConfig,
     SchemaError,
     StudentSection,
+    SystemComparisonConfig,
     build,
     check_keys,
     close_key,
@@ -102,6 +103,8 @@ def validate_comparison(cfg: dict[str, Any]) -> ComparisonConfig:
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise SchemaError(f"required key(s) {missing} missing (see amad/compare/schema.py)")
+    if cfg.get("system") is not None:
+        return validate_system_comparison(cfg)
     typed: ComparisonConfig = build(ComparisonConfig, {k: v for k, v in cfg.items() if k != "preset"}, "")
     if typed.teacher.path is None and typed.teacher.max_steps is None:
         raise SchemaError("teacher.max_steps: required key missing (to train the teacher; or give teacher.path)")
@@ -111,6 +114,34 @@ def validate_comparison(cfg: dict[str, Any]) -> ComparisonConfig:
     check_student_overrides(typed.student, typed.teacher.model.family, "student")
     for name, entry in typed.methods.items():
         method_kwargs(entry, f"methods.{name}")
+    for k, name in enumerate(typed.run_methods or []):
+        if name not in typed.methods:
+            raise SchemaError(f"run_methods[{k}]: {name!r} is not in methods{close_key(name, typed.methods)}")
+    return typed
+
+
+def validate_system_comparison(cfg: dict[str, Any]) -> SystemComparisonConfig:
+    """:func:`validate_comparison` of an any-model comparison (``system:`` set, :mod:`amad.compare.system`):
+    the system keeps the contract, ``system.init_args`` and every method entry fit its signature, and
+    ``teacher.model`` names fields of the model it builds."""
+    from amad.compare.system import SYSTEM_OWNED, check_teacher_model, system_class
+
+    typed: SystemComparisonConfig = build(SystemComparisonConfig, {k: v for k, v in cfg.items() if k != "preset"}, "")
+    if typed.teacher.path is None and typed.teacher.max_steps is None:
+        raise SchemaError("teacher.max_steps: required key missing (to train the teacher; or give teacher.path)")
+    try:
+        system_class(typed.system.class_path)
+    except ValueError as err:
+        raise SchemaError(str(err)) from None
+    check_data(cfg["data"], "data")
+    if typed.teacher.data is not None:
+        check_data(deep_merge(cfg["data"], cfg["teacher"]["data"]), "teacher.data")
+    parser = _class_parser(typed.system.class_path, frozenset(SYSTEM_OWNED))
+    check_keys(typed.system.init_args, _parser_keys(parser), "system.init_args")
+    _parse(parser, typed.system.init_args, "system.init_args")
+    check_teacher_model(cfg)
+    for name, entry in typed.methods.items():
+        method_kwargs(entry, f"methods.{name}", typed.system.class_path)
     for k, name in enumerate(typed.run_methods or []):
         if name not in typed.methods:
             raise SchemaError(f"run_methods[{k}]: {name!r} is not in methods{close_key(name, typed.methods)}")
@@ -165,22 +196,24 @@ def _parse(parser: Any, values: dict[str, Any], where: str) -> Any:
         raise SchemaError(f"{where}: {message}") from err
 
 
-def method_kwargs(entry: dict[str, Any], where: str = "method") -> dict[str, Any]:
-    """A method entry as :class:`~amad.lit.DistillationModule` keyword arguments, validated and with its
-    ``attention`` instantiated (``attention: AMAD`` → ``AMAD()``). Parsed once per distinct entry.
+def method_kwargs(entry: dict[str, Any], where: str = "method", system: str | None = None) -> dict[str, Any]:
+    """A method entry as :class:`~amad.lit.DistillationModule` keyword arguments (those of the ``system``
+    class, :mod:`amad.compare.system`, when given), validated and with its ``attention`` instantiated
+    (``attention: AMAD`` → ``AMAD()``). Parsed once per distinct entry.
 
     Raises:
         ValueError: an unknown option, a mistyped value, or a setting the comparison owns (``lr``...).
     """
     entry = dict(entry or {})
-    parsed = _parsed_method(_entry_key(entry), where)
+    parsed = _parsed_method(_entry_key(entry), where, system)
     return copy.deepcopy({k: parsed[k] for k in entry})  # the cached parse stays as read
 
 
-def method_attention(entry: dict[str, Any], where: str = "method") -> Any:
+def method_attention(entry: dict[str, Any], where: str = "method", system: str | None = None) -> Any:
     """The attention method (an :class:`~amad.losses.AttentionMethod`) that a method entry trains with —
-    DistillationModule's default when the entry names none — or None for a method without attention loss."""
-    return _parsed_method(_entry_key(dict(entry or {})), where)["attention"]
+    DistillationModule's (or the ``system``'s) default when the entry names none — or None for a method
+    without attention loss."""
+    return _parsed_method(_entry_key(dict(entry or {})), where, system)["attention"]
 
 
 def _entry_key(entry: dict[str, Any]) -> str:
@@ -188,13 +221,13 @@ def _entry_key(entry: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _parsed_method(key: str, where: str) -> dict[str, Any]:
+def _parsed_method(key: str, where: str, system: str | None = None) -> dict[str, Any]:
     entry = json.loads(key)
-    owned = sorted(set(entry) & _NOT_A_METHOD_OPTION)
+    owned = sorted(set(entry) & _owned(system))
     if owned:
         raise SchemaError(f"{where}: {owned} are set by the comparison (train:, student:, teacher:), not a method")
     with method_subclasses():  # `attention:` takes any AttentionMethod subclass (amad.config)
-        parser = _method_parser()
+        parser = _method_parser(system)
         check_keys(entry, _parser_keys(parser), where)
         _check_attention(entry.get("attention"), f"{where}.attention")
         return dict(parser.instantiate(_namespace(parser, entry, where)).c)
@@ -229,8 +262,17 @@ def _check_attention(spec: Any, where: str) -> None:
         check_keys(spec.get("init_args") or {}, fields, f"{where}.init_args")
 
 
-def _method_parser() -> Any:
-    return _class_parser("amad.lit.DistillationModule", frozenset(_NOT_A_METHOD_OPTION))
+def _owned(system: str | None) -> set[str]:
+    """The keyword arguments a comparison sets itself, never a method entry."""
+    if system is None:
+        return _NOT_A_METHOD_OPTION
+    from amad.compare.system import SYSTEM_OWNED
+
+    return set(SYSTEM_OWNED)
+
+
+def _method_parser(system: str | None = None) -> Any:
+    return _class_parser(system or "amad.lit.DistillationModule", frozenset(_owned(system)))
 
 
 def _namespace(parser: Any, entry: dict[str, Any], where: str) -> Any:
@@ -247,18 +289,21 @@ def comparison_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     from amad.compare.schema import as_dict
 
     typed = validate_comparison({k: v for k, v in cfg.items() if k != "preset"})
+    system = typed.system.class_path if typed.system is not None else None
     train = as_dict(typed.train)
-    for key, default in _task_defaults().items():
-        if train.get(key) is None:
-            train[key] = default
+    if system is None:  # a system's own defaults are its signature's (the students get only what is set)
+        for key, default in _task_defaults().items():
+            if train.get(key) is None:
+                train[key] = default
     out = {
         "name": typed.name,
         "description": typed.description,
+        **({"system": cfg["system"]} if system else {}),
         "data": cfg["data"],
         "teacher": cfg["teacher"],
         "student": as_dict(typed.student),
         "train": train,
-        "methods": {name: method_settings(entry, f"methods.{name}") for name, entry in typed.methods.items()},
+        "methods": {name: method_settings(entry, f"methods.{name}", system) for name, entry in typed.methods.items()},
         "seeds": typed.seeds,
     }
     if typed.eval_subset is not None:
@@ -283,14 +328,14 @@ def _task_defaults() -> dict[str, Any]:
     return {k: params[k].default for k in OPTIMIZATION_KEYS}
 
 
-def method_settings(entry: dict[str, Any], where: str = "method") -> dict[str, Any]:
+def method_settings(entry: dict[str, Any], where: str = "method", system: str | None = None) -> dict[str, Any]:
     """A method entry with every DistillationModule default filled in, as YAML-able data
     (``--print_config``); reading it back gives the same method."""
     import yaml
 
-    method_kwargs(entry, where)  # checked (and the messages as at load)
+    method_kwargs(entry, where, system)  # checked (and the messages as at load)
     with method_subclasses():
-        parser = _method_parser()
+        parser = _method_parser(system)
         dumped = yaml.safe_load(parser.dump(_namespace(parser, dict(entry or {}), where), skip_none=False))
     return dumped["c"]
 
@@ -339,7 +384,7 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def ordered_methods(methods: dict[str, dict[str, Any]]) -> list[str]:
+def ordered_methods(methods: dict[str, dict[str, Any]], system: str | None = None) -> list[str]:
     """Method names, those without an attention loss first, then by their attention method's place in
     the registry (:data:`amad.losses.METHODS`) with AMAD and its variants (``is_amad``) last; by name within."""
     from amad.losses.methods import METHODS
@@ -348,7 +393,7 @@ def ordered_methods(methods: dict[str, dict[str, Any]]) -> list[str]:
     order = [c for c in classes if not c.is_amad] + [c for c in classes if c.is_amad]
 
     def rank(name: str) -> tuple[int, str]:
-        attention = method_attention(methods[name], f"methods.{name}")
+        attention = method_attention(methods[name], f"methods.{name}", system)
         return (0 if attention is None else 1 + order.index(type(attention)), name)
 
     return sorted(methods, key=rank)

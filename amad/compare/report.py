@@ -19,9 +19,11 @@ TABLE_METRICS: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_acc", "vqa_acc_shape", "vqa_acc_colour", "vqa_acc_yesno_shape", "vqa_acc_yesno_colour"),
     "caption": ("cider", "bleu4", "attr_acc"),
     "translate": ("bleu", "attr_acc", "ref_attr_acc"),
+    "classify": ("acc",),
 }
 #: metrics on a 0-1 scale shown as percentages
 PERCENT = {
+    "acc",
     "vqa_acc",
     "vqa_acc_shape",
     "vqa_acc_colour",
@@ -117,10 +119,21 @@ def _relative(path: str, root: Path) -> str:
     return str(p.relative_to(root)) if p.is_relative_to(root) else path
 
 
+def table_metrics(results: dict[str, Any]) -> list[str]:
+    """The table's metrics, the headline first: the task's (:data:`TABLE_METRICS`), else those the runs
+    logged; a system comparison's ``system.metric`` (``results["headline"]``) leads either way."""
+    logged = list(dict.fromkeys(name for s in results["summary"] for name in s if isinstance(s[name], dict)))
+    known = TABLE_METRICS.get(results.get("task") or "vqa")
+    metrics = [m for m in known if m in logged] if known else logged
+    head = results.get("headline")
+    if head and head in logged:
+        metrics = [head] + [m for m in metrics if m != head]
+    return metrics
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     """Write results.md (table, separation from gt, gap to teacher) and results.png (bars with std)."""
-    task = results.get("task") or "vqa"
-    metrics = [m for m in TABLE_METRICS[task] if any(m in s for s in results["summary"])]
+    metrics = table_metrics(results)
     main = metrics[0] if metrics else None
     teacher = results["teacher"].get("metrics", {})
     sep = separation(results["summary"], teacher, main) if main else {}

@@ -41,6 +41,7 @@ from amad.compare.config import (
 )
 from amad.compare.console import Console
 from amad.compare.report import summarise, write_report
+from amad.compare.system import build_student_system, evaluate_system, system_path, teacher_facts, teacher_system
 from amad.compare.teacher import ensure_teacher, evaluate_model, quiet_trainer, teacher_shortfalls
 from amad.config import deep_merge
 
@@ -69,11 +70,17 @@ def make_logger(kind: str, out: Path, group: str, name: str, cfg: dict[str, Any]
     return False
 
 
-def build_module(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, task: str):
-    """The run's :class:`~amad.lit.DistillationModule`, seeded: the student's initial weights depend on
-    the seed only (never on whether the teacher was trained or its outputs cached)."""
+def build_module(cfg: dict[str, Any], method: str, seed: int, teacher_path: Path, task: str, dm: Any = None):
+    """The run's :class:`~amad.lit.DistillationModule` (or the comparison's system,
+    :mod:`amad.compare.system`), seeded: the student's initial weights depend on the seed only (never on
+    whether the teacher was trained or its outputs cached)."""
     from amad.lit import DistillationModule
 
+    system = system_path(cfg)
+    if system:
+        return build_student_system(
+            cfg, method_kwargs(cfg["methods"][method], f"methods.{method}", system), seed, teacher_path, dm
+        )
     L.seed_everything(seed, workers=True, verbose=False)
     return DistillationModule(
         teacher=str(teacher_path),
@@ -110,8 +117,10 @@ def run_one(
             it at the first and last step (:class:`~amad.callbacks.diagnostics.DiagnosticsCallback`).
     """
     train = cfg["train"]
-    module = build_module(cfg, method, seed, teacher_path, dm.task)
-    replay = cache is not None and module.distillation.uses_teacher and _serves(cache, module)
+    module = build_module(cfg, method, seed, teacher_path, dm.task, dm)
+    system = system_path(cfg)
+    uses_teacher = module.distillation is not None and module.distillation.uses_teacher
+    replay = cache is not None and uses_teacher and _serves(cache, module)
     if replay:
         module.distillation.teacher_cache = cache
     logger = make_logger(
@@ -119,8 +128,8 @@ def run_one(
     )
     timer = StepTimer(skip=1)
     callbacks = [timer] + ([progress] if progress else [])
-    attention = method_attention(cfg["methods"][method], f"methods.{method}")
-    snapshots = attention is not None and attention.has_head_weights and seed == 0
+    attention = method_attention(cfg["methods"][method], f"methods.{method}", system)
+    snapshots = attention is not None and attention.has_head_weights and seed == 0 and hasattr(module, "head_alignment")
     if snapshots:
         from amad.callbacks.head_alignment import AlignmentSnapshots
 
@@ -136,11 +145,12 @@ def run_one(
     try:
         trainer.fit(module, datamodule=dm)
     finally:
-        module.distillation.teacher_cache = None
+        if module.distillation is not None:
+            module.distillation.teacher_cache = None
     train_time = time.perf_counter() - start
     fault_point("student.trained")
     start = time.perf_counter()
-    metrics = evaluate_model(module.student, dm, split, module.max_new_tokens)
+    metrics = _evaluate(module, dm, split, system)
     record = {
         "method": method,
         "seed": seed,
@@ -150,12 +160,12 @@ def run_one(
         "train_time_s": round(train_time, 2),
         "eval_time_s": round(time.perf_counter() - start, 2),
         "data_wait_s": round(sum(timer.wait), 2),
-        "teacher": "cached" if replay else ("live" if module.distillation.uses_teacher else "unused"),
+        "teacher": "cached" if replay else ("live" if uses_teacher else "unused"),
         "steps": int(train["max_steps"]),
         "config": cfg["methods"][method],
     }
     if also_test and split != "test":
-        record["metrics_test"] = evaluate_model(module.student, dm, "test", module.max_new_tokens)
+        record["metrics_test"] = _evaluate(module, dm, "test", system)
     if snapshots:
         record["head_alignment"] = str(out / "heatmaps" / method)
     if diagnostics is not None:
@@ -165,6 +175,12 @@ def run_one(
         if logger_kind == "wandb":
             logger.experiment.finish()
     return record
+
+
+def _evaluate(module: Any, dm: Any, split: str, system: str | None) -> dict[str, float]:
+    if system:  # the system's own test / validation steps (amad.compare.system's one way)
+        return evaluate_system(module, dm, split)
+    return evaluate_model(module.student, dm, split, module.max_new_tokens)
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -208,6 +224,9 @@ def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, method
     from amad.distill.cache import TeacherCache
 
     if not cfg["train"].get("teacher_cache", True):
+        return None
+    if system_path(cfg):  # any-model systems run their live teacher (amad.compare.system)
+        log("teacher outputs: live (not cached for any-model systems)")
         return None
     if getattr(dm, "augment", False):
         log("teacher outputs: live (augmented training data change every epoch)")
@@ -276,23 +295,35 @@ def _run_comparison(
         data_cfg = deep_merge(data_cfg, {"init_args": {"eval_subset": cfg["eval_subset"]}})
     dm = make_datamodule(data_cfg)
     dm.prepare_data()
-    from amad.models.io import load_model
+    system = system_path(cfg)
+    if system:  # scored by the system, as its students are
+        teacher = teacher_system(cfg, teacher_path, dm)
+        teacher_record = {**teacher_record, **teacher_facts(teacher)}
+    else:
+        from amad.models.io import load_model
 
-    teacher = load_model(teacher_path)
-    teacher_record = {
-        **teacher_record,
-        "params": count_params(teacher),
-        "heads": {s: teacher.num_heads(s) for s in teacher.sites},
-        "layers": {s: teacher.num_layers(s) for s in teacher.sites},
-    }
+        teacher = load_model(teacher_path)
+        teacher_record = {
+            **teacher_record,
+            "params": count_params(teacher),
+            "heads": {s: teacher.num_heads(s) for s in teacher.sites},
+            "layers": {s: teacher.num_layers(s) for s in teacher.sites},
+        }
     if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
-        teacher_record["metrics"] = evaluate_model(teacher, dm, split, cfg["teacher"]["max_new_tokens"])
-    from amad.callbacks.diagnostics import fixed_batch
+        if system:
+            teacher_record["metrics"] = evaluate_system(teacher, dm, split)
+        else:
+            teacher_record["metrics"] = evaluate_model(teacher, dm, split, cfg["teacher"]["max_new_tokens"])
+    diagnostics_batch = None
+    if not system:  # the diagnostics read a VL adapter's captures (amad.callbacks.diagnostics)
+        from amad.callbacks.diagnostics import fixed_batch
 
-    diagnostics_batch = fixed_batch(dm)
-    teacher_record["head_similarity"] = teacher_head_similarity_cached(teacher, teacher_record, diagnostics_batch, out)
+        diagnostics_batch = fixed_batch(dm)
+        teacher_record["head_similarity"] = teacher_head_similarity_cached(
+            teacher, teacher_record, diagnostics_batch, out
+        )
     del teacher
-    methods = ordered_methods(cfg["methods"])
+    methods = ordered_methods(cfg["methods"], system)
     plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -347,7 +378,8 @@ def _run_comparison(
         "commit": source_commit(),
         "task": getattr(dm, "task", None),
         "task_description": cfg.get("description", ""),
-        "model": cfg["teacher"]["model"].get("family"),
+        "model": system.rpartition(".")[2] if system else cfg["teacher"]["model"].get("family"),
+        "headline": (cfg.get("system") or {}).get("metric"),
         "preset": cfg["preset"],
         "split": split,
         "seeds": int(cfg["seeds"]),
@@ -360,7 +392,7 @@ def _run_comparison(
         "summary": summarise(runs, methods),
     }
     for rec in results["summary"]:  # the report highlights AMAD: asked of the method, not of its name
-        attention = method_attention(cfg["methods"][rec["method"]], f"methods.{rec['method']}")
+        attention = method_attention(cfg["methods"][rec["method"]], f"methods.{rec['method']}", system)
         rec["is_amad"] = attention is not None and attention.is_amad
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
@@ -396,6 +428,7 @@ def _run_fingerprint(cfg: dict[str, Any], method: str, seed: int, split: str, al
     train = {k: v for k, v in cfg["train"].items() if k not in ("teacher_cache", "teacher_cache_memory_mb")}
     return fingerprint(
         {k: cfg[k] for k in ("data", "teacher", "student")}
+        | ({"system": cfg["system"]} if cfg.get("system") else {})
         | {"train": train, "method": cfg["methods"][method], "seed": seed, "split": split}
         | ({"eval_subset": cfg["eval_subset"]} if cfg.get("eval_subset") is not None else {})
         | ({"also_test": True} if also_test else {})

@@ -278,6 +278,8 @@ class ComparisonConfig:
         seeds: seeds per method.
         eval_subset: quick checks: evaluate the students on this many examples.
         presets: name -> overrides of this file (``--preset``).
+        system: an any-model comparison's Lightning system (then the file is a
+            :class:`SystemComparisonConfig`); None: BLIP / VL-T5 through DistillationModule.
     """
 
     name: str
@@ -291,6 +293,105 @@ class ComparisonConfig:
     seeds: int = 3
     eval_subset: int | None = None
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    system: SystemSection | None = None
+
+
+@dataclass(kw_only=True)
+class SystemSection:
+    """``system:``: the Lightning system of an any-model comparison (:mod:`amad.compare.system`).
+
+    Args:
+        class_path: import path of a LightningModule keeping
+            :class:`~amad.compare.system.DistilledSystem`'s contract.
+        init_args: its fixed settings, given to every system built (checked against its signature).
+        metric: the headline metric, logged as ``test/<metric>`` (None: the first one logged).
+    """
+
+    class_path: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+    metric: str | None = None
+
+
+@dataclass(kw_only=True)
+class SystemOptimization:
+    """The optimisation settings a system takes (:data:`amad.compare.system.SYSTEM_OPTIMIZATION_KEYS`).
+
+    Args:
+        lr: AdamW learning rate (the system's schedule).
+        weight_decay: AdamW weight decay.
+    """
+
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+@dataclass(kw_only=True)
+class SystemTeacherSection(SystemOptimization):
+    """``teacher:`` of a system comparison: a shipped checkpoint, or the recipe that trains one with the
+    system's ``teacher=None`` mode.
+
+    Args:
+        model: the fields of the model the system builds from scratch (``ViTConfig``'s for the
+            classifier), checked against its config class.
+        path: a shipped or user-given transformers checkpoint (used while its recorded fingerprint
+            matches the recipe).
+        data: overrides of ``data:`` for the teacher.
+        max_steps: training updates (needed to train one: without ``path``).
+        seed: seed of the recipe (None: 0).
+        precision: Lightning precision (None: ``32-true``).
+        target: the bar ``--teacher-only`` holds the teacher to (not part of the recipe's fingerprint).
+    """
+
+    model: dict[str, Any]
+    path: str | None = None
+    data: DataOverride | None = None
+    max_steps: int | None = None
+    seed: int | None = None
+    precision: str | None = None
+    target: TeacherTarget | None = None
+
+
+@dataclass(kw_only=True)
+class SystemStudentSection:
+    """``student:`` of a system comparison: :func:`amad.models.derive_student` arguments for a
+    :class:`~amad.models.GenericAdapter` teacher (see :class:`StudentSection`).
+
+    Args:
+        num_key_value_heads: key/value heads of a grouped-query student (None: the teacher's ratio).
+    """
+
+    num_heads: int | None = None
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_key_value_heads: int | None = None
+    init: Literal["teacher", "random"] = "teacher"
+    layer_map: str | list[int] = "uniform"
+    seed: int | None = None
+
+
+@dataclass(kw_only=True)
+class SystemTrainSection(SystemOptimization):
+    """``train:`` of a system comparison: every student's budget.
+
+    Args:
+        max_steps: updates per student.
+        precision: Lightning precision.
+    """
+
+    max_steps: int
+    precision: str = "32-true"
+
+
+@dataclass(kw_only=True)
+class SystemComparisonConfig(ComparisonConfig):
+    """A comparison of an any-model system (``system:`` set): its teacher, student and budget sections
+    are the system's (:mod:`amad.compare.system`); method entries are the system's keyword arguments."""
+
+    system: SystemSection  # type: ignore[assignment]  # required here
+    teacher: SystemTeacherSection  # type: ignore[assignment]
+    student: SystemStudentSection = field(default_factory=SystemStudentSection)  # type: ignore[assignment]
+    train: SystemTrainSection  # type: ignore[assignment]
 
 
 #: student settings a sweep's grid may vary

@@ -23,6 +23,7 @@ import torch
 
 from amad.artefacts import FileLock
 from amad.compare.config import fingerprint, load_compare_config, make_datamodule, optimization_kwargs
+from amad.compare.system import evaluate_system, save_hf_model, system_path, train_system_teacher
 from amad.compare.teacher_files import (
     cached_teacher,
     check_teacher_path,
@@ -58,7 +59,16 @@ def teacher_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
     """Hash of the teacher's recipe, its data config and the data's own facts (source, sizes, version)."""
     t = cfg["teacher"]
     recipe = {k: t.get(k) for k in TEACHER_KEYS if k != "data"} | {k: t[k] for k in RECIPE_KEYS if t.get(k) is not None}
-    return _recipe_fingerprint(cfg, recipe, data_facts)
+    return _recipe_fingerprint(cfg, recipe | _system_recipe(cfg), data_facts)
+
+
+def _system_recipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An any-model comparison's teacher is trained by its system (its class and fixed settings: not the
+    headline metric); absent for BLIP / VL-T5, whose fingerprints hold."""
+    system = cfg.get("system")
+    if not system:
+        return {}
+    return {"system": {"class_path": system["class_path"], "init_args": system.get("init_args") or {}}}
 
 
 def pretrain_fingerprint(cfg: dict[str, Any], data_facts: dict[str, Any]) -> str:
@@ -128,12 +138,17 @@ def _ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any
     if t.get("pretrain"):
         key = f"{cfg['name']}-{pretrain_fingerprint(cfg, facts)}"
         stages_dir = cache_root() / "teacher_stages" / key
-    model, stages = train_teacher(cfg, dm, log, resume_dir=stages_dir)
-    test = evaluate_model(model, dm, "test", t["max_new_tokens"])
-    oracle = oracle_metrics(dm, "test")
+    save = None
+    if system_path(cfg):  # an any-model system trains it with teacher=None (amad.compare.system)
+        model, stages = train_system_teacher(cfg, dm, log)
+        test, oracle, save = evaluate_system(model, dm, "test"), None, save_hf_model
+    else:
+        model, stages = train_teacher(cfg, dm, log, resume_dir=stages_dir)
+        test = evaluate_model(model, dm, "test", t["max_new_tokens"])
+        oracle = oracle_metrics(dm, "test")
     record = {
         "fingerprint": fp,
-        "config": {k: t.get(k) for k in TEACHER_KEYS + RECIPE_KEYS},
+        "config": {k: t.get(k) for k in TEACHER_KEYS + RECIPE_KEYS} | _system_recipe(cfg),
         "metrics": test,
         **({"oracle": oracle} if oracle else {}),
         "stages": stages,
@@ -144,7 +159,7 @@ def _ensure_teacher(cfg: dict[str, Any], log=print) -> tuple[Path, dict[str, Any
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),
     }
-    publish_teacher(model, out, record)
+    publish_teacher(model, out, record, save)
     log(f"teacher: test {test} after {record['train_time_s']:.0f}s of training")
     return out, {**record, "source": str(out)}
 

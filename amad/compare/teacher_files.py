@@ -68,14 +68,20 @@ def public_record(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "files"}
 
 
-def publish_teacher(model: Any, out: Path, record: dict[str, Any]) -> None:
+def publish_teacher(model: Any, out: Path, record: dict[str, Any], save: Any = None) -> None:
     """Write ``model`` and ``record`` as the cached teacher ``out``: built under a temporary name, the
-    files' digests recorded in ``teacher.json``, then renamed (a half-written teacher is never cached)."""
+    files' digests recorded in ``teacher.json``, then renamed (a half-written teacher is never cached).
+
+    Args:
+        save: ``save(model, folder)`` (default :func:`amad.models.io.save_pretrained`; a system
+            comparison's teacher is saved as a plain transformers checkpoint).
+    """
     from amad.models.io import save_pretrained
 
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tmp)
+    tmp.mkdir(parents=True)
+    (save or save_pretrained)(model, tmp)
     atomic_write_json(tmp / RECORD, {**record, "files": folder_digests(tmp, skip=(RECORD,))})
     fault_point("teacher.publish")
     if out.exists():  # only a damaged entry (cached_teacher set it aside) or another process's: keep it

@@ -155,7 +155,6 @@ def test_finetune_from_preset_decodes_with_the_datas_tokenizer(tmp_path):
     assert all(w in vocab for p in preds for w in p.split()), preds
 
 
-
 def test_attention_lr_scale_reaches_the_attention_methods_own_parameters(tmp_path, tiny_teacher_factory):
     """A2D's aligners train with the student, at ``attention_lr_scale`` x lr and without decay."""
     teacher = tiny_teacher_factory("blip-vqa")

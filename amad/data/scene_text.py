@@ -35,7 +35,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from amad.models.tokenizers import SPECIAL_TOKENS, word_tokenizer_from_vocab
 from amad.scenes.attributes import PALETTE, ShapeAttributes
@@ -165,7 +165,10 @@ class SceneTextDataModule(L.LightningDataModule):
     Args:
         train_size, val_size, test_size: texts per split (each split its own pool of as many scenes).
         objects: fewest and most shapes a text describes (and recalls).
-        batch_size: texts per batch (evaluation too).
+        batch_size: texts per training batch.
+        eval_batch_size: texts per validation / test batch (default: ``batch_size``).
+        eval_subset: evaluate on the first this many val and test texts only (quick checks; every text is an
+            independent draw, so the first N are a fair sample). None: all.
         seed: base seed of the scene pools (split seeds: ``seed + SPLIT_SEEDS[split]``).
         num_workers: DataLoader workers.
 
@@ -183,13 +186,18 @@ class SceneTextDataModule(L.LightningDataModule):
         test_size: int = 2_000,
         objects: tuple[int, int] = (2, 3),
         batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        eval_subset: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if eval_subset is not None and eval_subset < 1:
+            raise ValueError(f"eval_subset must be >= 1 or None, got {eval_subset}")
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.objects = tuple(objects)
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.eval_batch_size, self.eval_subset = eval_batch_size or batch_size, eval_subset
         self.tokenizer = scene_text_tokenizer()
         self.vocab_size = len(vocabulary())
         self.datasets: dict[str, SceneTextDataset] = {}
@@ -203,9 +211,12 @@ class SceneTextDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
+        dataset: Dataset = self.datasets[split]
+        if split != "train" and self.eval_subset is not None:
+            dataset = Subset(dataset, range(min(self.eval_subset, len(dataset))))
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             collate_fn=collate_text,
             num_workers=self.num_workers,

@@ -100,3 +100,14 @@ def test_collate_of_unequal_items():
     assert batch["labels"].tolist() == [[5, 8, 6], [5, 6, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["copy_mask"].tolist() == [[False, True, False], [False, False, False]]
+
+
+def test_eval_subset_and_eval_batch_size(cache):
+    dm = SceneTextDataModule(train_size=24, val_size=16, test_size=8, batch_size=8, eval_batch_size=4, eval_subset=6)
+    val = list(dm.val_dataloader())
+    assert [len(b["input_ids"]) for b in val] == [4, 2]  # the first 6 of 16 texts, 4 a batch
+    first = collate_text([dm.datasets["val"][i] for i in range(4)])
+    assert torch.equal(val[0]["input_ids"], first["input_ids"])
+    assert len(next(iter(dm.train_dataloader()))["input_ids"]) == 8
+    with pytest.raises(ValueError, match="eval_subset"):
+        SceneTextDataModule(eval_subset=0)

@@ -159,3 +159,27 @@ def test_bad_teachers_and_data_are_one_line(workdir, tiny_teacher):
         LanguageDistillationModule(teacher=str(tiny_teacher), student={"num_heads": 2}, vocab_size=50)
     with pytest.raises(ValueError, match="not task 'classify'"):
         LanguageDistillationModule(task="classify", vocab_size=35)
+
+
+SHIPPED = Path(__file__).parents[2] / "experiments" / "teachers" / "scenes_lm"
+
+
+@pytest.mark.skipif(not (SHIPPED / "teacher.json").is_file(), reason="no shipped scenes-lm teacher")
+def test_the_shipped_teacher_is_intact_small_and_reads_the_data():
+    import json
+
+    from amad.artefacts import folder_digests
+    from amad.data.scene_text import scene_text_tokenizer
+
+    record = json.loads((SHIPPED / "teacher.json").read_text())
+    assert record["files"] == folder_digests(SHIPPED, skip=("teacher.json",))
+    assert record["command"] and record["seed"] == 0 and record["train_time_s"] > 0
+    assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 2 * 2**20
+    model = LlamaForCausalLM.from_pretrained(SHIPPED)
+    cfg = model.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (8, 2, 35)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(SHIPPED).get_vocab() == scene_text_tokenizer().get_vocab()
+    # the YAML students read it by default
+    assert "experiments/teachers/scenes_lm" in (EXP / "distill.yaml").read_text()

@@ -143,3 +143,28 @@ def test_the_datamodule_gives_the_system_its_task_and_vocabulary_as_amad_fit_lin
     assert data_links(LanguageSystem, SimpleNamespace()) == {} and data_links(LanguageSystem, None) == {}
     classify = system_class("amad.lit.classify.ClassificationDistillationModule")
     assert data_links(classify, SimpleNamespace(task="classify")) == {"task": "classify"}
+
+
+def test_scenes_lm_smoke_comparison_runs_the_language_system_with_gqa_teacher(env):
+    """The second embedded example through the same system: section (Llama, 8 query / 2 key-value heads)."""
+    out = env / "out"
+    config = ROOT / "experiments/compare/scenes-lm.yaml"
+    argv = ["compare", "--config", str(config), "--out", str(out), "--preset", "smoke", "--logger", "none"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "lm" and results["model"] == "LanguageDistillationModule"
+    assert results["headline"] == "acc" and results["teacher"]["heads"] == {"decoder.self": 8}
+    assert [r["method"] for r in results["runs"]] == METHODS
+    assert [r["teacher"] for r in results["runs"]] == ["unused", "live", "live", "live"]
+    for run in results["runs"]:
+        assert 0.0 <= run["metrics"]["acc"] <= 1.0 and 0.0 <= run["metrics"]["copy_acc"] <= 1.0
+        assert run["metrics"]["ppl"] >= 1.0 and "loss" not in run["metrics"]
+
+
+def test_the_language_model_keeps_the_system_contract():
+    cls = system_class("amad.lit.language.LanguageDistillationModule")
+    module = cls(
+        teacher=None, student={"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1}, vocab_size=35
+    )
+    assert isinstance(module, DistilledSystem) and module.distillation is None
+    assert module.student.sites == ("decoder.self",)

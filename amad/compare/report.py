@@ -161,7 +161,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         else "| teacher |" + " |" * (len(metrics) + 5)
     )
     for s in results["summary"]:
-        cells = [f"{_fmt(s[m]['mean'], m)} ± {_fmt(s[m]['std'], m)}" if m in s else "" for m in metrics]
+        one_seed = s.get("n", 2) < 2  # no spread: n/a, not a measured ± 0
+        cells = [
+            f"{_fmt(s[m]['mean'], m)} ± {'n/a' if one_seed else _fmt(s[m]['std'], m)}" if m in s else ""
+            for m in metrics
+        ]
         v = sep.get(s["method"])
         sig = "" if v is None else ("n/a (1 seed)" if math.isnan(v["sigmas"]) else f"{v['sigmas']:+.1f}")
         gap = "" if v is None or v["gap_closed"] is None else f"{100 * v['gap_closed']:.0f} %"

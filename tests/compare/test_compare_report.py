@@ -85,3 +85,13 @@ def test_results_name_the_commit_of_the_code_that_made_them():
     commit = source_commit()
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert commit is not None and commit.split("+")[0] == head
+
+
+def test_a_one_seed_table_prints_no_spread(tmp_path):
+    from amad.compare.report import write_report
+
+    write_report(_results([0.60], [0.70]), tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| gt | 60.0 ± n/a |" in table and "| amad | 70.0 ± n/a |" in table and "± 0.0" not in table
+    write_report(_results([0.60, 0.62], [0.70, 0.74]), tmp_path)
+    assert "| amad | 72.0 ± 2.8 |" in (tmp_path / "results.md").read_text()

@@ -37,7 +37,10 @@ def test_a_shipped_teacher_matches_its_comparisons_recipe_and_data(path):
         from amad.compare.system import teacher_system
 
         teacher = teacher_system(cfg, folder, dm).student
-        assert teacher.model.config.image_size == dm.image_size
+        if hasattr(dm, "image_size"):  # an image model reads the data's images
+            assert teacher.model.config.image_size == dm.image_size
+        else:  # a language model reads the data's vocabulary
+            assert teacher.model.config.vocab_size == dm.vocab_size
     else:
         teacher = load_model(folder)
         assert teacher.tokenizer.get_vocab() == dm.tokenizer.get_vocab()

@@ -124,7 +124,7 @@ def validate_system_comparison(cfg: dict[str, Any]) -> SystemComparisonConfig:
     """:func:`validate_comparison` of an any-model comparison (``system:`` set, :mod:`amad.compare.system`):
     the system keeps the contract, ``system.init_args`` and every method entry fit its signature, and
     ``teacher.model`` names fields of the model it builds."""
-    from amad.compare.system import SYSTEM_OWNED, check_teacher_model, system_class
+    from amad.compare.system import SYSTEM_OWNED, system_class
 
     typed: SystemComparisonConfig = build(SystemComparisonConfig, {k: v for k, v in cfg.items() if k != "preset"}, "")
     if typed.teacher.path is None and typed.teacher.max_steps is None:
@@ -397,3 +397,39 @@ def ordered_methods(methods: dict[str, dict[str, Any]], system: str | None = Non
         return (0 if attention is None else 1 + order.index(type(attention)), name)
 
     return sorted(methods, key=rank)
+
+
+def check_teacher_model(cfg: dict[str, Any], where: str = "teacher.model") -> None:
+    """``teacher.model`` names fields of the model the system builds from scratch (its config class's
+    arguments): a transformers config keeps a misspelt field silently, as an unknown attribute.
+
+    Raises:
+        SchemaError: one line naming the key and the closest field (or why the model cannot be built).
+    """
+    from amad.compare.system import data_links, system_class, system_kwargs, system_path
+
+    model = (cfg.get("teacher") or {}).get("model") or {}
+    links = data_links(system_class(system_path(cfg)), make_datamodule(cfg["data"]))  # a constructor: no data read
+    fixed = json.dumps(system_kwargs(cfg) | links, sort_keys=True, default=str)
+    try:
+        fields = _config_fields(system_path(cfg), json.dumps(model, sort_keys=True, default=str), fixed)
+    except (ValueError, TypeError) as err:
+        raise SchemaError(f"{where}: {str(err).splitlines()[0]}") from None
+    check_keys(model, fields, where)
+
+
+@functools.lru_cache(maxsize=32)
+def _config_fields(class_path: str, model: str, fixed: str) -> frozenset[str]:
+    """The arguments of the config class of the model that ``class_path`` builds from scratch from
+    ``model`` (JSON): the class is known only once it is built (tiny, under a forked RNG)."""
+    import inspect
+
+    import torch
+
+    from amad.compare.system import system_class
+
+    cls = system_class(class_path)
+    with torch.random.fork_rng():
+        module = cls(teacher=None, student=json.loads(model), **json.loads(fixed))
+    params = inspect.signature(type(module.student.model.config).__init__).parameters
+    return frozenset(n for n, p in params.items() if n != "self" and p.kind != p.VAR_KEYWORD)

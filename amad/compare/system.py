@@ -31,7 +31,6 @@ import time
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
-import torch
 
 #: ``train:`` / ``teacher:`` keys a system's constructor takes (the comparison sets them, no method entry)
 SYSTEM_OPTIMIZATION_KEYS = ("lr", "weight_decay")
@@ -190,7 +189,7 @@ def train_system_teacher(cfg: dict[str, Any], dm: Any, log=print) -> tuple[Any, 
     """The teacher recipe of a system comparison: ``cls(teacher=None, student=teacher.model)`` trained
     ``teacher.max_steps`` on the teacher's data, seeded ``teacher.seed``; returns (the system, one stage record)."""
     from amad.callbacks.progress import ProgressLine
-    from amad.compare.teacher import quiet_trainer
+    from amad.compare.teacher_files import quiet_trainer
 
     t = cfg["teacher"]
     L.seed_everything(int(t.get("seed") or 0), workers=True, verbose=False)
@@ -222,38 +221,3 @@ def teacher_facts(module: Any) -> dict[str, Any]:
         "heads": {s: teacher.num_heads(s) for s in teacher.sites},
         "layers": {s: teacher.num_layers(s) for s in teacher.sites},
     }
-
-
-def check_teacher_model(cfg: dict[str, Any], where: str = "teacher.model") -> None:
-    """``teacher.model`` names fields of the model the system builds from scratch (its config class's
-    arguments): a transformers config keeps a misspelt field silently, as an unknown attribute.
-
-    Raises:
-        SchemaError: one line naming the key and the closest field (or why the model cannot be built).
-    """
-    import json
-
-    from amad.compare.config import make_datamodule
-    from amad.compare.schema import SchemaError, check_keys
-
-    model = (cfg.get("teacher") or {}).get("model") or {}
-    links = data_links(system_class(system_path(cfg)), make_datamodule(cfg["data"]))  # a constructor: no data read
-    fixed = json.dumps(system_kwargs(cfg) | links, sort_keys=True, default=str)
-    try:
-        fields = _config_fields(system_path(cfg), json.dumps(model, sort_keys=True, default=str), fixed)
-    except (ValueError, TypeError) as err:
-        raise SchemaError(f"{where}: {str(err).splitlines()[0]}") from None
-    check_keys(model, fields, where)
-
-
-@functools.lru_cache(maxsize=32)
-def _config_fields(class_path: str, model: str, fixed: str) -> frozenset[str]:
-    """The arguments of the config class of the model that ``class_path`` builds from scratch from
-    ``model`` (JSON): the class is known only once it is built (tiny, under a forked RNG)."""
-    import json
-
-    cls = system_class(class_path)
-    with torch.random.fork_rng():
-        module = cls(teacher=None, student=json.loads(model), **json.loads(fixed))
-    params = inspect.signature(type(module.student.model.config).__init__).parameters
-    return frozenset(n for n, p in params.items() if n != "self" and p.kind != p.VAR_KEYWORD)

@@ -31,6 +31,7 @@ from amad.compare.teacher_files import (
     load_last_stage,
     public_record,
     publish_teacher,
+    quiet_trainer,
     save_stage,
 )
 from amad.compare.tower_stage import shared_attribute_stage
@@ -179,24 +180,6 @@ def teacher_shortfalls(record: dict[str, Any], target: dict[str, Any] | None) ->
         kinds = {k: v for k, v in metrics.items() if k.startswith(metric + "_")}
         out += [f"{k} {v:.4f} < {float(target['kinds_min']):.2f}" for k, v in kinds.items() if v < target["kinds_min"]]
     return out
-
-
-def quiet_trainer(max_steps: int = -1, precision: str = "32-true", callbacks=(), logger: Any = False) -> L.Trainer:
-    """A Trainer for the jobs of a comparison: one device, no validation loop, no checkpoints, no bar."""
-    return L.Trainer(
-        max_steps=max_steps,
-        logger=logger,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        accelerator="auto",
-        devices=1,
-        precision=precision,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=list(callbacks) + fault_callbacks(),
-    )
 
 
 def _trainer(max_steps: int, precision: str, prefix: str, log) -> L.Trainer:

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 from amad.artefacts import (
@@ -153,3 +154,21 @@ def fault_callbacks() -> list[Any]:
             fault_point("eval_batch")
 
     return [FaultPoints()]
+
+
+def quiet_trainer(max_steps: int = -1, precision: str = "32-true", callbacks=(), logger: Any = False) -> L.Trainer:
+    """A Trainer for the jobs of a comparison: one device, no validation loop, no checkpoints, no bar."""
+    return L.Trainer(
+        max_steps=max_steps,
+        logger=logger,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        accelerator="auto",
+        devices=1,
+        precision=precision,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        callbacks=list(callbacks) + fault_callbacks(),
+    )

@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from amad.data.collate import prepare_images
 from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes
@@ -56,7 +56,9 @@ class SceneClassesDataModule(L.LightningDataModule):
     Args:
         train_size, val_size, test_size: scenes per split (each split its own generator seed).
         image_size: side of ``pixel_values`` (scenes are drawn at 64 and resized).
-        batch_size: examples per batch (evaluation too).
+        batch_size: examples per training batch.
+        eval_batch_size: examples per validation / test batch (default: ``batch_size``).
+        eval_subset: evaluate on the first this many val and test scenes only (quick checks).
         seed: base seed of the scene streams (split seeds: ``seed + SPLIT_SEEDS[split]``).
         num_workers: DataLoader workers.
 
@@ -76,10 +78,15 @@ class SceneClassesDataModule(L.LightningDataModule):
         test_size: int = 2_000,
         image_size: int = 32,
         batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        eval_subset: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if eval_subset is not None and eval_subset < 1:
+            raise ValueError(f"eval_subset must be >= 1 or None, got {eval_subset}")
+        self.eval_batch_size, self.eval_subset = eval_batch_size or batch_size, eval_subset
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.image_size, self.batch_size, self.seed, self.num_workers = image_size, batch_size, seed, num_workers
         self.datasets: dict[str, SceneClassDataset] = {}
@@ -99,9 +106,12 @@ class SceneClassesDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
+        dataset = self.datasets[split]
+        if split != "train" and self.eval_subset is not None:
+            dataset = Subset(dataset, range(min(self.eval_subset, len(dataset))))
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             collate_fn=self.collate,
             num_workers=self.num_workers,

@@ -70,3 +70,14 @@ def test_every_yaml_runs_teacher_first(workdir):
 def test_a_missing_teacher_is_one_line(workdir):
     with pytest.raises(FileNotFoundError, match="train the teacher first"):
         ClassificationDistillationModule(teacher=str(workdir / "nothing"))
+
+
+def test_scene_classes_evaluate_on_a_subset_in_their_own_batches():
+    from amad.data.scene_classes import SceneClassesDataModule
+
+    dm = SceneClassesDataModule(train_size=8, val_size=20, test_size=20, batch_size=4, eval_batch_size=5, eval_subset=7)
+    val = list(dm.val_dataloader())
+    assert [len(b["labels"]) for b in val] == [5, 2]
+    assert len(next(iter(dm.train_dataloader()))["labels"]) == 4
+    with pytest.raises(ValueError, match="eval_subset"):
+        SceneClassesDataModule(eval_subset=0)

@@ -27,7 +27,6 @@ from amad.compare.system import evaluate_system, save_hf_model, system_path, tra
 from amad.compare.teacher_files import (
     cached_teacher,
     check_teacher_path,
-    fault_callbacks,
     load_last_stage,
     public_record,
     publish_teacher,
@@ -325,17 +324,7 @@ def evaluate_model(model: Any, dm: Any, split: str, max_new_tokens: int) -> dict
     from amad.lit import FineTuneModule
 
     module = FineTuneModule(model=model, task=dm.task, max_new_tokens=int(max_new_tokens))
-    trainer = L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        devices=1,
-        callbacks=fault_callbacks(),
-    )
-    run = trainer.test if split == "test" else trainer.validate
-    res = run(module, datamodule=dm, verbose=False)[0]
-    return {k.split("/", 1)[1]: float(v) for k, v in res.items() if k.startswith(f"{split}/") and "loss" not in k}
+    return evaluate_system(module, dm, split)
 
 
 def resolve_teacher_reference(spec: str, log=print) -> str:

@@ -12,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
-from torch import nn
 
-from amad.distill import DistillationTask
 from amad.distill.attention import LayerMapSpec
+from amad.lit.generic import GenericDistillationModule
 from amad.losses.methods import AttentionMethod
-from amad.models import GenericAdapter, derive_student
+from amad.models import GenericAdapter
 
 
 def _load_classifier(path: str) -> GenericAdapter:
@@ -33,7 +31,7 @@ def _load_classifier(path: str) -> GenericAdapter:
     return GenericAdapter(AutoModelForImageClassification.from_pretrained(path))
 
 
-class ClassificationDistillationModule(L.LightningModule):
+class ClassificationDistillationModule(GenericDistillationModule):
     """A classifier student, distilled from a teacher classifier or trained on labels alone.
 
     Args:
@@ -47,6 +45,10 @@ class ClassificationDistillationModule(L.LightningModule):
             :class:`~amad.distill.DistillationTask`.
         num_classes: classes of a student built from scratch.
         lr, weight_decay: AdamW; the learning rate follows a cosine decay over the run.
+        warmup_steps: linear warm-up of the learning rate before the cosine (0: none).
+        attention_lr_scale: multiplier of ``lr`` for the attention method's own parameters (A2D's
+            aligners, the AMAD projection), as :class:`~amad.lit.DistillationModule`'s.
+        skip_nonfinite: skip a batch whose loss is not finite (counted) instead of stopping with an error.
         export_dir: where to save the trained student as a transformers checkpoint at the end of ``fit``.
         task, vocab_size: linked from the DataModule by the CLI (``classify``; no vocabulary).
     """
@@ -66,6 +68,9 @@ class ClassificationDistillationModule(L.LightningModule):
         num_classes: int = 24,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        attention_lr_scale: float = 1.0,
+        skip_nonfinite: bool = False,
         export_dir: str | None = None,
         task: str = "classify",
         vocab_size: int | None = None,
@@ -78,58 +83,38 @@ class ClassificationDistillationModule(L.LightningModule):
         if teacher is None:
             from transformers import ViTConfig, ViTForImageClassification
 
-            self.student = GenericAdapter(ViTForImageClassification(ViTConfig(**spec, num_labels=num_classes)))
-            self.distillation: DistillationTask | None = None
-        else:
-            frozen = _load_classifier(teacher)
-            self.student = derive_student(frozen, **spec)
-            self.distillation = DistillationTask(
-                frozen,
-                self.student,
-                attention,
-                alpha=alpha,
-                beta=beta,
-                kd_temperature=kd_temperature,
-                gamma=gamma,
-                sites=sites,
-                layer_map=layer_map,
-                attention_source=attention_source,
+            frozen = None
+            built: GenericAdapter | dict[str, Any] = GenericAdapter(
+                ViTForImageClassification(ViTConfig(**spec, num_labels=num_classes))
             )
-        self.lr, self.weight_decay, self.export_dir = lr, weight_decay, export_dir
+        else:
+            frozen, built = _load_classifier(teacher), spec
+        self.wire(
+            frozen,
+            built,
+            attention,
+            alpha=alpha,
+            beta=beta,
+            kd_temperature=kd_temperature,
+            gamma=gamma,
+            sites=sites,
+            layer_map=layer_map,
+            attention_source=attention_source,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            attention_lr_scale=attention_lr_scale,
+            skip_nonfinite=skip_nonfinite,
+            export_dir=export_dir,
+        )
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """(B, C) logits of the student."""
         return self.student(batch, sites=()).logits
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.distillation is None:
-            terms = {"loss": self.student(batch, sites=()).loss}
-        else:
-            terms = self.distillation(batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch["labels"]))
-        return terms["loss"]
-
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+    def evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        """Top-1 accuracy and loss of one batch (Lightning averages them over the epoch, by batch size)."""
         out = self.student(batch, sites=())
         acc = (out.logits.argmax(-1) == batch["labels"]).float().mean()
         n = len(batch["labels"])
         self.log_dict({f"{stage}/acc": acc, f"{stage}/loss": out.loss}, batch_size=n, prog_bar=stage == "val")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def configure_optimizers(self) -> Any:
-        params: list[nn.Parameter] = [p for p in self.student.parameters() if p.requires_grad]
-        if self.distillation is not None:  # A2D's aligners learn with the student
-            params += [p for p in self.distillation.attn.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_fit_end(self) -> None:
-        if self.export_dir is not None and self.trainer.is_global_zero:
-            self.student.model.save_pretrained(self.export_dir)

@@ -18,15 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
 from torch import nn
 
-from amad.distill import DistillationTask
 from amad.distill.attention import LayerMapSpec
+from amad.lit.generic import GenericDistillationModule
 from amad.losses.methods import AttentionMethod
 from amad.metrics.next_token import NextTokenMetrics
-from amad.models import GenericAdapter, derive_student
+from amad.models import GenericAdapter
 
 #: special ids of the word-level tokenizers (amad.models.tokenizers.SPECIAL_TOKENS)
 _PAD, _BOS, _EOS = 0, 5, 6
@@ -48,7 +47,7 @@ def _load_causal_lm(path: str, vocab_size: int | None) -> GenericAdapter:
     return GenericAdapter(model)
 
 
-class LanguageDistillationModule(L.LightningModule):
+class LanguageDistillationModule(GenericDistillationModule):
     """A causal-LM student, distilled from a teacher causal LM or trained on the text alone.
 
     Args:
@@ -63,6 +62,9 @@ class LanguageDistillationModule(L.LightningModule):
         lr, weight_decay: AdamW; the learning rate follows a cosine decay over the run.
         warmup_steps: linear warm-up of the learning rate before the cosine (transformers trained from
             scratch need one; 0 for none).
+        attention_lr_scale: multiplier of ``lr`` for the attention method's own parameters (A2D's
+            aligners, the AMAD projection), as :class:`~amad.lit.DistillationModule`'s.
+        skip_nonfinite: skip a batch whose loss is not finite (counted) instead of stopping with an error.
         export_dir: where to save the trained student as a transformers checkpoint at the end of ``fit``
             (with the DataModule's ``tokenizer`` when it has one).
         task, vocab_size: linked from the DataModule by the CLI (``lm``; the vocabulary size).
@@ -87,6 +89,8 @@ class LanguageDistillationModule(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
+        attention_lr_scale: float = 1.0,
+        skip_nonfinite: bool = False,
         export_dir: str | None = None,
         task: str = "lm",
         vocab_size: int | None = None,
@@ -102,77 +106,47 @@ class LanguageDistillationModule(L.LightningModule):
             if vocab_size is None:
                 raise ValueError("LanguageDistillationModule: a student built from scratch needs vocab_size")
             ids = {"pad_token_id": _PAD, "bos_token_id": _BOS, "eos_token_id": _EOS}
-            self.student = GenericAdapter(LlamaForCausalLM(LlamaConfig(**{**ids, **spec}, vocab_size=vocab_size)))
-            self.distillation: DistillationTask | None = None
-        else:
-            frozen = _load_causal_lm(teacher, vocab_size)
-            self.student = derive_student(frozen, **spec)
-            self.distillation = DistillationTask(
-                frozen,
-                self.student,
-                attention,
-                alpha=alpha,
-                beta=beta,
-                kd_temperature=kd_temperature,
-                gamma=gamma,
-                sites=sites,
-                layer_map=layer_map,
-                attention_source=attention_source,
+            frozen = None
+            built: GenericAdapter | dict[str, Any] = GenericAdapter(
+                LlamaForCausalLM(LlamaConfig(**{**ids, **spec}, vocab_size=vocab_size))
             )
-        self.lr, self.weight_decay, self.warmup_steps, self.export_dir = lr, weight_decay, warmup_steps, export_dir
+        else:
+            frozen, built = _load_causal_lm(teacher, vocab_size), spec
+        self.wire(
+            frozen,
+            built,
+            attention,
+            alpha=alpha,
+            beta=beta,
+            kd_temperature=kd_temperature,
+            gamma=gamma,
+            sites=sites,
+            layer_map=layer_map,
+            attention_source=attention_source,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            attention_lr_scale=attention_lr_scale,
+            skip_nonfinite=skip_nonfinite,
+            export_dir=export_dir,
+        )
         self.metrics = nn.ModuleDict({"val": NextTokenMetrics(), "test": NextTokenMetrics()})
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """(B, T - 1, V) shifted logits of the student (position t predicts token t + 1)."""
         return self.student(batch, sites=()).logits
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.distillation is None:
-            terms = {"loss": self.student(batch, sites=()).loss}
-        else:
-            terms = self.distillation(batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=len(batch["input_ids"]))
-        return terms["loss"]
-
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+    def evaluate(self, batch: dict[str, Any], stage: str) -> None:
         out = self.student(batch, sites=())
         self.metrics[stage].update(out.logits, batch["labels"], batch.get("copy_mask"))
 
-    def _log_metrics(self, stage: str) -> None:
+    def log_epoch(self, stage: str) -> None:
         values = self.metrics[stage].compute()
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=stage == "val")
         self.metrics[stage].reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
-    def configure_optimizers(self) -> Any:
-        params: list[nn.Parameter] = [p for p in self.student.parameters() if p.requires_grad]
-        if self.distillation is not None:  # A2D's aligners learn with the student
-            params += [p for p in self.distillation.attn.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warm = min(self.warmup_steps, total - 1)
-        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm)
-        if warm <= 0:
-            sched: Any = cosine
-        else:
-            ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / (warm + 1), total_iters=warm)
-            sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_fit_end(self) -> None:
-        if self.export_dir is not None and self.trainer.is_global_zero:
-            self.student.model.save_pretrained(self.export_dir)
-            tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(self.export_dir)
+    def export_extras(self, export_dir: str) -> None:
+        """The DataModule's tokenizer beside the model, so the export loads with ``AutoTokenizer``."""
+        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(export_dir)

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from amad.data.collate import prepare_images
+from amad.data.generated import GeneratedSplitsDataModule
 from amad.scenes.attributes import PALETTE, SHAPES, ShapeAttributes
 from amad.scenes.datasets import ScenePool
 
 #: the class names, ``"<colour> <shape>"``, in label order
 CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for s in SHAPES for c in PALETTE)
-#: seed offsets of the three splits (added to the DataModule's ``seed``)
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
 def scene_class(attrs: ShapeAttributes) -> int:
@@ -50,7 +48,7 @@ class SceneClassDataset(Dataset):
         return image, scene_class(attrs)
 
 
-class SceneClassesDataModule(L.LightningDataModule):
+class SceneClassesDataModule(GeneratedSplitsDataModule):
     """Shape-and-colour classification of generated scenes (24 classes).
 
     Args:
@@ -83,19 +81,11 @@ class SceneClassesDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if eval_subset is not None and eval_subset < 1:
-            raise ValueError(f"eval_subset must be >= 1 or None, got {eval_subset}")
-        self.eval_batch_size, self.eval_subset = eval_batch_size or batch_size, eval_subset
-        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.image_size, self.batch_size, self.seed, self.num_workers = image_size, batch_size, seed, num_workers
-        self.datasets: dict[str, SceneClassDataset] = {}
+        super().__init__(train_size, val_size, test_size, batch_size, eval_batch_size, eval_subset, seed, num_workers)
+        self.image_size = image_size
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in splits.get(stage, tuple(self.sizes)) if stage else tuple(self.sizes):
-            if split not in self.datasets:
-                self.datasets[split] = SceneClassDataset(self.sizes[split], self.seed + SPLIT_SEEDS[split])
+    def make_dataset(self, split: str, size: int, seed: int) -> SceneClassDataset:
+        return SceneClassDataset(size, seed)
 
     def collate(self, items: list[tuple[torch.Tensor, int]]) -> dict[str, Any]:
         images = torch.stack([im for im, _ in items])
@@ -103,26 +93,3 @@ class SceneClassesDataModule(L.LightningDataModule):
             "pixel_values": prepare_images(images, self.image_size),
             "labels": torch.tensor([c for _, c in items], dtype=torch.long),
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
-        dataset = self.datasets[split]
-        if split != "train" and self.eval_subset is not None:
-            dataset = Subset(dataset, range(min(self.eval_subset, len(dataset))))
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -32,18 +32,16 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
+from amad.data.generated import GeneratedSplitsDataModule
 from amad.models.tokenizers import SPECIAL_TOKENS, word_tokenizer_from_vocab
 from amad.scenes.attributes import PALETTE, ShapeAttributes
 from amad.scenes.captions import POSITION_EN, all_attributes
 from amad.scenes.datasets import ScenePool
 
-#: seed offsets of the three splits (added to the DataModule's ``seed``), as the scenes ViT example's
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 PAD_ID = SPECIAL_TOKENS.index("[PAD]")
 BOS_ID = SPECIAL_TOKENS.index("[BOS]")
 EOS_ID = SPECIAL_TOKENS.index("[EOS]")
@@ -159,7 +157,7 @@ def collate_text(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, to
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "copy_mask": copy_mask}
 
 
-class SceneTextDataModule(L.LightningDataModule):
+class SceneTextDataModule(GeneratedSplitsDataModule):
     """Generated scene descriptions (SYNTHETIC) for a causal language model.
 
     Args:
@@ -191,43 +189,13 @@ class SceneTextDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if eval_subset is not None and eval_subset < 1:
-            raise ValueError(f"eval_subset must be >= 1 or None, got {eval_subset}")
-        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        super().__init__(train_size, val_size, test_size, batch_size, eval_batch_size, eval_subset, seed, num_workers)
         self.objects = tuple(objects)
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.eval_batch_size, self.eval_subset = eval_batch_size or batch_size, eval_subset
         self.tokenizer = scene_text_tokenizer()
         self.vocab_size = len(vocabulary())
-        self.datasets: dict[str, SceneTextDataset] = {}
 
-    def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in splits.get(stage, tuple(self.sizes)) if stage else tuple(self.sizes):
-            if split not in self.datasets:
-                seed = self.seed + SPLIT_SEEDS[split]
-                self.datasets[split] = SceneTextDataset(self.sizes[split], seed, self.objects)
+    def make_dataset(self, split: str, size: int, seed: int) -> SceneTextDataset:
+        return SceneTextDataset(size, seed, self.objects)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
-        dataset: Dataset = self.datasets[split]
-        if split != "train" and self.eval_subset is not None:
-            dataset = Subset(dataset, range(min(self.eval_subset, len(dataset))))
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            collate_fn=collate_text,
-            num_workers=self.num_workers,
-            drop_last=shuffle,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def collate(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return collate_text(items)

@@ -1,0 +1,97 @@
+"""The DataModule base of the any-model examples' generated data: three splits, each its own seed.
+
+:class:`~amad.data.scene_classes.SceneClassesDataModule` (ViT: which shape in which colour) and
+:class:`~amad.data.scene_text.SceneTextDataModule` (Llama: scene descriptions) differ only in what one split
+holds and how a list of its items becomes a batch. The rest lives here once: split ``s`` is drawn from
+generator seed ``seed + SPLIT_SEEDS[s]`` (so no example is shared between splits), each split is built the
+first time a stage needs it, training batches are shuffled and full (``drop_last``), and validation / test
+run in their own batch size, optionally on the first ``eval_subset`` examples (every example is an
+independent draw, so the first N are a fair sample).
+
+A subclass implements :meth:`GeneratedSplitsDataModule.make_dataset` and
+:meth:`GeneratedSplitsDataModule.collate`, and keeps its own typed ``__init__`` (the LightningCLI schema).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, Subset
+
+#: seed offsets of the three splits (added to the DataModule's ``seed``)
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
+#: the splits each Lightning stage reads
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class GeneratedSplitsDataModule(L.LightningDataModule):
+    """Train / val / test drawn from three generator seeds.
+
+    Args:
+        train_size, val_size, test_size: examples per split.
+        batch_size: examples per training batch.
+        eval_batch_size: examples per validation / test batch (default: ``batch_size``).
+        eval_subset: evaluate on the first this many val and test examples only (quick checks). None: all.
+        seed: base seed (split seeds: ``seed + SPLIT_SEEDS[split]``).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        train_size: int,
+        val_size: int,
+        test_size: int,
+        batch_size: int,
+        eval_batch_size: int | None,
+        eval_subset: int | None,
+        seed: int,
+        num_workers: int,
+    ) -> None:
+        super().__init__()
+        if eval_subset is not None and eval_subset < 1:
+            raise ValueError(f"eval_subset must be >= 1 or None, got {eval_subset}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.eval_batch_size, self.eval_subset = eval_batch_size or batch_size, eval_subset
+        self.datasets: dict[str, Dataset] = {}
+
+    # -- what a subclass says ---------------------------------------------------------------------------
+    def make_dataset(self, split: str, size: int, seed: int) -> Dataset:
+        """The ``size`` examples of ``split``, drawn from generator ``seed``."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """A list of the dataset's items -> the batch dict the system's model reads."""
+        raise NotImplementedError
+
+    # -- Lightning ----------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        for split in STAGE_SPLITS.get(stage, tuple(self.sizes)) if stage else tuple(self.sizes):
+            if split not in self.datasets:
+                self.datasets[split] = self.make_dataset(split, self.sizes[split], self.seed + SPLIT_SEEDS[split])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
+        dataset = self.datasets[split]
+        if split != "train" and self.eval_subset is not None:
+            dataset = Subset(dataset, range(min(self.eval_subset, len(dataset))))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

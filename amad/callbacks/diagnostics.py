@@ -68,17 +68,20 @@ def measure(pl_module: L.LightningModule, batch: dict[str, Any]) -> dict[str, An
     """The attention term, the student's head diversity and (AMAD) the weight spread, now.
 
     Args:
-        pl_module: a :class:`~amad.lit.DistillationModule`.
+        pl_module: a :class:`~amad.lit.DistillationModule`, or an any-model system
+            (:class:`~amad.lit.generic.GenericDistillationModule`, whose ``distillation`` is None without a
+            teacher).
         batch: the fixed batch (any device).
     """
-    task = pl_module.distillation
-    student = task.student
+    task = pl_module.distillation  # None: an any-model system trained on labels alone (its gt)
+    student = pl_module.student
     batch = _to(batch, pl_module.device)
     was = student.training
-    task.train(False)  # no dropout: the same batch gives the same maps
+    (task or student).train(False)  # no dropout: the same batch gives the same maps
     try:
         sites = tuple(student.sites)
-        capture = task.capture() if task.uses_attention else {"sites": (), "qkv_sites": ()}
+        uses_attention = task is not None and task.uses_attention
+        capture = task.capture() if uses_attention else {"sites": (), "qkv_sites": ()}
         qkv_sites = capture.get("qkv_sites", ())
         if capture.get("attention_source", "maps") == "maps":  # one forward: every site's maps serve both
             s_out = maps_out = student(batch, sites=sites, qkv_sites=qkv_sites)
@@ -86,7 +89,7 @@ def measure(pl_module: L.LightningModule, batch: dict[str, Any]) -> dict[str, An
             s_out = student(batch, sites=capture["sites"], qkv_sites=qkv_sites, attention_source="qk")
             maps_out = student(batch, sites=sites)
         result: dict[str, Any] = {"head_diversity": head_diversity(maps_out, sites), "attn_loss": None}
-        if task.uses_attention:
+        if uses_attention:
             # the live teacher: a teacher cache holds training examples only, never this batch
             t_out = task.teacher_outputs(batch)
             loss, _ = task.attn(t_out, s_out)
@@ -95,7 +98,7 @@ def measure(pl_module: L.LightningModule, batch: dict[str, Any]) -> dict[str, An
                 weights = task.attn.weights(t_out, s_out)
                 result["weight_spread"] = weight_spread(weights) if weights else None
     finally:
-        task.train(was)
+        (task or student).train(was)
     return result
 
 

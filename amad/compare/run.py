@@ -183,13 +183,19 @@ def _evaluate(module: Any, dm: Any, split: str, system: str | None) -> dict[str,
     return evaluate_model(module.student, dm, split, module.max_new_tokens)
 
 
+def _tensor_bytes(value: Any) -> bytes:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    return repr(value).encode()
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 (16 hex digits) of a module's state: a resumed comparison is checked against an
     uninterrupted one bit for bit, not only by its (coarse) metrics."""
     h = hashlib.sha256()
     for name, value in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(_tensor_bytes(value))
     return h.hexdigest()[:16]
 
 
@@ -314,14 +320,12 @@ def _run_comparison(
             teacher_record["metrics"] = evaluate_system(teacher, dm, split)
         else:
             teacher_record["metrics"] = evaluate_model(teacher, dm, split, cfg["teacher"]["max_new_tokens"])
-    diagnostics_batch = None
-    if not system:  # the diagnostics read a VL adapter's captures (amad.callbacks.diagnostics)
-        from amad.callbacks.diagnostics import fixed_batch
+    from amad.callbacks.diagnostics import fixed_batch
 
-        diagnostics_batch = fixed_batch(dm)
-        teacher_record["head_similarity"] = teacher_head_similarity_cached(
-            teacher, teacher_record, diagnostics_batch, out
-        )
+    diagnostics_batch = fixed_batch(dm)
+    teacher_record["head_similarity"] = teacher_head_similarity_cached(
+        teacher.student if system else teacher, teacher_record, diagnostics_batch, out
+    )  # a system's teacher sits in its student's place (amad.compare.system.teacher_system)
     del teacher
     methods = ordered_methods(cfg["methods"], system)
     plan = [(m, s) for m in methods for s in range(int(cfg["seeds"]))]
@@ -406,8 +410,11 @@ def teacher_head_similarity_cached(
     on the fixed batch: computed once per teacher and batch, kept in ``out/teacher_heads.json``."""
     from amad.callbacks.diagnostics import teacher_head_similarity
 
+    examples = batch.get("ids")
+    if examples is None:  # an any-model batch names no examples: its tensors do
+        examples = hashlib.sha256(b"".join(_tensor_bytes(v) for _, v in sorted(batch.items()))).hexdigest()[:16]
     key = fingerprint(
-        {"teacher": teacher_record.get("fingerprint"), "weights": weights_digest(teacher), "ids": batch.get("ids")}
+        {"teacher": teacher_record.get("fingerprint"), "weights": weights_digest(teacher), "ids": examples}
     )
     path = out / "teacher_heads.json"
     try:
@@ -419,7 +426,8 @@ def teacher_head_similarity_cached(
     except DamagedFile as err:
         set_aside(path, err.problem)
     similarity = teacher_head_similarity(teacher, batch)
-    atomic_write_json(path, {"key": key, "examples": len(batch.get("ids", ())), "head_similarity": similarity})
+    n = len(next(iter(batch.values()))) if batch else 0
+    atomic_write_json(path, {"key": key, "examples": n, "head_similarity": similarity})
     return similarity
 
 

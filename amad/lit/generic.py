@@ -99,6 +99,17 @@ class GenericDistillationModule(L.LightningModule):
     def export_extras(self, export_dir: str) -> None:
         """Save what belongs beside the exported student (a tokenizer...); nothing by default."""
 
+    # -- the parts, by name (what the head-alignment callbacks read) ----------------------------------------
+    @property
+    def attn(self) -> Any:
+        """The :class:`~amad.distill.AttentionDistiller`, or None without a teacher."""
+        return None if self.distillation is None else self.distillation.attn
+
+    def head_alignment(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Teacher->student head weights on ``batch`` (:meth:`~amad.distill.DistillationTask.head_alignment`):
+        ``amad compare`` snapshots them for AMAD's first seed, as for the vision-language comparisons."""
+        return {} if self.distillation is None else self.distillation.head_alignment(batch)
+
     # -- Lightning ----------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         if self.distillation is None:

@@ -44,6 +44,17 @@ def test_scenes_vit_smoke_comparison_writes_results_and_resumes(env, capsys):
     table = (out / "results.md").read_text()
     assert "| method | acc mean ± std |" in table and "| teacher |" in table
     assert all(f"| {m} |" in table for m in METHODS) and (out / "results.png").is_file()
+    # AMAD's head weights at its first, middle and last step, as for the vision-language comparisons
+    amad = next(r for r in results["runs"] if r["method"] == "amad")
+    snaps = json.loads((Path(amad["head_alignment"]) / "snapshots.json").read_text())
+    assert len(snaps) >= 2 and all(len(rows[0]) == 2 for s in snaps.values() for rows in s["weights"].values())
+    assert all(abs(sum(r) - 1) < 1e-4 for s in snaps.values() for rows in s["weights"].values() for r in rows)
+    # the run diagnostics and the teacher's head similarity, as for the vision-language comparisons
+    assert all(0 <= r["diagnostics"]["head_diversity"]["end"] <= 2 for r in results["runs"])
+    assert [r["diagnostics"]["attn_loss"]["start"] is None for r in results["runs"]] == [True, True, False, False]
+    assert amad["diagnostics"]["weight_spread"] is not None
+    (cosines,) = teacher["head_similarity"].values()
+    assert len(cosines) == 1 and -1 <= cosines[0] <= 1
     # the teacher was trained by the system's teacher=None mode and cached as a transformers checkpoint
     (cached,) = (env / "cache" / "teachers").iterdir()
     record = json.loads((cached / "teacher.json").read_text())

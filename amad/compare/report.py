@@ -18,7 +18,7 @@ from typing import Any
 TABLE_METRICS: dict[str, tuple[str, ...]] = {
     "vqa": ("vqa_acc", "vqa_acc_shape", "vqa_acc_colour", "vqa_acc_yesno_shape", "vqa_acc_yesno_colour"),
     "caption": ("cider", "bleu4", "attr_acc"),
-    "translate": ("bleu", "attr_acc", "ref_attr_acc"),
+    "translate": ("bleu", "bleu4", "attr_acc", "ref_attr_acc"),  # bleu: sacreBLEU 0-100; bleu4: pycocoevalcap 0-1
     "classify": ("acc",),
 }
 #: metrics on a 0-1 scale shown as percentages

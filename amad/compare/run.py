@@ -315,7 +315,9 @@ def _run_comparison(
             "heads": {s: teacher.num_heads(s) for s in teacher.sites},
             "layers": {s: teacher.num_layers(s) for s in teacher.sites},
         }
-    if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None:
+    stale = set(getattr(dm, "metric_names", ())) - set(teacher_record.get("metrics", {}))
+    if split != "test" or "metrics" not in teacher_record or cfg.get("eval_subset") is not None or stale:
+        # (a metric added since the teacher was shipped, e.g. translation's bleu4: scored now, on this split)
         if system:
             teacher_record["metrics"] = evaluate_system(teacher, dm, split)
         else:

@@ -68,4 +68,4 @@ class Multi30KDataModule(FileImagesDataModule):
         ]
 
     def make_metric(self):
-        return TranslationBLEU(lowercase=self.lowercase_bleu)
+        return TranslationBLEU(lowercase=self.lowercase_bleu, bleu4=True)

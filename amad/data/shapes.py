@@ -171,4 +171,5 @@ class ShapesTranslationDataModule(_ShapesDataModule):
 
     def make_metric(self):
         # The word tokenizer lower-cases, so generated German is lower-case: score case-insensitively.
-        return ShapesTranslationBLEU(lowercase=self.tokenizer_path is None)
+        # bleu4 beside sacreBLEU: the captioning comparisons' pycocoevalcap BLEU-4, for one column across tasks
+        return ShapesTranslationBLEU(lowercase=self.tokenizer_path is None, bleu4=True)

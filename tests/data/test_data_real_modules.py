@@ -115,7 +115,7 @@ def test_multi30k_datamodule(fixtures):
     assert batch["source_text"] == ["The man with the hat.", "A black dog."]
     assert batch["references"] == [["Der Mann mit dem Hut."], ["Ein schwarzer Hund."]]
     m = dm.make_metric()
-    assert isinstance(m, TranslationBLEU) and m.lowercase
+    assert isinstance(m, TranslationBLEU) and m.lowercase and dm.metric_names == ("bleu", "bleu4")
     with pytest.raises(FileNotFoundError, match="flickr30k-images"):
         Multi30KDataModule(root=str(fixtures / "multi30k"), image_root=str(fixtures / "nothing")).setup("fit")
 

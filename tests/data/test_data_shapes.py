@@ -192,7 +192,7 @@ def test_translation_datamodule():
     full_test = d._build_examples("test")
     assert Counter(ex.id % 10 for ex in full_test) == Counter(i % len(TEMPLATES) for i in range(1000))
     m = d.make_metric()
-    assert isinstance(m, TranslationBLEU) and m.lowercase and d.metric_names == ("bleu",)
+    assert isinstance(m, TranslationBLEU) and m.lowercase and d.metric_names == ("bleu", "bleu4")
     de_words = [w for w in d.tokenizer.get_vocab() if w in ("kreis", "dreieck", "rechteck", "form", "großer")]
     assert len(de_words) == 5
     one = ShapesTranslationDataModule(pairs_per_image=1)

@@ -97,6 +97,29 @@ def test_translation_bleu_equals_sacrebleu_and_dedups():
     assert metric_dict(ml) == {"bleu": pytest.approx(want_l, abs=1e-4)}
 
 
+def test_translation_bleu4_is_pycocoevalcaps_on_simple_tokens():
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    hyps = ["Ein kleiner roter Kreis, oben links.", "das Bild zeigt ein blaues Dreieck", "Der Hund läuft schnell."]
+    refs = [["ein kleiner roter kreis oben links"], ["Das Bild zeigt ein kleines blaues Dreieck."], ["der hund"]]
+    m = TranslationBLEU(lowercase=True, bleu4=True)
+    m.update(hyps, refs, ids=[0, 1, 2])
+    m.update(hyps[:1], refs[:1], ids=[0])  # counted once
+    got = metric_dict(m)
+    assert set(got) == {"bleu", "bleu4"} and m.names == ("bleu", "bleu4")
+    # tokenised by hand: lower case, punctuation gone (what simple_tokenize does)
+    gts = {"0": ["ein kleiner roter kreis oben links"], "1": ["das bild zeigt ein kleines blaues dreieck"],
+           "2": ["der hund"]}  # fmt: skip
+    res = {"0": ["ein kleiner roter kreis oben links"], "1": ["das bild zeigt ein blaues dreieck"],
+           "2": ["der hund läuft schnell"]}  # fmt: skip
+    want = Bleu(4).compute_score(gts, res, verbose=0)[0][3]
+    assert got["bleu4"] == pytest.approx(want, abs=1e-6) and 0 < want < 1
+    assert got["bleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(hyps, [[r[0] for r in refs]], lowercase=True).score, abs=1e-4
+    )
+    assert TranslationBLEU().names == ("bleu",)  # off by default: a scalar, as before
+
+
 def test_translation_bleu_variable_references_and_short_sentences():
     hyps = ["a b c d e", "x y z w"]
     refs = [["a b c d e", "a b c d f"], ["x y z w"]]

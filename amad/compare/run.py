@@ -231,8 +231,9 @@ def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, method
 
     if not cfg["train"].get("teacher_cache", True):
         return None
-    if system_path(cfg):  # any-model systems run their live teacher (amad.compare.system)
-        log("teacher outputs: live (not cached for any-model systems)")
+    system = system_path(cfg)
+    if system and not hasattr(dm, "loader"):  # the cache keys rows by batch["ids"]: a DataModule must give them
+        log("teacher outputs: live (this system's DataModule gives no example ids)")
         return None
     if getattr(dm, "augment", False):
         log("teacher outputs: live (augmented training data change every epoch)")
@@ -240,10 +241,11 @@ def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, method
     layers: dict[str, set[int]] = {}
     users = 0
     for method in methods:
-        module = build_module(cfg, method, 0, teacher_path, dm.task)
+        module = build_module(cfg, method, 0, teacher_path, dm.task, dm)
         task = module.distillation
-        if not task.uses_teacher:
+        if task is None or not task.uses_teacher:  # (a system without a teacher: its gt)
             continue
+        teacher = task.teacher
         users += 1
         if task.uses_attention and task.capture()["sites"]:
             for site, ls in task.attn.teacher_layers().items():
@@ -256,10 +258,15 @@ def build_teacher_cache(cfg: dict[str, Any], teacher_path: Path, dm: Any, method
         log(f"teacher outputs: live (the runs read fewer examples than caching {examples} would compute)")
         return None
     start = time.perf_counter()
-    loader = torch.utils.data.DataLoader(dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collator())
+    if system:  # amad.data.generated.GeneratedSplitsDataModule: the training split in order, with ids
+        loader = dm.loader("train", batch_size=dm.eval_batch_size)
+    else:
+        loader = torch.utils.data.DataLoader(
+            dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collator()
+        )
     budget = cfg["train"].get("teacher_cache_memory_mb")  # beyond it: memory-mapped (default: RAM / 4)
     cache = TeacherCache(
-        module.teacher,
+        teacher,
         {s: sorted(ls) for s, ls in layers.items()},
         memory_budget=None if budget is None else int(float(budget) * 2**20),
     ).fill(loader)

@@ -377,10 +377,16 @@ class SystemTrainSection(SystemOptimization):
     Args:
         max_steps: updates per student.
         precision: Lightning precision.
+        teacher_cache: replay the teacher's outputs, computed once, to every run that can use them (the
+            DataModule's batches must carry ``ids``, as :class:`~amad.data.generated.GeneratedSplitsDataModule`'s do).
+        teacher_cache_memory_mb: beyond this size the replayed outputs live in memory-mapped files under
+            the cache folder (None: a quarter of the machine's RAM).
     """
 
     max_steps: int
     precision: str = "32-true"
+    teacher_cache: bool = True
+    teacher_cache_memory_mb: float | None = None
 
 
 @dataclass(kw_only=True)

@@ -6,7 +6,9 @@ holds and how a list of its items becomes a batch. The rest lives here once: spl
 generator seed ``seed + SPLIT_SEEDS[s]`` (so no example is shared between splits), each split is built the
 first time a stage needs it, training batches are shuffled and full (``drop_last``), and validation / test
 run in their own batch size, optionally on the first ``eval_subset`` examples (every example is an
-independent draw, so the first N are a fair sample).
+independent draw, so the first N are a fair sample). Every batch also carries ``ids`` (B,) long: the
+examples' indices in their split, which the models ignore and the teacher-output cache
+(:class:`~amad.distill.cache.TeacherCache`) keys its rows by.
 
 A subclass implements :meth:`GeneratedSplitsDataModule.make_dataset` and
 :meth:`GeneratedSplitsDataModule.collate`, and keeps its own typed ``__init__`` (the LightningCLI schema).
@@ -17,12 +19,26 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 #: seed offsets of the three splits (added to the DataModule's ``seed``)
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 #: the splits each Lightning stage reads
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class _Indexed(Dataset):
+    """A dataset's items with their index: ``(i, item)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return i, self.dataset[i]
 
 
 class GeneratedSplitsDataModule(L.LightningDataModule):
@@ -73,25 +89,33 @@ class GeneratedSplitsDataModule(L.LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split, self.sizes[split], self.seed + SPLIT_SEEDS[split])
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _collate_with_ids(self, items: list[tuple[int, Any]]) -> dict[str, Any]:
+        batch = self.collate([item for _, item in items])
+        batch["ids"] = torch.tensor([i for i, _ in items], dtype=torch.long)
+        return batch
+
+    def loader(self, split: str, *, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        """A loader of ``split`` (built if needed); training shuffles and drops a short last batch, the
+        others keep their order (and ``eval_subset``); ``batch_size`` default: the split's own."""
         self.setup({"train": "fit", "val": "validate"}.get(split, "test"))
-        dataset = self.datasets[split]
+        dataset: Dataset = _Indexed(self.datasets[split])
         if split != "train" and self.eval_subset is not None:
             dataset = Subset(dataset, range(min(self.eval_subset, len(dataset))))
+        default = self.batch_size if split == "train" else self.eval_batch_size
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            batch_size=batch_size or default,
             shuffle=shuffle,
-            collate_fn=self.collate,
+            collate_fn=self._collate_with_ids,
             num_workers=self.num_workers,
             drop_last=shuffle,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self.loader("test")

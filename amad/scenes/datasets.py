@@ -88,7 +88,7 @@ def _load_pool(seed: int, size: int) -> tuple[torch.Tensor, tuple[ShapeAttribute
         images, attrs = loaded
     else:
         workers = max(1, min(os.cpu_count() or 1, 8))
-        bounds = np.linspace(0, size, workers * 4 + 1).astype(int)
+        bounds = np.unique(np.linspace(0, size, workers * 4 + 1).astype(int))  # no empty part (tiny pools)
         with ProcessPoolExecutor(workers) as ex:
             parts = list(ex.map(_draw, [seed] * (len(bounds) - 1), bounds[:-1], bounds[1:]))
         images = np.concatenate([p[0] for p in parts])

@@ -44,6 +44,14 @@ def test_pool_is_drawn_once_then_read_from_disk_identically(tmp_path):
     assert all(_named(read_attributes(first.images[i])) == _named(first.attributes[i]) for i in range(64))
 
 
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_tiny_pools_smaller_than_the_worker_split(size):
+    # the pool is drawn in up to 4 parts per worker: a pool smaller than that must not make empty parts
+    pool = ScenePool(seed=11, size=size)
+    assert pool.images.shape == (size, 3, 64, 64) and len(pool.attributes) == size
+    assert torch.equal(pool.images, ScenePool(seed=11, size=64).images[:size])  # scene i is scene i
+
+
 @pytest.mark.parametrize("task", ["vqa", "caption", "translate"])
 def test_generated_examples_describe_their_scene(task):
     ds = GeneratedTaskDataset(task, size=200, seed=1, pool=100)

@@ -112,3 +112,60 @@ def test_a_memory_mapped_cache_deletes_its_files(tmp_path):
     assert cache.memory_mapped and list(tmp_path.glob("cache-*/*.bin"))
     cache.close()
     assert not list(tmp_path.iterdir())
+
+
+def _vit_teacher():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from amad.models import GenericAdapter
+
+    cfg = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8,
+        num_labels=24,
+    )  # fmt: skip
+    return GenericAdapter(ViTForImageClassification(cfg)).eval()
+
+
+def _llama_teacher(vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from amad.models import GenericAdapter
+
+    cfg = LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=vocab_size, max_position_embeddings=128, pad_token_id=0, bos_token_id=5, eos_token_id=6,
+    )  # fmt: skip
+    return GenericAdapter(LlamaForCausalLM(cfg)).eval()
+
+
+@pytest.mark.parametrize("kind", ["vit", "llama"])
+@pytest.mark.parametrize("method", ["amad", "one_to_one", None])
+def test_any_model_systems_replay_the_live_losses_and_gradients(kind, method, tmp_path, monkeypatch):
+    """The any-model examples' DataModules give ids, so `amad compare` caches their teachers too: a
+    classifier's (B, C) logits and a causal LM's variable-length texts replay as the live teacher."""
+    from amad.data.scene_classes import SceneClassesDataModule
+    from amad.data.scene_text import SceneTextDataModule
+
+    monkeypatch.setenv("AMAD_CACHE", str(tmp_path / "pools"))
+    torch.manual_seed(0)
+    if kind == "vit":
+        dm = SceneClassesDataModule(train_size=20, val_size=4, test_size=4, batch_size=6)
+        teacher = _vit_teacher()
+    else:
+        dm = SceneTextDataModule(train_size=20, val_size=4, test_size=4, batch_size=6)
+        teacher = _llama_teacher(dm.vocab_size)
+    student = derive_student(teacher, num_heads=2, init="random", seed=1)
+    task = DistillationTask(teacher, student, None if method is None else attention_method(method))
+    task.student.eval()
+    layers = task.attn.teacher_layers() if method else {}
+    cache = TeacherCache(task.teacher, layers).fill(dm.loader("train", batch_size=7))  # other batches than training's
+    assert len(cache) == 20
+    for batch in dm.train_dataloader():
+        assert batch["ids"].shape == (6,)
+        live_terms, live_grads = _terms_and_grads(task, batch)
+        terms, grads = _terms_and_grads(task, batch, cache)
+        assert terms.keys() == live_terms.keys()
+        for k in terms:
+            torch.testing.assert_close(terms[k], live_terms[k], rtol=1e-5, atol=1e-6)
+        for n in grads:
+            torch.testing.assert_close(grads[n], live_grads[n], rtol=1e-4, atol=1e-6)

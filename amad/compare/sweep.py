@@ -56,6 +56,7 @@ from amad.compare.schema import (
     SchemaError,
     StudentSection,
     SweepConfig,
+    SystemTrainSection,
     TrainSection,
     build,
     check_keys,
@@ -63,6 +64,7 @@ from amad.compare.schema import (
     close_key,
 )
 from amad.compare.sweep_report import cell_rows, choose, sweep_figure, sweep_table, tau_families, teacher_similarity
+from amad.compare.system import system_path
 from amad.config import deep_merge, load_config
 
 
@@ -90,11 +92,16 @@ def load_sweep(path: str, grid: dict[str, list[Any]] | None = None) -> dict[str,
                 raise SchemaError(f"grid.{key}: no values")
             for k, value in enumerate(values):
                 check_value(hints[key], value, f"grid.{key}[{k}]")
-        family = _comparison(Path(cfg["comparison"]).resolve())["teacher"]["model"]["family"]
-        check_student_overrides(build(StudentSection, typed.student, "student"), family, "student")
-        check_partial(TrainSection, typed.train, "train")
+        base = _comparison(Path(cfg["comparison"]).resolve())
+        system = system_path(base)
+        if system:  # an any-model comparison: its system's own budget keys and keyword arguments
+            check_partial(SystemTrainSection, typed.train, "train")
+        else:
+            family = base["teacher"]["model"]["family"]
+            check_student_overrides(build(StudentSection, typed.student, "student"), family, "student")
+            check_partial(TrainSection, typed.train, "train")
         for name, entry in typed.methods.items():
-            method_kwargs(entry, f"methods.{name}")
+            method_kwargs(entry, f"methods.{name}", system)
         for cell in cells(cfg):
             try:
                 validate_comparison({k: v for k, v in cell_config(cfg, cell, path).items() if k != "preset"})

@@ -60,7 +60,8 @@ def cell_rows(cell: dict[str, Any], cfg: dict[str, Any], cell_out: Path) -> list
     runs = finished_runs(cfg, cell_out)
     if not runs:
         return []
-    metric = next(iter(runs[0]["metrics"]))
+    # a system comparison names its headline (system.metric); a VL comparison's comes first in its records
+    metric = (cfg.get("system") or {}).get("metric") or next(iter(runs[0]["metrics"]))
     rows = []
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]

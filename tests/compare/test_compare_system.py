@@ -180,3 +180,37 @@ def test_the_language_model_keeps_the_system_contract():
     )
     assert isinstance(module, DistilledSystem) and module.distillation is None
     assert module.student.sites == ("decoder.self",)
+
+
+def test_a_sweep_over_a_system_comparison(env, capsys):
+    """`amad sweep` takes an any-model comparison: its budget keys and method arguments are the system's,
+    its rows read the system's headline metric, and the teacher's head similarity is reported."""
+    sweep = env / "vit_heads.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "comparison": str(CONFIG),
+                "name": "vit_heads",
+                "seeds": 1,
+                "grid": {"num_heads": [1, 2]},
+                "methods": {
+                    "gt": {"beta": 0.0, "gamma": 0.0, "attention": None},
+                    "amad": {"beta": 1.0, "gamma": 1.0, "attention": "amad.losses.AMAD"},
+                },
+            }
+        )
+    )
+    out = env / "sweep"
+    argv = ["sweep", "--config", str(sweep), "--out", str(out), "--max-steps", "2", "--eval-subset", "16"]
+    assert main(argv) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert sorted((r["num_heads"], r["method"], r["metric"]) for r in report["rows"]) == [
+        (1, "amad", "acc"), (1, "gt", "acc"), (2, "amad", "acc"), (2, "gt", "acc")
+    ]  # fmt: skip
+    assert all(0 <= r["test"]["mean"] <= 1 for r in report["rows"]) and not report["missing"]
+    assert set(report["teacher_head_similarity"]) == {"vision.self"}
+    assert "[cell 2/2 num_heads2] [2/2] amad seed 0: acc" in capsys.readouterr().out
+    bad = env / "bad.yaml"
+    bad.write_text(sweep.read_text() + "train: {max_stepz: 3}\n")
+    assert main(["sweep", "--config", str(bad), "--out", str(out)]) == 2
+    assert "train.max_stepz: unknown key" in capsys.readouterr().err

@@ -435,7 +435,7 @@ def teacher_head_similarity_cached(
     except DamagedFile as err:
         set_aside(path, err.problem)
     similarity = teacher_head_similarity(teacher, batch)
-    n = len(next(iter(batch.values()))) if batch else 0
+    n = len(batch["ids"]) if "ids" in batch else len(next(iter(batch.values())))
     atomic_write_json(path, {"key": key, "examples": n, "head_similarity": similarity})
     return similarity
 

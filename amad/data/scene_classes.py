@@ -8,7 +8,8 @@ so no image is shared between splits; each split is a :class:`~amad.scenes.datas
 and cached on disk.
 
 Batches are the keyword arguments of a transformers image classifier: ``{"pixel_values" (B, 3, S, S)
-normalised to [-1, 1], "labels" (B,) long}``, what :class:`~amad.models.GenericAdapter` reads.
+normalised to [-1, 1], "labels" (B,) long}``, what :class:`~amad.models.GenericAdapter` reads, plus
+``"ids"`` (B,) long, the scenes' indices in their split (ignored by the model; the teacher cache's key).
 """
 
 from __future__ import annotations

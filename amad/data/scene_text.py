@@ -23,7 +23,8 @@ The tokenizer is word-level and built in code (:func:`scene_text_tokenizer`: the
 every word the templates can write, sorted), so nothing is downloaded. Batches are the keyword arguments of
 a transformers causal LM: ``{"input_ids" (B, T) long, "attention_mask" (B, T) long, "labels" (B, T) long:
 the ids with -100 at padding, "copy_mask" (B, T) bool}``, ``[BOS] words [EOS]`` padded on the right with
-``[PAD]`` (id 0); ``copy_mask`` is True at the copied words (the model ignores the key).
+``[PAD]`` (id 0); ``copy_mask`` is True at the copied words (the model ignores the key), and ``ids`` (B,)
+long are the texts' indices in their split (ignored by the model; the teacher cache's key).
 """
 
 from __future__ import annotations

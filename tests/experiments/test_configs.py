@@ -48,7 +48,7 @@ def shipped_teacher(compare_yaml: Path) -> Path | None:
         return None
     record = json.loads((ROOT / path / "teacher.json").read_text())
     dm = make_datamodule(teacher_datamodule_config(cfg))
-    return ROOT / path if record.get("fingerprint") == teacher_fingerprint(cfg, dm.metadata) else None
+    return ROOT / path if record.get("fingerprint") == teacher_fingerprint(cfg, getattr(dm, "metadata", {})) else None
 
 
 def _generator():
@@ -198,6 +198,7 @@ def test_sweep_methods_build_and_take_a_real_batch(path):
     fixed map size matches the vision tower's maps)."""
     from amad.compare.config import make_datamodule, method_kwargs, optimization_kwargs
     from amad.compare.sweep import cell_config, cells, load_sweep
+    from amad.compare.system import build_student_system, system_path
     from amad.lit import DistillationModule
     from amad.models.io import load_model
 
@@ -210,6 +211,14 @@ def test_sweep_methods_build_and_take_a_real_batch(path):
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
     batch = {k: v[:4] for k, v in batch.items()}
+    system = system_path(cfg)
+    if system:  # an any-model comparison: the students are its system's (amad.compare.system)
+        for name, entry in cfg["methods"].items():
+            module = build_student_system(cfg, method_kwargs(entry, f"methods.{name}", system), 0, teacher, dm)
+            loss = module.training_step(batch, 0) if module.distillation is None else module.distillation(batch)
+            loss = loss if isinstance(loss, torch.Tensor) else loss["loss"]
+            assert torch.isfinite(loss), f"{path.name}: method {name}"
+        return
     teacher = load_model(teacher)  # once: every module wraps it frozen, none changes it
     for name, entry in cfg["methods"].items():
         torch.manual_seed(0)

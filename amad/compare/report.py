@@ -75,7 +75,9 @@ def separation(summary: list[dict[str, Any]], teacher: dict[str, float], metric:
         if min(s.get("n", 2), by["gt"].get("n", 2)) < 2:
             sig = math.nan  # one seed says nothing about the spread: never "separates"
         gap = teacher.get(metric, math.nan) - gt["mean"]
-        out[name] = {"sigmas": sig, "gap_closed": diff / gap if gap and not math.isnan(gap) else None}
+        # no gap when the teacher is not above ground truth on this metric: a share of a negative gap would
+        # count falling below gt as "closing" it
+        out[name] = {"sigmas": sig, "gap_closed": diff / gap if gap > 0 else None}
     return out
 
 
@@ -92,6 +94,8 @@ def headline(results: dict[str, Any], sep: dict[str, dict[str, float]], best: st
     """One line for the top of the report: whether the instrument (teacher, separation) can be trusted."""
     missed = results.get("teacher_shortfalls") or []
     parts = [f"**Weak teacher**: it misses its target ({'; '.join(missed)})."] if missed else []
+    if sep and all(v["gap_closed"] is None for v in sep.values()) and results.get("teacher", {}).get("metrics"):
+        parts.append("**No gap**: ground truth is not below the teacher on the headline metric: nothing to close.")
     if best is None:
         parts.append("No distillation method ran beside gt: nothing to separate.")
     elif separates:

@@ -34,6 +34,21 @@ def test_zero_spread_and_no_gap_do_not_divide_by_zero():
     assert sep["amad"]["sigmas"] == math.inf and sep["amad"]["gap_closed"] is None
 
 
+def test_a_teacher_not_above_gt_leaves_no_gap_to_close():
+    # e.g. CIDEr of teacher-initialised captioning students (3.51) above their teacher's (3.43): a method
+    # falling below gt must not read as closing 191 % of a negative gap
+    from amad.compare.report import headline
+
+    runs = _runs("gt", [3.50, 3.52]) + _runs("one_to_one", [3.35, 3.37]) + _runs("kd", [3.54, 3.56])
+    summary = summarise(runs, ["gt", "kd", "one_to_one"])
+    sep = separation(summary, {"vqa_acc": 3.43}, "vqa_acc")
+    assert all(v["gap_closed"] is None for v in sep.values())
+    best, separates = verdict(sep)
+    assert best == "kd" and not separates  # chosen by sigmas when no method closes a gap
+    line = headline({"teacher": {"metrics": {"vqa_acc": 3.43}}}, sep, best, separates)
+    assert line.startswith("**No gap**") and "Does not separate" in line
+
+
 def test_one_seed_has_no_spread_and_never_separates():
     summary = summarise(_runs("gt", [0.5]) + _runs("amad", [0.9]), ["gt", "amad"])
     sep = separation(summary, {"vqa_acc": 0.95}, "vqa_acc")

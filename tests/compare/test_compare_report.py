@@ -110,3 +110,17 @@ def test_a_one_seed_table_prints_no_spread(tmp_path):
     assert "| gt | 60.0 ± n/a |" in table and "| amad | 70.0 ± n/a |" in table and "± 0.0" not in table
     write_report(_results([0.60, 0.62], [0.70, 0.74]), tmp_path)
     assert "| amad | 72.0 ± 2.8 |" in (tmp_path / "results.md").read_text()
+
+
+def test_a_shipped_teacher_is_scored_again_only_for_a_table_metric_it_lacks():
+    import json
+    from pathlib import Path
+
+    from amad.compare.run import missing_table_metrics
+
+    root = Path(__file__).parents[2] / "experiments/teachers"
+    record = json.loads((root / "easyvqa_blip/teacher.json").read_text())
+    assert missing_table_metrics("vqa", record) == set()  # its record is complete: its test metrics are kept
+    translate = json.loads((root / "shapes-translate_blip/teacher.json").read_text())
+    assert missing_table_metrics("translate", translate) == {"bleu4"}  # shipped before bleu4 was reported
+    assert missing_table_metrics("classify", {}) == {"acc"}

@@ -21,6 +21,27 @@ RNG_KEY = "amad_rng_states"
 COMPARE_PREFIX = "compare:"
 
 
+def guard_nonfinite(module: L.LightningModule, terms: dict[str, torch.Tensor], batch_idx: int, batch_size: int) -> bool:
+    """Whether the objective's ``terms`` may be stepped on: True when ``terms["loss"]`` is finite.
+
+    A non-finite loss stops training with an error that names the non-finite terms, or, with the
+    module's ``skip_nonfinite``, skips the batch and counts it in the module's ``skipped_batches`` buffer
+    (logged as ``train/skipped_batches``). One implementation for every system, so that the message and
+    the count mean the same thing everywhere.
+    """
+    if torch.isfinite(terms["loss"]):
+        return True
+    bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))
+    if not module.skip_nonfinite:
+        raise FloatingPointError(
+            f"non-finite loss at global step {module.global_step} (batch {batch_idx}): terms {bad} are "
+            "not finite. Set skip_nonfinite=True to skip such batches."
+        )
+    module.skipped_batches += 1
+    module.log("train/skipped_batches", module.skipped_batches.float(), batch_size=batch_size)
+    return False
+
+
 def _collect_rng_states() -> dict[str, Any]:
     """torch / CUDA / numpy / python RNG states as plain tensors and lists (``weights_only``-loadable)."""
     import random

@@ -78,6 +78,7 @@ class ClassificationDistillationModule(GenericDistillationModule):
         super().__init__()
         if task != "classify":
             raise ValueError(f"ClassificationDistillationModule serves classification data, not task {task!r}")
+        self.check_options(warmup_steps, attention_lr_scale)
         self.save_hyperparameters()
         spec = dict(student or {})
         if teacher is None:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from amad.distill import DistillationTask, FrozenTeacher
 from amad.distill.attention import LayerMapSpec
-from amad.lit.base import TaskModule, resolve_model
+from amad.lit.base import TaskModule, guard_nonfinite, resolve_model
 from amad.losses.methods import AMAD, AttentionMethod
 
 
@@ -154,15 +154,7 @@ class DistillationModule(TaskModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         terms = self.distillation(batch)
         bs = len(batch["ids"])
-        if not torch.isfinite(terms["loss"]):
-            bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))
-            if not self.skip_nonfinite:
-                raise FloatingPointError(
-                    f"non-finite loss at global step {self.global_step} (batch {batch_idx}): "
-                    f"terms {bad} are not finite. Set skip_nonfinite=True to skip such batches."
-                )
-            self.skipped_batches += 1
-            self.log("train/skipped_batches", self.skipped_batches.float(), batch_size=bs)
+        if not guard_nonfinite(self, terms, batch_idx, bs):
             return None
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=bs, prog_bar=name == "loss")

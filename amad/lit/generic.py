@@ -24,6 +24,7 @@ from torch import Tensor
 
 from amad.distill import DistillationTask
 from amad.distill.attention import LayerMapSpec
+from amad.lit.base import guard_nonfinite
 from amad.losses.methods import AttentionMethod
 from amad.models import GenericAdapter, derive_student
 
@@ -39,6 +40,16 @@ class GenericDistillationModule(L.LightningModule):
 
     student: GenericAdapter
     distillation: DistillationTask | None
+
+    @staticmethod
+    def check_options(warmup_steps: int, attention_lr_scale: float) -> None:
+        """Reject a bad schedule option. Subclasses call it before they load a teacher, so that a typo in
+        a config fails in milliseconds, not after a checkpoint load; :meth:`wire` calls it again for
+        direct users."""
+        if warmup_steps < 0 or attention_lr_scale < 0:
+            raise ValueError(
+                f"warmup_steps ({warmup_steps}) and attention_lr_scale ({attention_lr_scale}) must be >= 0"
+            )
 
     def wire(
         self,
@@ -62,6 +73,7 @@ class GenericDistillationModule(L.LightningModule):
     ) -> None:
         """Build the objective: with ``teacher``, ``student`` is :func:`~amad.models.derive_student`'s
         arguments (or a ready adapter); without, the adapter trained on the labels alone."""
+        self.check_options(warmup_steps, attention_lr_scale)
         if teacher is None:
             if not isinstance(student, GenericAdapter):
                 raise TypeError("without a teacher the subclass builds the student adapter itself")
@@ -79,10 +91,6 @@ class GenericDistillationModule(L.LightningModule):
                 sites=sites,
                 layer_map=layer_map,
                 attention_source=attention_source,
-            )
-        if warmup_steps < 0 or attention_lr_scale < 0:
-            raise ValueError(
-                f"warmup_steps ({warmup_steps}) and attention_lr_scale ({attention_lr_scale}) must be >= 0"
             )
         self.lr, self.weight_decay, self.warmup_steps = float(lr), float(weight_decay), int(warmup_steps)
         self.attention_lr_scale, self.skip_nonfinite, self.export_dir = attention_lr_scale, skip_nonfinite, export_dir
@@ -117,15 +125,7 @@ class GenericDistillationModule(L.LightningModule):
         else:
             terms = self.distillation(batch)
         bs = len(batch["labels"])
-        if not torch.isfinite(terms["loss"]):
-            bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))
-            if not self.skip_nonfinite:
-                raise FloatingPointError(
-                    f"non-finite loss at global step {self.global_step} (batch {batch_idx}): terms {bad} are "
-                    "not finite. Set skip_nonfinite=True to skip such batches."
-                )
-            self.skipped_batches += 1
-            self.log("train/skipped_batches", self.skipped_batches.float(), batch_size=bs)
+        if not guard_nonfinite(self, terms, batch_idx, bs):
             return None
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
         return terms["loss"]

@@ -98,6 +98,7 @@ class LanguageDistillationModule(GenericDistillationModule):
         super().__init__()
         if task != "lm":
             raise ValueError(f"LanguageDistillationModule serves language-modelling data, not task {task!r}")
+        self.check_options(warmup_steps, attention_lr_scale)
         self.save_hyperparameters()
         spec = dict(student or {})
         if teacher is None:

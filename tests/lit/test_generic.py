@@ -98,9 +98,13 @@ def test_warm_up_then_cosine(teacher_dir):
     assert plain["optimizer"].param_groups[0]["lr"] == pytest.approx(1e-3)  # no warm-up: the cosine from lr
 
 
-def test_bad_settings_are_refused(teacher_dir):
+def test_bad_settings_are_refused(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="warmup_steps"):
         ClassificationDistillationModule(teacher=teacher_dir, warmup_steps=-1)
+    # checked before the teacher is read: the bad option is named, not the missing checkpoint
+    for cls in (ClassificationDistillationModule, LanguageDistillationModule):
+        with pytest.raises(ValueError, match=r"attention_lr_scale \(-1\)"):
+            cls(teacher=str(tmp_path / "no-such-teacher"), attention_lr_scale=-1)
 
 
 def test_export_saves_a_loadable_student(teacher_dir, tmp_path):

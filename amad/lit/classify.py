@@ -90,24 +90,7 @@ class ClassificationDistillationModule(GenericDistillationModule):
             )
         else:
             frozen, built = _load_classifier(teacher), spec
-        self.wire(
-            frozen,
-            built,
-            attention,
-            alpha=alpha,
-            beta=beta,
-            kd_temperature=kd_temperature,
-            gamma=gamma,
-            sites=sites,
-            layer_map=layer_map,
-            attention_source=attention_source,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            attention_lr_scale=attention_lr_scale,
-            skip_nonfinite=skip_nonfinite,
-            export_dir=export_dir,
-        )
+        self.wire(frozen, built, attention, **self.wire_options())
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """(B, C) logits of the student."""

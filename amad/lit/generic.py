@@ -41,6 +41,28 @@ class GenericDistillationModule(L.LightningModule):
     student: GenericAdapter
     distillation: DistillationTask | None
 
+    #: the ``__init__`` arguments of every subclass that :meth:`wire` takes as they are
+    WIRE_OPTIONS = (
+        "alpha",
+        "beta",
+        "kd_temperature",
+        "gamma",
+        "sites",
+        "layer_map",
+        "attention_source",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "attention_lr_scale",
+        "skip_nonfinite",
+        "export_dir",
+    )
+
+    def wire_options(self) -> dict[str, Any]:
+        """:meth:`wire`'s keyword options, read from the saved hyperparameters (a subclass calls
+        ``save_hyperparameters()`` first, so that its signature stays the one place that names them)."""
+        return {k: self.hparams[k] for k in self.WIRE_OPTIONS}
+
     @staticmethod
     def check_options(warmup_steps: int, attention_lr_scale: float) -> None:
         """Reject a bad schedule option. Subclasses call it before they load a teacher, so that a typo in

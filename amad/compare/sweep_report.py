@@ -71,6 +71,7 @@ def cell_rows(cell: dict[str, Any], cfg: dict[str, Any], cell_out: Path) -> list
             "metric": metric,
             "n": len(rs),
             "val": stats([r["metrics"][metric] for r in rs]),
+            "val_by_seed": {str(r["seed"]): r["metrics"][metric] for r in rs},
             "test": stats([r["metrics_test"][metric] for r in rs if "metrics_test" in r]),
         }
         row.update(_diagnostics(rs) or _snapshot_diagnostics(cell_out, method, rs))
@@ -158,18 +159,40 @@ def tau_families(methods: dict[str, Any]) -> dict[str, list[str]]:
     return families
 
 
+def _val_on(row: dict[str, Any], seeds: list[str]) -> float:
+    """The row's val mean over ``seeds`` (all of its seeds when empty)."""
+    if not seeds:
+        return row["val"]["mean"]
+    return statistics.fmean(row["val_by_seed"][s] for s in seeds)
+
+
 def choose(rows: list[dict[str, Any]], families: dict[str, list[str]], keys: list[str]) -> list[dict[str, Any]]:
     """Per cell and family, the member with the best val mean (ties: the first listed). Marks the chosen
-    rows (``chosen``: the family's label) and returns one record per choice."""
+    rows (``chosen``: the family's label) and returns one record per choice.
+
+    The means are taken over the seeds every member has (``on_seeds``; usually seed 0, the sitting where
+    every τ ran): once the chosen τ is repeated at more seeds, its 3-seed mean must not be weighed against
+    the others' single seed, which could flip the choice to a τ with one seed."""
     choices = []
     for label, names in families.items():
         for _, group in itertools.groupby(rows, key=lambda r: tuple(r[k] for k in keys)):
             members = [r for r in group if r["method"] in names and r["val"]]
             if not members:
                 continue
-            best = max(members, key=lambda r: (r["val"]["mean"], -names.index(r["method"])))
+            per_seed = [r.get("val_by_seed") or {} for r in members]
+            common = sorted(set.intersection(*(set(v) for v in per_seed)), key=int) if all(per_seed) else []
+
+            best = max(members, key=lambda r: (_val_on(r, common), -names.index(r["method"])))
             best["chosen"] = label
-            choices.append({**{k: best[k] for k in keys}, "family": label, "chosen": best["method"], "of": names})
+            choices.append(
+                {
+                    **{k: best[k] for k in keys},
+                    "family": label,
+                    "chosen": best["method"],
+                    "of": names,
+                    "on_seeds": [int(x) for x in common] or None,
+                }
+            )
     return choices
 
 
@@ -236,7 +259,11 @@ def sweep_table(report: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     if report.get("choices"):
-        lines += ["", "`*`: the weight temperature chosen on val in its cell (test reports it, never chooses it)."]
+        lines += [
+            "",
+            "`*`: the weight temperature chosen on val in its cell, on the seeds every temperature ran (test "
+            "reports it, never chooses it).",
+        ]
     missing = report.get("missing") or []
     if missing:
         by_cell: dict[str, list[str]] = {}

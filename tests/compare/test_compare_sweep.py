@@ -164,6 +164,20 @@ def test_amad_temperature_is_chosen_per_cell_on_val_never_on_test(tmp_path):
     assert sweep_figure(report, tmp_path / "sweep.png").stat().st_size > 0
 
 
+def test_the_temperature_is_chosen_on_the_seeds_every_temperature_ran():
+    """A τ repeated at 3 seeds is weighed against the others on their common seed, not by its 3-seed mean
+    (which could hand the choice to a τ with one lucky seed)."""
+    families = {"amad": ["amad_t1", "amad_t0.1"]}
+    t01 = {**_row("amad_t0.1", 0.914, 0.92), "val_by_seed": {"0": 0.922, "1": 0.921, "2": 0.899}}
+    t1 = {**_row("amad_t1", 0.916, 0.92, n=1), "val_by_seed": {"0": 0.916}}
+    (choice,) = choose([t01, t1], families, ["num_heads", "init"])
+    assert choice["chosen"] == "amad_t0.1" and choice["on_seeds"] == [0]
+    assert t01.get("chosen") == "amad" and "chosen" not in t1
+    # rows without per-seed values (older sweep.json): their means, as before
+    (old,) = choose([_row("amad_t0.1", 0.914, 0.9), _row("amad_t1", 0.916, 0.9, n=1)], families, ["num_heads"])
+    assert old["chosen"] == "amad_t1" and old["on_seeds"] is None
+
+
 def test_the_figure_has_one_panel_per_init(tmp_path):
     rows = [_row("gt", 0.5, 0.5, heads=h, init=i) for h in (1, 2) for i in ("random", "teacher")]
     panels = figure_lines({"grid": {"num_heads": [1, 2], "init": ["random", "teacher"]}, "rows": rows})
